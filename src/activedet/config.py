@@ -1,0 +1,236 @@
+"""Typed experiment configuration.
+
+Every key has a default; an unknown key is a :class:`ConfigError` naming it. YAML is read
+and written only at the edge (:func:`load_config`, :func:`dump_config`); the rest of the
+code receives these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from activedet.errors import ConfigError
+
+Number = Union[int, float]
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data comes from.
+
+    ``train``/``test``/``reference`` accept a COCO json file, a VOC directory
+    (``VOC:DIR[:split]`` or a directory holding ``Annotations/``), an image-folder
+    directory (classification) or ``builtin:NAME``.
+    """
+
+    train: str = "builtin:shapes"
+    test: str | None = None
+    reference: str | None = None
+    images: str | None = None  # image root for COCO json files (default: next to the json)
+    options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "retinanet"  # retinanet | fcos | faster_rcnn | resnet18 | small_cnn
+    backbone: str = "resnet50"  # resnet50 | resnet18 | mobilenet_v2 (detectors)
+    pretrained: bool = True
+    image_size: int = 512  # shorter side fed to the model
+    anchor_scale: float | None = None  # smallest anchor size in pixels (default: image_size / 16)
+    score_thresh: float = 0.05
+    detections_per_img: int = 100
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 26
+    batch_size: int = 2
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    warmup_iters: int = 0
+    lr_steps: list[float] = field(default_factory=lambda: [0.77])
+    grad_clip: float | None = None
+    hflip: bool = True
+    eval_batch_size: int = 8
+
+
+@dataclass
+class LoopConfig:
+    initial: Number = 0.05  # fraction (< 1) or count (>= 1) of the pool
+    per_cycle: Number = 0.025  # fraction or count, in `unit`s
+    cycles: int = 6
+    unit: str = "images"  # images | boxes
+    reinit: bool = True  # re-initialise the model every cycle (the papers' protocol)
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "random"
+    params: dict[str, Any] = field(default_factory=dict)  # strategy-specific keys
+
+
+@dataclass
+class ExperimentConfig:
+    task: str = "detection"  # detection | classification
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict; strategy params are flattened under ``strategy``."""
+        out = dataclasses.asdict(self)
+        strat = out.pop("strategy")
+        out["strategy"] = {"name": strat["name"], **strat["params"]}
+        return out
+
+
+_CHOICES = {
+    ("task",): ("detection", "classification"),
+    ("device",): ("auto", "cpu", "cuda"),
+    ("loop", "unit"): ("images", "boxes"),
+    ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
+    ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
+}
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and bad types."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{where}.{key}' (known: {known})".replace("'.", "'"))
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    for name, f in fields.items():
+        _check_type(getattr(obj, name), f.default, f.default_factory, f"{where}.{name}".lstrip("."))
+    return obj
+
+
+def _check_type(value: Any, default: Any, factory: Any, where: str) -> None:
+    ref = default if default is not dataclasses.MISSING else (
+        factory() if factory is not dataclasses.MISSING else None
+    )
+    if ref is None or value is None:
+        return
+    if isinstance(ref, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(ref, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(ref, int) and not isinstance(ref, bool) and where.split(".")[-1] in _INT_KEYS:
+            ok = float(value).is_integer()
+    elif isinstance(ref, str):
+        ok = isinstance(value, str)
+    elif isinstance(ref, list):
+        ok = isinstance(value, list)
+    elif isinstance(ref, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"config key '{where}' has the wrong type: {value!r}")
+
+
+_INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
+             "eval_batch_size", "detections_per_img"}
+
+
+def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
+    """Validate a nested dict (as read from YAML) into an :class:`ExperimentConfig`."""
+    data = dict(data or {})
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for key in data:
+        if key not in top:
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(top))})")
+    strat_raw = data.pop("strategy", None) or {}
+    if isinstance(strat_raw, str):
+        strat_raw = {"name": strat_raw}
+    if not isinstance(strat_raw, dict):
+        raise ConfigError("config section 'strategy' must be a mapping")
+    strat_raw = dict(strat_raw)
+    name = strat_raw.pop("name", "random")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key 'strategy.name' must be a string, got {name!r}")
+    cfg = ExperimentConfig(
+        task=data.get("task", "detection"),
+        device=data.get("device", "auto"),
+        seed=data.get("seed", 0),
+        dataset=_build(DatasetConfig, data.get("dataset"), "dataset"),
+        model=_build(ModelConfig, data.get("model"), "model"),
+        train=_build(TrainConfig, data.get("train"), "train"),
+        loop=_build(LoopConfig, data.get("loop"), "loop"),
+        strategy=StrategyConfig(name=name, params=strat_raw),
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check values (choices, ranges). Raises :class:`ConfigError` naming the key."""
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"config key 'seed' must be an integer, got {cfg.seed!r}")
+    for path, choices in _CHOICES.items():
+        obj: Any = cfg
+        for p in path:
+            obj = getattr(obj, p)
+        if obj not in choices:
+            raise ConfigError(
+                f"config key '{'.'.join(path)}' = {obj!r} is not one of {', '.join(choices)}"
+            )
+    for key in ("initial", "per_cycle"):
+        v = getattr(cfg.loop, key)
+        if v <= 0 or (v >= 1 and not float(v).is_integer()):
+            raise ConfigError(f"config key 'loop.{key}' = {v!r}: use a fraction in (0, 1) or a count >= 1")
+    if cfg.loop.cycles < 0:
+        raise ConfigError(f"config key 'loop.cycles' = {cfg.loop.cycles!r} must be >= 0")
+    for key in ("epochs", "batch_size", "image_size", "eval_batch_size"):
+        section = cfg.model if key == "image_size" else cfg.train
+        if getattr(section, key) < 1:
+            raise ConfigError(f"config key '{'model' if section is cfg.model else 'train'}.{key}' must be >= 1")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"config key 'train.lr' = {cfg.train.lr!r} must be > 0")
+    for s in cfg.train.lr_steps:
+        if not 0 < s <= 1:
+            raise ConfigError(f"config key 'train.lr_steps' entry {s!r} must be a fraction in (0, 1]")
+    detector = cfg.model.arch in ("retinanet", "fcos", "faster_rcnn")
+    if (cfg.task == "detection") != detector:
+        raise ConfigError(f"config key 'model.arch' = {cfg.model.arch!r} does not fit task {cfg.task!r}")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

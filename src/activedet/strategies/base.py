@@ -1,0 +1,107 @@
+"""The strategy contract.
+
+A strategy ranks unlabeled images. ``select(adapter, pool, budget, rng)`` returns
+``budget`` distinct unlabeled ids, best first, and leaves the per-image scores it computed
+in ``last_scores`` (recorded in the ledger). Scoring is a pure function of model outputs,
+kept as a free function next to each strategy so it can be tested on arrays.
+
+A strategy never trains. It declares what it needs from the model and the trainer through
+class attributes that the loop reads without asking which strategy it holds:
+
+- ``tasks``: the tasks it applies to (``detection``, ``classification``);
+- ``archs``: model architectures it can score (``None``: any);
+- ``model_variant``: which adapter variant to build (``"plain"``, ``"mial"``, ...);
+- ``trainer``: which training schedule to run (``"plain"``, ``"mial"``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError, StrategyError
+
+
+class Strategy:
+    """Base class: holds settings; the algorithm lives in free functions."""
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ("detection", "classification")
+    archs: ClassVar[tuple[str, ...] | None] = None
+    model_variant: ClassVar[str] = "plain"
+    trainer: ClassVar[str] = "plain"
+    #: keyword settings and their defaults; unknown keys are a ConfigError
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(
+                f"unknown key 'strategy.{unknown[0]}' for strategy '{self.name}' (known: {known})"
+            )
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.last_scores: dict[int, float] | None = None
+
+    def check_model(self, task: str, arch: str) -> None:
+        """Raise :class:`StrategyError` if this strategy cannot score ``arch``."""
+        if task not in self.tasks:
+            raise StrategyError(f"strategy '{self.name}' does not apply to task '{task}'")
+        if self.archs is not None and arch not in self.archs:
+            raise StrategyError(
+                f"strategy '{self.name}' cannot score model '{arch}' (supports: {', '.join(self.archs)})"
+            )
+
+    def select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+        """Return ``budget`` distinct unlabeled ids, best first."""
+        pool.check_budget(budget)
+        if budget == 0:
+            self.last_scores = {}
+            return []
+        ids = self._select(adapter, pool, budget, rng)
+        check_selection(ids, pool, budget, self.name)
+        return ids
+
+    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+        """Default: score every unlabeled image and take the top ones.
+
+        Unscored images (e.g. no detection) fill the budget at random, after every scored
+        one. Set-based strategies (core-set, ...) override this instead of ``score``.
+        """
+        candidates = pool.unlabeled
+        scores = self.score(adapter, pool, candidates, rng)
+        self.last_scores = dict(scores)
+        return rank_by_score(candidates, scores, budget, rng)
+
+    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        """Per-image informativeness, higher first; images missing from the result are unscored."""
+        raise StrategyError(f"strategy '{self.name}' does not score images one by one")
+
+
+
+def rank_by_score(candidates: list[int], scores: Mapping[int, float], budget: int,
+                  rng: np.random.Generator) -> list[int]:
+    """Top-``budget`` ids by descending score; ties broken by a seeded shuffle;
+    unscored ids afterwards in random order. NaN scores raise StrategyError."""
+    for i, s in scores.items():
+        if not math.isfinite(s):
+            raise StrategyError(f"strategy produced a non-finite score {s!r} for image id {i}")
+    order = rng.permutation(len(candidates))
+    shuffled = [candidates[j] for j in order]
+    scored = [i for i in shuffled if i in scores]
+    unscored = [i for i in shuffled if i not in scores]
+    scored.sort(key=lambda i: -scores[i])  # stable: ties keep the seeded shuffle order
+    return (scored + unscored)[:budget]
+
+
+def check_selection(ids: Iterable[int], pool: Pool, budget: int, name: str) -> None:
+    ids = list(ids)
+    if len(ids) != budget or len(set(ids)) != len(ids):
+        raise StrategyError(f"strategy '{name}' returned {len(ids)} ids ({len(set(ids))} distinct), expected {budget}")
+    for i in ids:
+        if pool.is_labeled(i) or i not in pool._id_set:
+            raise StrategyError(f"strategy '{name}' returned image id {i}, which is not unlabeled")
