@@ -22,6 +22,7 @@ class Pool:
         self._id_set = set(self.ids)
         self.costs = dict(costs) if costs is not None else {i: 1 for i in self.ids}
         self.dataset = dataset
+        self.reference: object | None = None  # labeled reference split (ISAL's R), if any
         self.round_of: dict[int, int] = {}  # image id -> round it was labeled in
         self.labeled: list[int] = []  # in the order they were added
 

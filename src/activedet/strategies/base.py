@@ -47,6 +47,10 @@ class Strategy:
         self.params: dict[str, Any] = {**self.defaults, **params}
         self.last_scores: dict[int, float] | None = None
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the model variant this strategy asks for (e.g. MIAL's head)."""
+        return {}
+
     def check_model(self, task: str, arch: str) -> None:
         """Raise :class:`StrategyError` if this strategy cannot score ``arch``."""
         if task not in self.tasks:

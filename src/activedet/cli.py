@@ -1,0 +1,183 @@
+"""Command line: the only place that reads argv.
+
+Every command exits non-zero with a one-line message (no traceback) on bad input, and
+offers ``--json`` where a script would want machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from activedet.errors import ActivedetError
+
+EPILOG = "Docs: README.md. Configs: configs/*.yaml. Every YAML key has a default."
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from activedet.config import load_config
+    from activedet.loop.runner import run
+
+    cfg = load_config(args.config)
+    if args.device:
+        cfg.device = args.device
+    if args.seed is not None:
+        cfg.seed = args.seed
+    status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print(_status_text(status))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from activedet.loop.ledger import Ledger
+
+    with Ledger(args.run_dir) as ledger:
+        status = ledger.status()
+    print(json.dumps(status) if args.json else _status_text(status))
+    return 0
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
+             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
+             f"/ {status['pool_boxes']} boxes"]
+    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  metrics")
+    for r in status["rounds"]:
+        m = r["metrics"] or {}
+        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
+        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  {shown}")
+    return "\n".join(lines)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from activedet.loop.ledger import Ledger
+    from activedet.report.html import write_report
+
+    runs = []
+    for d in args.run_dirs:
+        with Ledger(d) as ledger:
+            runs.append(ledger.status())
+    index = write_report(runs, args.out)
+    print(f"report written to {index}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from activedet.evaluation.detection import evaluate_files, format_metrics
+
+    metrics = evaluate_files(args.gt, args.detections)
+    print(json.dumps(metrics) if args.json else format_metrics(metrics))
+    return 0
+
+
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from activedet.strategies.registry import available
+
+    rows = []
+    for name, cls in available().items():
+        rows.append({"name": name, "tasks": list(cls.tasks),
+                     "archs": list(cls.archs) if cls.archs else "any",
+                     "reference": cls.reference, "settings": dict(cls.defaults)})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            archs = r["archs"] if r["archs"] == "any" else ",".join(r["archs"])
+            print(f"{r['name']:<24} {','.join(r['tasks']):<30} models: {archs:<28} {r['reference']}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from activedet.data.builtin import BUILTINS, export_builtin
+
+    if args.action == "export":
+        if not args.name or not args.dir:
+            raise ActivedetError("usage: activedet datasets export NAME DIR")
+        paths = export_builtin(args.name, args.dir)
+        for split, p in paths.items():
+            print(f"{split}: {p}")
+        return 0
+    rows = [{"name": n, "task": b.task, "description": b.description} for n, b in BUILTINS.items()]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['task']:<15} {r['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="activedet",
+        description="Choose which images to label next so a detector (or classifier) improves "
+                    "the most per annotation. Implements MIAL, ISAL and their baselines.",
+        epilog=EPILOG)
+    p.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="replay an active-learning protocol with oracle labels",
+                       description="Run initial random labeling + `loop.cycles` strategy cycles on a "
+                                   "labeled dataset, recording everything in RUN_DIR/ledger.sqlite.")
+    s.add_argument("config", help="experiment config (YAML)")
+    s.add_argument("--out", required=True, help="run directory (created)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last recorded step")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    s.add_argument("--seed", type=int, help="override the config's seed")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--json", action="store_true", help="print the final status as JSON")
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true", help="machine-readable status")
+    s.set_defaults(func=_cmd_status)
+
+    s = sub.add_parser("report", help="curves (AP vs images, AP vs boxes), tables and an HTML page")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", required=True, help="output directory for index.html, PNGs and table.md")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("evaluate", help="COCO AP of detections (pycocotools)")
+    s.add_argument("--gt", required=True, help="COCO ground-truth json")
+    s.add_argument("--detections", required=True, help="COCO results json (list of detections)")
+    s.add_argument("--json", action="store_true", help="print metrics as JSON")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("strategies", help="registered strategies, one line each")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_strategies)
+
+    s = sub.add_parser("datasets", help="built-in datasets; `datasets export NAME DIR` writes one as COCO")
+    s.add_argument("action", nargs="?", choices=["list", "export"], default="list")
+    s.add_argument("name", nargs="?")
+    s.add_argument("dir", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_datasets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except ActivedetError as e:
+        msg = " ".join(str(e).split())  # one line
+        print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"activedet {args.command}: interrupted (ledger is consistent; use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The run ledger: SQLite (WAL) in the run directory.
+
+Every round's selection, costs, metrics, timings, per-image scores and training losses,
+plus the resolved config. Each step is one transaction, so a run killed at any point
+leaves a consistent ledger that ``--resume`` continues from.
+
+Round 0 is the initial random set; round r >= 1 was chosen by the strategy with the model
+trained on rounds 0..r-1. A round is *selected* when its row exists, *trained* when its
+checkpoint is recorded, and *done* when its metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from activedet.errors import ResumeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    selected TEXT NOT NULL,          -- json list of image ids added this round
+    labeled_images INTEGER NOT NULL, -- cumulative
+    labeled_boxes INTEGER NOT NULL,  -- cumulative
+    seconds TEXT NOT NULL,           -- json {stage: seconds}
+    scores TEXT,                     -- json {image id: score} of every scored image
+    checkpoint TEXT,                 -- model trained on rounds 0..round
+    train_log TEXT,                  -- json list of per-epoch/stage loss rows
+    metrics TEXT,                    -- json metrics on the test split
+    selected_at REAL NOT NULL,
+    done_at REAL
+);
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+class Ledger:
+    """Read/write access to ``RUN_DIR/ledger.sqlite``."""
+
+    FILENAME = "ledger.sqlite"
+
+    def __init__(self, run_dir: str | Path, create: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.FILENAME
+        if not create and not self.path.is_file():
+            raise ResumeError(f"no ledger at {self.path}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ meta
+    def set_meta(self, **values: Any) -> None:
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                  [(k, _dumps(v)) for k, v in values.items()])
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    # ------------------------------------------------------------------ rounds
+    def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
+                  seconds: dict[str, float], scores: dict[int, float] | None) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scores, "
+                "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (round_, _dumps([int(i) for i in selected]), labeled_images, labeled_boxes,
+                 _dumps(seconds), None if scores is None else _dumps({str(k): float(v) for k, v in scores.items()}),
+                 time.time()))
+
+    def _merge_seconds(self, round_: int, seconds: dict[str, float]) -> str:
+        row = self.conn.execute("SELECT seconds FROM rounds WHERE round = ?", (round_,)).fetchone()
+        merged = {**json.loads(row[0]), **seconds}
+        return _dumps(merged)
+
+    def set_trained(self, round_: int, checkpoint: str, train_log: list[dict], seconds: dict[str, float]) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE rounds SET checkpoint = ?, train_log = ?, seconds = ? WHERE round = ?",
+                              (checkpoint, _dumps(train_log), self._merge_seconds(round_, seconds), round_))
+
+    def set_metrics(self, round_: int, metrics: dict[str, Any], seconds: dict[str, float]) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE rounds SET metrics = ?, seconds = ?, done_at = ? WHERE round = ?",
+                              (_dumps(metrics), self._merge_seconds(round_, seconds), time.time(), round_))
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """All rounds in order, json fields decoded."""
+        cur = self.conn.execute(
+            "SELECT round, selected, labeled_images, labeled_boxes, seconds, scores, checkpoint, "
+            "train_log, metrics FROM rounds ORDER BY round")
+        out = []
+        for r in cur:
+            out.append({
+                "round": r[0], "selected": json.loads(r[1]), "labeled_images": r[2], "labeled_boxes": r[3],
+                "seconds": json.loads(r[4]),
+                "scores": None if r[5] is None else {int(k): v for k, v in json.loads(r[5]).items()},
+                "checkpoint": r[6], "train_log": None if r[7] is None else json.loads(r[7]),
+                "metrics": None if r[8] is None else json.loads(r[8]),
+            })
+        return out
+
+    # ------------------------------------------------------------------ the public summary
+    def status(self) -> dict[str, Any]:
+        """The ``activedet status --json`` document."""
+        meta = self.meta()
+        rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds")}
+                  for r in self.rounds()]
+        return {
+            "run_dir": str(self.run_dir),
+            "strategy": meta.get("strategy", ""),
+            "complete": bool(meta.get("complete", False)),
+            "task": meta.get("task", "detection"),
+            "seed": meta.get("seed"),
+            "pool_size": meta.get("pool_size"),
+            "pool_boxes": meta.get("pool_boxes"),
+            "unit": meta.get("unit", "images"),
+            "rounds": rounds,
+        }

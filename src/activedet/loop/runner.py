@@ -1,0 +1,250 @@
+"""The active-learning cycle.
+
+reset model → train → evaluate → score → select → label (oracle) → record, for round
+0 (the initial random set) and each of ``loop.cycles`` cycles. Every step is recorded in
+the ledger before the next starts; ``resume`` continues from the last recorded step and,
+because every random draw is derived from ``(seed, round)``, ends with the same selections
+as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from activedet.config import ExperimentConfig, LoopConfig, dump_config
+from activedet.data.loading import load_dataset
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError, ResumeError
+from activedet.loop.ledger import Ledger
+from activedet.models.factory import build_adapter
+from activedet.strategies.base import Strategy
+from activedet.strategies.registry import build_strategy
+from activedet.training.trainer import get_trainer
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[dict[str, Any]], None]
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 32-bit seed derived from the run seed and a path of keys (round, purpose)."""
+    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little")
+                      for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, loaded and validated before anything is written."""
+
+    cfg: ExperimentConfig
+    train: Any
+    test: Any
+    reference: Any | None
+    strategy: Strategy
+    pool: Pool
+
+
+def _split_spec(cfg: ExperimentConfig, which: str) -> str | None:
+    spec = getattr(cfg.dataset, which)
+    if spec is None and cfg.dataset.train.startswith("builtin:") and which == "test":
+        return cfg.dataset.train  # builtins carry their own test split
+    return spec
+
+
+def prepare(cfg: ExperimentConfig) -> Experiment:
+    """Load and validate datasets, strategy and budgets. Raises before touching disk."""
+    strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+    strategy.check_model(cfg.task, cfg.model.arch)
+    opts = cfg.dataset.options
+    train = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, opts)
+    test_spec = _split_spec(cfg, "test")
+    if test_spec is None:
+        raise ConfigError("config key 'dataset.test' is required (the evaluation split)")
+    test = load_dataset(test_spec, "test", cfg.dataset.images, opts)
+    reference = None
+    if cfg.dataset.reference is not None:
+        if cfg.dataset.reference == cfg.dataset.test:
+            raise ConfigError("'dataset.reference' must not be the test split: evaluation would "
+                              "reward selecting for the reported metric")
+        reference = load_dataset(cfg.dataset.reference, "reference", cfg.dataset.images, opts)
+    if train.task != cfg.task:
+        raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
+    if test.class_names != train.class_names:
+        raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
+    pool = Pool.from_dataset(train)
+    pool.reference = reference
+    check_budgets(cfg.loop, pool)
+    return Experiment(cfg, train, test, reference, strategy, pool)
+
+
+def _amount(value: float, total: int) -> int:
+    return int(value) if value >= 1 else max(1, int(round(value * total)))
+
+
+def budget_targets(loop: LoopConfig, pool: Pool) -> list[int]:
+    """Cumulative labeled amount (in ``loop.unit``) after round 0..cycles."""
+    total = len(pool.ids) if loop.unit == "images" else pool.cost(pool.ids)
+    first = _amount(loop.initial, total)
+    step = _amount(loop.per_cycle, total)
+    return [first + c * step for c in range(loop.cycles + 1)]
+
+
+def check_budgets(loop: LoopConfig, pool: Pool) -> None:
+    total = len(pool.ids) if loop.unit == "images" else pool.cost(pool.ids)
+    need = budget_targets(loop, pool)[-1]
+    if need > total:
+        raise ConfigError(
+            f"loop asks for {need} {loop.unit} in all (initial {loop.initial}, {loop.cycles} cycles of "
+            f"{loop.per_cycle}) but the train split holds {total}")
+
+
+def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int) -> list[int]:
+    """Take ranked ids in order until ``budget`` is spent (images: a count; boxes: the
+    oracle's box cost). Stops at the first image that does not fit: never overspends."""
+    if unit == "images":
+        return list(ranked[:budget])
+    out, spent = [], 0
+    for i in ranked:
+        c = pool.costs[i]
+        if spent + c > budget:
+            break
+        out.append(i)
+        spent += c
+    return out
+
+
+def _labeled_amount(pool: Pool, unit: str) -> int:
+    return len(pool.labeled) if unit == "images" else pool.labeled_boxes
+
+
+def _save_checkpoint(adapter: Any, path: Path, round_: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"round": round_, "arch": adapter.arch, "variant": adapter.variant,
+                "model": adapter.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(adapter: Any, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    adapter.load_state_dict(state["model"])
+
+
+def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
+    resolved = dump_config(cfg)
+    if (run_dir / Ledger.FILENAME).is_file():
+        if not resume:
+            raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        ledger = Ledger(run_dir)
+        old = ledger.meta().get("config_yaml")
+        if old != resolved:
+            ledger.close()
+            raise ResumeError(f"{run_dir} was made with a different config; resume needs the same config")
+        return ledger
+    ledger = Ledger(run_dir, create=True)
+    ledger.set_meta(config_yaml=resolved, config=cfg.to_dict(), strategy=cfg.strategy.name, task=cfg.task,
+                    seed=cfg.seed, unit=cfg.loop.unit, pool_size=len(exp.pool.ids),
+                    pool_boxes=exp.pool.cost(exp.pool.ids), complete=False,
+                    train_source=exp.train.source or exp.train.name)
+    return ledger
+
+
+def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+        hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+    """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
+    run_dir = Path(run_dir)
+    exp = prepare(cfg)  # bad input fails here, before the ledger exists
+    ledger = open_ledger(run_dir, cfg, exp, resume)
+    adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    try:
+        _cycle(exp, adapter, ledger, run_dir, progress, hooks)
+        ledger.set_meta(complete=True)
+        return ledger.status()
+    finally:
+        ledger.close()
+
+
+def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progress: bool,
+           hooks: Sequence[Hook]) -> None:
+    cfg, pool = exp.cfg, exp.pool
+    targets = budget_targets(cfg.loop, pool)
+    done = {r["round"]: r for r in ledger.rounds()}
+    for r in sorted(done):  # replay recorded selections into the pool
+        pool.add(done[r]["selected"], r)
+    trainer = get_trainer(exp.strategy.trainer)
+    model_round = -1  # which round's model the adapter holds
+    for r in range(cfg.loop.cycles + 1):
+        row = done.get(r)
+        if row is None:  # ---- select round r
+            if r > 0 and model_round != r - 1:
+                load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
+                model_round = r - 1
+            row = _select_round(exp, adapter, ledger, r, targets[r])
+            done[r] = row
+        if row.get("checkpoint") is None:  # ---- train on rounds 0..r
+            t0 = time.perf_counter()
+            seed_init = derive_seed(cfg.seed, r, "init")
+            if cfg.loop.reinit or r == 0:
+                adapter.reset(seed_init)
+            elif model_round != r - 1:
+                load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
+            log.info("round %d: training on %d images (%d boxes)", r, len(pool.labeled), pool.labeled_boxes)
+            result = trainer(adapter, exp.train, list(pool.labeled), pool.unlabeled, cfg.train,
+                             exp.strategy.params, derive_seed(cfg.seed, r, "train"), progress)
+            ckpt = f"checkpoints/round_{r:03d}.pt"
+            _save_checkpoint(adapter, run_dir / ckpt, r)
+            ledger.set_trained(r, ckpt, result.history, {"train": time.perf_counter() - t0})
+            row["checkpoint"] = ckpt
+            model_round = r
+        if row.get("metrics") is None:  # ---- evaluate
+            if model_round != r:
+                load_checkpoint(adapter, run_dir / row["checkpoint"])
+                model_round = r
+            t0 = time.perf_counter()
+            metrics = adapter.evaluate(exp.test, progress=progress)
+            ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
+            row["metrics"] = metrics
+            log.info("round %d: %s", r, _headline(metrics))
+            status = ledger.status()
+            for hook in hooks:
+                hook(status)
+
+
+def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
+    cfg, pool = exp.cfg, exp.pool
+    unit = cfg.loop.unit
+    budget = target - _labeled_amount(pool, unit)
+    rng = np.random.default_rng(derive_seed(cfg.seed, r, "select"))
+    t0 = time.perf_counter()
+    scores = None
+    if r == 0:
+        ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
+    else:
+        n = budget if unit == "images" else len(pool.unlabeled)
+        ranked = exp.strategy.select(adapter, pool, n, rng)
+        scores = exp.strategy.last_scores
+    t1 = time.perf_counter()
+    chosen = fit_budget(ranked, pool, unit, budget)
+    pool.add(chosen, r)
+    seconds = {"score": t1 - t0, "select": time.perf_counter() - t1}
+    ledger.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
+    log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
+    return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    keys = [k for k in ("AP", "AP50", "top1") if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+
+
+__all__ = ["run", "prepare", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint"]

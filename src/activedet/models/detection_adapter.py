@@ -1,0 +1,295 @@
+"""Adapter around torchvision detectors (RetinaNet, FCOS, Faster R-CNN).
+
+Besides training losses and detections it exposes what strategies need: per-anchor class
+logits of dense heads, class probabilities of each kept detection, pooled features, and
+the parameters influence methods differentiate (ISAL's choice per architecture).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from activedet.config import ModelConfig
+from activedet.errors import ConfigError
+from activedet.models.base import Inference
+from activedet.models.detection import build_detector
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. ``cuda`` without a GPU is a ConfigError."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def _head_factory(variant: str, kwargs: dict[str, Any]) -> Callable[[int, int, int], nn.Module] | None:
+    if variant == "plain":
+        return None
+    if variant == "mial":
+        from activedet.models.mial_head import MIALHead
+
+        return lambda ch, anchors, k: MIALHead(ch, anchors, k, **kwargs)
+    raise ConfigError(f"unknown detector variant '{variant}'")
+
+
+class DetectionAdapter:
+    """Wraps a torchvision detector built from a :class:`ModelConfig`.
+
+    Labels are 1..C; the model has C + 1 class outputs (channel 0 unused by dense heads).
+    Per-anchor outputs in :class:`Inference.extra` drop that channel: (A, C).
+    """
+
+    task = "detection"
+
+    def __init__(self, model_cfg: ModelConfig, num_classes: int, variant: str = "plain",
+                 device: str | torch.device = "cpu", head_kwargs: dict[str, Any] | None = None) -> None:
+        self.cfg = model_cfg
+        self.arch = model_cfg.arch
+        self.num_classes = num_classes
+        self.variant = variant
+        self.head_kwargs = dict(head_kwargs or {})
+        self.device = resolve_device(device)
+        self.model: nn.Module = nn.Identity()
+
+    # ------------------------------------------------------------------ lifecycle
+    def reset(self, seed: int) -> None:
+        """A fresh detector: ImageNet backbone (if configured), heads initialised from ``seed``.
+
+        The global torch RNG is left as it was (the seed is applied inside ``fork_rng``).
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            factory = _head_factory(self.variant, self.head_kwargs)
+            self.model = build_detector(self.cfg, self.num_classes, factory).to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
+    # ------------------------------------------------------------------ data
+    def load_batch(self, dataset: Any, ids: Sequence[int], augment: bool,
+                   generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[dict]]:
+        """Images (3, H, W) in [0, 1] and targets on the device; ``augment``: random h-flip."""
+        images, targets = [], []
+        for i in ids:
+            img = dataset.load_image(i)
+            tgt = dataset.target(i)
+            if augment and torch.rand((), generator=generator).item() < 0.5:
+                h, w = img.shape[-2:]
+                img = TF.horizontal_flip(img)
+                boxes = tv_tensors.BoundingBoxes(tgt["boxes"], format="XYXY", canvas_size=(h, w))
+                tgt["boxes"] = TF.horizontal_flip(boxes).as_subclass(torch.Tensor)
+            images.append(img.to(self.device))
+            targets.append({k: v.to(self.device) for k, v in tgt.items()})
+        return images, targets
+
+    # ------------------------------------------------------------------ losses
+    def train_loss(self, inputs: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        self.model.train()
+        return self.model(inputs, targets)
+
+    def eval_loss(self, inputs: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The training loss with batch-norm and dropout in eval mode (ISAL's ∇l)."""
+        self.model.train()
+        for m in self.model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
+                m.eval()
+        return self.model(inputs, targets)
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
+              progress: bool = False, keep_anchors: bool = True) -> Iterator[Inference]:
+        """Eval-mode forward, one :class:`Inference` per image, batch by batch.
+
+        Dense heads also return ``extra``: ``cls_logits`` (A, C) and the head's other
+        per-anchor outputs (``cls_logits2``, ``mil_logits`` for MIAL), ``anchor_index``
+        (K,) of each kept detection, ``num_anchors_per_level`` and ``anchors`` (A, 4) in
+        original image pixels. ``keep_anchors=False`` leaves the per-anchor arrays out.
+        """
+        ids = list(ids)
+        self.model.eval()
+        bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress, leave=False)
+        with torch.no_grad():
+            for start in range(0, len(ids), batch_size):
+                chunk = ids[start:start + batch_size]
+                images = [dataset.load_image(i).to(self.device) for i in chunk]
+                if isinstance(self.model, FasterRCNN):
+                    outs = self._infer_two_stage(images)
+                else:
+                    outs = self._infer_dense(images, keep_anchors)
+                for image_id, out in zip(chunk, outs):
+                    out.image_id = int(image_id)
+                    yield out
+                bar.update(len(chunk))
+        bar.close()
+
+    def _infer_dense(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+        model = self.model
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = model.transform(images)
+        features = list(model.backbone(image_list.tensors).values())
+        head_out = model.head(features)
+        anchors = model.anchor_generator(image_list, features)
+        hw = [f.shape[-2] * f.shape[-1] for f in features]
+        per_loc = head_out["cls_logits"].shape[1] // sum(hw)
+        per_level = [n * per_loc for n in hw]
+        results = []
+        for b in range(len(images)):
+            logits = head_out["cls_logits"][b]  # (A, K)
+            if isinstance(model, FCOS):
+                scores_all = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(head_out["bbox_ctrness"][b]))
+            else:
+                scores_all = torch.sigmoid(logits)
+            scores_all = scores_all.clone()
+            scores_all[:, 0] = 0.0  # channel 0 is background (never a target): never a detection
+            coder = model.box_coder
+            decode = coder.decode_single if hasattr(coder, "decode_single") else coder.decode
+            boxes_all = decode(head_out["bbox_regression"][b], anchors[b])
+            keep_idx, labels = _dense_candidates(scores_all, per_level, model.score_thresh,
+                                                 model.topk_candidates)
+            boxes = box_ops.clip_boxes_to_image(boxes_all[keep_idx], image_list.image_sizes[b])
+            scores = scores_all[keep_idx, labels]
+            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+            anchor_idx, boxes, scores, labels = keep_idx[keep], boxes[keep], scores[keep], labels[keep]
+            scale_from = image_list.image_sizes[b]
+            boxes = resize_boxes(boxes, scale_from, original_sizes[b])
+            probs = torch.sigmoid(logits[anchor_idx, 1:])
+            extra: dict[str, Any] = {"anchor_index": anchor_idx.cpu(), "num_anchors_per_level": per_level}
+            if keep_anchors:
+                for key, val in head_out.items():
+                    if key != "bbox_regression" and val.shape[-1] == logits.shape[-1]:
+                        extra[key] = val[b, :, 1:].float().cpu()
+                extra["anchors"] = resize_boxes(anchors[b], scale_from, original_sizes[b]).cpu()
+            results.append(Inference(0, boxes.cpu(), scores.cpu(), labels.cpu(), probs.cpu(), extra))
+        return results
+
+    def _infer_two_stage(self, images: list[torch.Tensor]) -> list[Inference]:
+        """Faster R-CNN: detections, then class probabilities re-read at each kept box."""
+        model = self.model
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = model.transform(images)
+        features = model.backbone(image_list.tensors)
+        proposals, _ = model.rpn(image_list, features)
+        dets, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+        boxes = [d["boxes"] for d in dets]
+        pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
+        logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+        probs_all = F.softmax(logits, dim=-1)[:, 1:].split([len(b) for b in boxes])
+        out = []
+        for d, p, size_in, size_out in zip(dets, probs_all, image_list.image_sizes, original_sizes):
+            bx = resize_boxes(d["boxes"], size_in, size_out)
+            out.append(Inference(0, bx.cpu(), d["scores"].cpu(), d["labels"].cpu(), p.cpu(), {}))
+        return out
+
+    # ------------------------------------------------------------------ metrics
+    def predict_coco(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
+                     progress: bool = False) -> list[dict]:
+        """Detections in COCO results format (category ids = labels 1..C)."""
+        from activedet.evaluation.detection import detections_to_coco
+
+        dets: list[dict] = []
+        for inf in self.infer(dataset, ids, batch_size, progress, keep_anchors=False):
+            dets.extend(detections_to_coco(inf.image_id, inf.boxes.numpy(), inf.scores.numpy(),
+                                           inf.labels.numpy()))
+        return dets
+
+    def evaluate(self, dataset: Any, ids: Sequence[int] | None = None, batch_size: int = 8,
+                 progress: bool = False) -> dict[str, Any]:
+        """COCO AP (pycocotools) of this model on ``dataset``."""
+        from activedet.evaluation.detection import coco_metrics
+
+        ids = dataset.ids if ids is None else list(ids)
+        dets = self.predict_coco(dataset, ids, batch_size, progress)
+        return coco_metrics(dataset.to_coco(ids), dets, dataset.class_names)
+
+    # ------------------------------------------------------------------ strategy helpers
+    def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
+        """(N, D) pooled features: dense heads concatenate the global-average-pooled
+        classification and regression tower outputs (averaged over FPN levels); Faster
+        R-CNN concatenates the pooled FPN levels."""
+        ids = list(ids)
+        self.model.eval()
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(ids), batch_size):
+                images = [dataset.load_image(i).to(self.device) for i in ids[start:start + batch_size]]
+                image_list, _ = self.model.transform(images)
+                feats = list(self.model.backbone(image_list.tensors).values())
+                head = getattr(self.model, "head", None)
+                if head is not None and hasattr(head, "classification_head"):
+                    cls_t = head.classification_head.conv
+                    reg_t = head.regression_head.conv
+                    pooled = [torch.cat([cls_t(f).mean((2, 3)), reg_t(f).mean((2, 3))], 1) for f in feats]
+                    rows.append(torch.stack(pooled).mean(0).cpu())
+                else:
+                    rows.append(torch.cat([f.mean((2, 3)) for f in feats], 1).cpu())
+        return torch.cat(rows).numpy().astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
+    def gradient_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """ISAL's parameters: weights (not biases) of the final prediction layers.
+
+        RetinaNet: final cls/reg convs; FCOS: final cls, reg and centerness convs;
+        Faster R-CNN: RPN cls/reg convs and the RoI head's final cls/reg linear layers.
+        """
+        if isinstance(self.model, FCOS):
+            names = ["head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight",
+                     "head.regression_head.bbox_ctrness.weight"]
+        elif isinstance(self.model, RetinaNet):
+            names = ["head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight"]
+        else:
+            names = ["rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight",
+                     "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"]
+        params = dict(self.model.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ConfigError(f"model has no parameter '{missing[0]}' (variant {self.variant})")
+        return [(n, params[n]) for n in names]
+
+
+def _dense_candidates(scores: torch.Tensor, per_level: list[int], thresh: float,
+                      topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's per-level candidate selection, keeping anchor indices.
+
+    scores: (A, K) per-anchor class scores. Returns anchor indices (M,) into the full
+    anchor list and labels (M,), the top ``topk`` (anchor, class) pairs above ``thresh``
+    of each level.
+    """
+    idx_out, lab_out = [], []
+    offset = 0
+    k = scores.shape[1]
+    for n in per_level:
+        flat = scores[offset:offset + n].flatten()
+        keep = torch.where(flat > thresh)[0]
+        num = det_utils._topk_min(keep, topk, 0)
+        _, order = flat[keep].topk(num)
+        keep = keep[order]
+        idx_out.append(torch.div(keep, k, rounding_mode="floor") + offset)
+        lab_out.append(keep % k)
+        offset += n
+    return torch.cat(idx_out), torch.cat(lab_out)
+
+
+def detections_per_image_boxes(inf: Inference, min_score: float) -> int:
+    """Number of detections at or above ``min_score`` (predicted annotation cost)."""
+    return int((inf.scores >= min_score).sum())
+
+
+__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes"]

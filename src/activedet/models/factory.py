@@ -1,0 +1,24 @@
+"""Build the adapter a config and strategy ask for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from activedet.config import ExperimentConfig
+
+
+def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None = None) -> Any:
+    """Detection or classification adapter for ``cfg.model`` on ``cfg.device``.
+
+    The strategy chooses the model variant (``strategy.model_variant``) and its settings
+    (``strategy.model_kwargs()``); the loop never asks which strategy it holds.
+    """
+    variant = getattr(strategy, "model_variant", "plain")
+    kwargs = strategy.model_kwargs() if strategy is not None else {}
+    if cfg.task == "detection":
+        from activedet.models.detection_adapter import DetectionAdapter
+
+        return DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+    from activedet.models.classifier import ClassificationAdapter
+
+    return ClassificationAdapter(cfg.model, num_classes, variant, cfg.device, **kwargs)

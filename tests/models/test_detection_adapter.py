@@ -1,0 +1,92 @@
+"""The detection adapter against torchvision's own forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from activedet.models.detection import anchor_sizes, packaged_weights_path
+from activedet.models.detection_adapter import DetectionAdapter
+from tests.conftest import make_detection_dataset, tiny_config
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+def test_dense_inference_matches_torchvision(arch: str) -> None:
+    cfg = tiny_config(**{"model.arch": arch})
+    ds = make_detection_dataset(n=3)
+    ad = DetectionAdapter(cfg.model, ds.num_classes, device="cpu")
+    ad.reset(0)
+    # random (tie-free) logits so the untrained model emits detections; the background
+    # channel 0 is pushed down (our inference never reports it, torchvision's would)
+    head = ad.model.head.classification_head
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for p in head.parameters():
+            p.normal_(0, 0.03)
+        head.cls_logits.bias[0::ds.num_classes + 1] = -30.0
+    ours = list(ad.infer(ds, ds.ids, batch_size=2))
+    ad.model.eval()
+    with torch.no_grad():
+        ref = ad.model([ds.load_image(i) for i in ds.ids])
+    assert any(len(o.boxes) for o in ours)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o.boxes, r["boxes"], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(o.scores, r["scores"])
+        assert torch.equal(o.labels, r["labels"])
+        # probabilities of kept detections: the chosen class's probability is the score (RetinaNet)
+        assert o.probs.shape == (len(o.boxes), ds.num_classes)
+        if arch == "retinanet":
+            torch.testing.assert_close(o.probs[torch.arange(len(o.labels)), o.labels - 1], o.scores)
+        assert o.extra["cls_logits"].shape[1] == ds.num_classes
+        assert o.extra["anchors"].shape == (o.extra["cls_logits"].shape[0], 4)
+
+
+def test_faster_rcnn_inference_and_probs() -> None:
+    cfg = tiny_config(**{"model.arch": "faster_rcnn"})
+    ds = make_detection_dataset(n=2)
+    ad = DetectionAdapter(cfg.model, ds.num_classes)
+    ad.reset(0)
+    out = list(ad.infer(ds, ds.ids))
+    assert [o.image_id for o in out] == ds.ids
+    for o in out:
+        assert o.probs.shape == (len(o.boxes), ds.num_classes)
+        assert torch.all(o.probs.sum(1) <= 1 + 1e-5)
+
+
+def test_reset_is_deterministic_and_leaves_global_rng() -> None:
+    cfg = tiny_config()
+    a, b = DetectionAdapter(cfg.model, 2), DetectionAdapter(cfg.model, 2)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a.reset(5)
+    after = torch.rand(1)
+    b.reset(5)
+    assert torch.equal(before, after)
+    for (n1, p1), (_, p2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+
+
+def test_gradient_parameters_per_arch() -> None:
+    for arch, n in [("retinanet", 2), ("fcos", 3), ("faster_rcnn", 4)]:
+        ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, 2)
+        ad.reset(0)
+        params = ad.gradient_parameters()
+        assert len(params) == n and all(name.endswith("weight") for name, _ in params)
+
+
+def test_features_shape_and_anchor_scaling() -> None:
+    cfg = tiny_config()
+    ds = make_detection_dataset(n=3)
+    ad = DetectionAdapter(cfg.model, 2)
+    ad.reset(0)
+    f = ad.features(ds, ds.ids, batch_size=2)
+    assert f.shape[0] == 3 and f.ndim == 2
+    assert anchor_sizes(cfg.model, 5)[0] == pytest.approx(64 * 32 / 800)
+
+
+def test_packaged_mobilenet_weights_are_torchvisions_checkpoint() -> None:
+    path = packaged_weights_path("mobilenet_v2")
+    assert path is not None and path.name == "mobilenet_v2-b0353104.pth"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["features.0.0.weight"].shape == (32, 3, 3, 3)
