@@ -1,18 +1,17 @@
-"""Strategies registered by name. Adding one = one file + one line in ``_MODULES``."""
+"""Strategies registered by name.
+
+Adding a strategy = one file in this package whose class carries ``@register``; every
+module of the package is imported on first use, so no list needs editing.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from activedet.errors import StrategyError
 from activedet.strategies.base import Strategy
-
-# module path for each strategy file; each module registers its classes on import
-_MODULES = [
-    "activedet.strategies.random",
-    "activedet.strategies.entropy",
-]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -26,8 +25,11 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def _load() -> None:
-    for mod in _MODULES:
-        importlib.import_module(mod)
+    import activedet.strategies as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
 def available() -> dict[str, type[Strategy]]:
