@@ -25,8 +25,12 @@ from activedet.errors import DatasetError
 class ImageRecord:
     """One image and its ground truth.
 
-    boxes: (N, 4) float32, absolute pixel ``x1, y1, x2, y2``; labels: (N,) int64 in 1..C;
+    boxes: (N, 4) float32, absolute pixel ``x1, y1, x2, y2`` (continuous coordinates:
+    pixel ``i`` covers ``[i, i + 1)``); labels: (N,) int64 in 1..C;
     difficult: (N,) bool (VOC's flag; all False elsewhere).
+    crowd_boxes: (M, 4) float32 and crowd_labels: (M,) int64 hold COCO ``iscrowd``
+    regions. They are *not* training targets (not in ``boxes``, not counted as labeling
+    cost); they are kept only so that evaluation can ignore detections on them.
     """
 
     id: int
@@ -39,6 +43,8 @@ class ImageRecord:
     path: Path | None = None  # where to read the image from
     array: np.ndarray | None = None  # (H, W, 3) uint8, for in-memory datasets
     label: int | None = None  # classification: class index 0..C-1
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
 
     def __post_init__(self) -> None:
         if self.difficult is None:
@@ -52,7 +58,7 @@ def read_image_rgb(path: Path, image_id: int | str | None = None) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable (torch.from_numpy needs it)
     except (OSError, ValueError) as e:
         who = f" (image id {image_id})" if image_id is not None else ""
         raise DatasetError(f"cannot read image {path}{who}: {e}") from None
@@ -138,51 +144,86 @@ class DetectionDataset:
 
     # ---------------------------------------------------------------- COCO out
     def to_coco(self, ids: Iterable[int] | None = None) -> dict[str, Any]:
-        """Ground truth as a COCO dict (category ids 1..C, ``iscrowd`` 0).
+        """Ground truth as a standard COCO dict (category ids 1..C).
 
-        VOC ``difficult`` boxes are written with ``ignore: 1`` and ``iscrowd: 1`` so that
-        pycocotools neither rewards nor penalises detections on them (VOC's rule).
+        VOC ``difficult`` boxes are written with ``iscrowd: 1, ignore: 1, difficult: 1`` so
+        that pycocotools neither rewards nor penalises detections on them (VOC's rule) and
+        :func:`activedet.data.coco.load_coco` reads them back as difficult boxes. Crowd
+        regions (``crowd_boxes``) are written with ``iscrowd: 1``.
         """
         ids = self.ids if ids is None else list(ids)
         images, anns = [], []
         ann_id = 1
+
+        def ann(i: int, box: np.ndarray, label: int, extra: dict[str, int]) -> dict[str, Any]:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            return {"id": ann_id, "image_id": int(i), "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0, **extra}
+
         for i in ids:
             r = self.record(i)
             images.append({"id": int(i), "file_name": r.file_name, "width": int(r.width),
                            "height": int(r.height)})
             for box, label, diff in zip(r.boxes, r.labels, r.difficult):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                anns.append({
-                    "id": ann_id, "image_id": int(i), "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": int(bool(diff)), **({"ignore": 1} if diff else {}),
-                })
+                extra = {"iscrowd": 1, "ignore": 1, "difficult": 1} if diff else {}
+                anns.append(ann(i, box, label, extra))
+                ann_id += 1
+            for box, label in zip(r.crowd_boxes, r.crowd_labels):
+                anns.append(ann(i, box, label, {"iscrowd": 1}))
                 ann_id += 1
         cats = [{"id": c + 1, "name": n} for c, n in enumerate(self.class_names)]
         return {"images": images, "annotations": anns, "categories": cats}
 
     def export_coco(self, out_dir: str | Path, json_name: str = "annotations.json",
                     ids: Iterable[int] | None = None) -> Path:
-        """Write images (PNG for in-memory images, copies otherwise) and a COCO json.
+        """Write images under ``out_dir/images/`` and a standard COCO json in ``out_dir``.
 
-        Returns the json path. ``file_name`` entries are relative to ``out_dir/images``.
+        In-memory images are saved as PNG, on-disk images are copied byte for byte.
+        ``file_name`` entries are relative to the json's directory (``images/000001.png``),
+        so ``load_coco(returned_path)`` reads the same ids, boxes and labels back.
+        Returns the json path.
         """
         out_dir = Path(out_dir)
-        img_dir = out_dir / "images"
-        img_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         coco = self.to_coco(ids)
+        used: set[str] = set()
         for im in coco["images"]:
             r = self.record(im["id"])
-            dst = img_dir / r.file_name
+            rel = _export_name(r)
+            if rel.lower() in used:  # two sources with one name: disambiguate by id
+                head, _, tail = rel.rpartition("/")
+                rel = f"{head}/{r.id}_{tail}"
+            used.add(rel.lower())
+            dst = out_dir / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             if r.array is not None:
-                Image.fromarray(r.array).save(dst)
-            elif r.path is not None and r.path.resolve() != dst.resolve():
-                shutil.copyfile(r.path, dst)
+                Image.fromarray(np.ascontiguousarray(r.array)).save(dst)
+            elif r.path is not None:
+                if not dst.exists() or r.path.resolve() != dst.resolve():
+                    shutil.copyfile(r.path, dst)
+            else:
+                raise DatasetError(f"{self.name}: image id {r.id} has neither a path nor pixels")
+            im["file_name"] = rel
         json_path = out_dir / json_name
-        coco["images_root"] = "images"
         json_path.write_text(json.dumps(coco))
         return json_path
+
+
+def _export_name(r: ImageRecord) -> str:
+    """Relative path (posix) an image is exported to: ``images/<file_name>``.
+
+    Absolute or ``..`` parts are dropped; a suffix matching the source file (``.png`` for
+    in-memory pixels, saved losslessly) is appended when ``file_name`` lacks it (VOC stems).
+    """
+    parts = [p for p in Path(r.file_name).parts if p not in ("..", ".", "/") and not Path(p).anchor]
+    rel = Path(*parts) if parts else Path(f"{r.id:06d}")
+    if rel.parts[0] != "images":
+        rel = Path("images") / rel
+    want = r.path.suffix if (r.array is None and r.path is not None) else ".png"
+    if want and rel.suffix.lower() != want.lower():
+        rel = rel.with_name(rel.name + want)
+    return rel.as_posix()
 
 
 class ClassificationDataset:
@@ -222,3 +263,45 @@ class ClassificationDataset:
     def subset(self, ids: Iterable[int], name: str | None = None) -> "ClassificationDataset":
         return ClassificationDataset([self.record(i) for i in ids], self.class_names,
                                      name or self.name, self.source)
+
+
+#: Boxes may overflow the image border by at most this many pixels; they are clipped.
+BORDER_TOLERANCE = 2.0
+
+
+def check_box(box: Sequence[float], width: int, height: int, where: str) -> np.ndarray:
+    """Validate one ``x1, y1, x2, y2`` pixel box against a ``width`` x ``height`` image.
+
+    Returns the box as (4,) float32, clipped to the image when it overflows the border by
+    at most :data:`BORDER_TOLERANCE` pixels. Raises :class:`DatasetError` prefixed by
+    ``where`` (which names the file and the id) for non-finite values, non-positive
+    width/height, or a box lying further outside the image.
+    """
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape != (4,) or not np.all(np.isfinite(b)):
+        raise DatasetError(f"{where}: box {list(box)} is not 4 finite numbers")
+    x1, y1, x2, y2 = b
+    if x2 <= x1 or y2 <= y1:
+        raise DatasetError(f"{where}: box has non-positive width/height "
+                           f"(w={x2 - x1:g}, h={y2 - y1:g}, xyxy={b.tolist()})")
+    tol = BORDER_TOLERANCE + 1e-6
+    clipped = np.array([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
+    if (x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol
+            or clipped[2] <= clipped[0] or clipped[3] <= clipped[1]):
+        raise DatasetError(f"{where}: box xyxy={b.tolist()} lies outside the "
+                           f"{width}x{height} image (more than {BORDER_TOLERANCE:g} px)")
+    return clipped.astype(np.float32)
+
+
+def image_size(path: Path, where: str) -> tuple[int, int]:
+    """(width, height) of an image file from its header (no pixel decoding).
+
+    Raises :class:`DatasetError` prefixed by ``where`` if it is missing or unreadable.
+    """
+    if not path.is_file():
+        raise DatasetError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{where}: cannot read image {path}: {e}") from None

@@ -87,7 +87,8 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
 
 
 def _amount(value: float, total: int) -> int:
-    return int(value) if value >= 1 else max(1, int(round(value * total)))
+    """A count (>= 1) as is; a fraction of ``total`` rounded half up, at least 1."""
+    return int(value) if value >= 1 else max(1, int(value * total + 0.5))
 
 
 def budget_targets(loop: LoopConfig, pool: Pool) -> list[int]:

@@ -82,6 +82,8 @@ class DetectionAdapter:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.model, nn.Identity):  # nothing built yet (a resumed run)
+            self.reset(0)
         self.model.load_state_dict(state)
 
     # ------------------------------------------------------------------ data

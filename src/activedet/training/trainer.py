@@ -108,11 +108,11 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
                 total = check_finite(losses, it, lr)
                 sgd_step(opt, total, cfg.grad_clip)
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
                 result.images += len(batch)
                 it += 1
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(total):.3f}", img_s=f"{rate:.1f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()) if torch.is_tensor(total) else total:.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             result.history.append({"stage": "train", "epoch": epoch + 1,
                                    **{k: v / len(labeled) for k, v in sums.items()}})

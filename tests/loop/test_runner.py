@@ -1,0 +1,156 @@
+"""The simulate loop end to end: budgets, ledger, status, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from activedet.cli import main
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError
+from activedet.loop.runner import budget_targets, check_budgets, fit_budget
+from tests.conftest import make_detection_dataset, tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_coco_splits(tmp: Path, n_train: int = 16, n_test: int = 6) -> tuple[Path, Path]:
+    train = make_detection_dataset(n=n_train, seed=1).export_coco(tmp / "train")
+    test = make_detection_dataset(n=n_test, seed=2, start_id=1000).export_coco(tmp / "test")
+    return train, test
+
+
+def write_config(tmp: Path, name: str = "cfg.yaml", **loop) -> Path:
+    train, test = write_coco_splits(tmp)
+    cfg = {
+        "seed": 3, "device": "cpu",
+        "dataset": {"train": str(train), "test": str(test)},
+        "model": {"arch": "retinanet", "backbone": "mobilenet_v2", "pretrained": False,
+                  "image_size": 64, "score_thresh": 0.001},
+        "train": {"epochs": 1, "batch_size": 4},
+        "loop": {"initial": 4, "per_cycle": 3, "cycles": 2, **loop},
+        "strategy": {"name": "entropy"},
+    }
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def status_of(run_dir: Path, capsys) -> dict:
+    assert main(["status", str(run_dir), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_fit_budget_never_overspends() -> None:
+    pool = Pool([1, 2, 3, 4, 5], {1: 3, 2: 0, 3: 2, 4: 5, 5: 1})
+    assert fit_budget([1, 2, 3, 4, 5], pool, "images", 2) == [1, 2]
+    assert fit_budget([1, 2, 3, 4, 5], pool, "boxes", 5) == [1, 2, 3]  # 3 + 0 + 2; next (5) doesn't fit
+    assert fit_budget([4, 1], pool, "boxes", 4) == []
+
+
+def test_budget_targets_fraction_and_count() -> None:
+    pool = Pool(range(100))
+    cfg = tiny_config(**{"loop.initial": 0.05, "loop.per_cycle": 0.025, "loop.cycles": 6}).loop
+    assert budget_targets(cfg, pool) == [5, 8, 11, 14, 17, 20, 23]  # 2.5 rounds half up
+    with pytest.raises(ConfigError, match="loop asks for"):
+        check_budgets(tiny_config(**{"loop.initial": 90, "loop.per_cycle": 10, "loop.cycles": 2}).loop, pool)
+
+
+@pytest.mark.parametrize("unit", ["images", "boxes"])
+def test_simulate_two_cycles(tmp_path: Path, capsys, unit: str) -> None:
+    cfg = write_config(tmp_path, unit=unit, **({"initial": 6, "per_cycle": 4} if unit == "boxes" else {}))
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    st = status_of(run_dir, capsys)
+    assert st["complete"] and st["strategy"] == "entropy" and len(st["rounds"]) == 3
+    train_ids = set(json.loads((tmp_path / "train" / "annotations.json").read_text())["images"][i]["id"]
+                    for i in range(16))
+    seen: set[int] = set()
+    for r, target in zip(st["rounds"], [4, 7, 10] if unit == "images" else [6, 10, 14]):
+        assert set(r["selected"]) <= train_ids
+        assert not (set(r["selected"]) & seen), "selections must be disjoint"
+        seen |= set(r["selected"])
+        assert r["labeled_images"] == len(seen)
+        amount = r["labeled_images"] if unit == "images" else r["labeled_boxes"]
+        if unit == "images":
+            assert amount == target
+        else:
+            assert amount <= target
+        assert {"AP", "AP50", "AP75", "per_class_AP50"} <= set(r["metrics"])
+        assert {"train", "evaluate", "score", "select"} <= set(r["seconds"])
+    assert (run_dir / "checkpoints" / "round_002.pt").is_file()
+
+
+def _ledger_rows(run_dir: Path) -> list[tuple]:
+    con = sqlite3.connect(run_dir / "ledger.sqlite")
+    rows = con.execute("SELECT round, selected, labeled_images, labeled_boxes, scores, metrics "
+                       "FROM rounds ORDER BY round").fetchall()
+    con.close()
+    return rows
+
+
+def test_kill_and_resume_gives_the_same_ledger(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    ref = tmp_path / "ref"
+    assert main(["simulate", str(cfg), "--out", str(ref), "--quiet"]) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "activedet.cli", "simulate", str(cfg), "--out", str(killed), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # kill -9 twice at different points: once after round 0 trained, once in round 1's training
+    for wait_for in ("round_000.pt", "round_001"):
+        proc = subprocess.Popen(cmd + (["--resume"] if killed.exists() else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            ck = killed / "checkpoints"
+            if ck.is_dir() and any(p.name.startswith(wait_for) for p in ck.iterdir()):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert main(["simulate", str(cfg), "--out", str(killed), "--resume", "--quiet"]) == 0
+    assert _ledger_rows(killed) == _ledger_rows(ref)
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 2  # exists, no --resume
+    data = yaml.safe_load(cfg.read_text())
+    data["seed"] = 4
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err
+
+
+def test_bad_dataset_exits_nonzero_and_writes_no_ledger(tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path)
+    ann = tmp_path / "train" / "annotations.json"
+    coco = json.loads(ann.read_text())
+    coco["annotations"][0]["category_id"] = 99
+    bad_id = coco["annotations"][0]["id"]
+    ann.write_text(json.dumps(coco))
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "annotations.json" in err and str(bad_id) in err
+    assert not (run_dir / "ledger.sqlite").exists()
+
+
+def test_unknown_config_key_is_named(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("loop:\n  cycels: 3\n")
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert "loop.cycels" in capsys.readouterr().err
