@@ -39,7 +39,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 def _head_factory(variant: str, kwargs: dict[str, Any]) -> Callable[[int, int, int], nn.Module] | None:
-    if variant == "plain":
+    if variant in ("plain", "learning_loss"):  # learning_loss: plain head + model.loss_module
         return None
     if variant == "mial":
         from activedet.models.mial_head import MIALHead
@@ -77,6 +77,10 @@ class DetectionAdapter:
             torch.manual_seed(seed)
             factory = _head_factory(self.variant, self.head_kwargs)
             self.model = build_detector(self.cfg, self.num_classes, factory).to(self.device)
+            if self.variant == "learning_loss":
+                from activedet.models.learning_loss import attach_loss_module
+
+                attach_loss_module(self.model, "detection", **self.head_kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

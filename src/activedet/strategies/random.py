@@ -19,5 +19,5 @@ class RandomStrategy(Strategy):
     def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
         unl = pool.unlabeled
         picks = rng.choice(len(unl), size=budget, replace=False)
-        self.last_scores = None
+        self.last_scores = {}  # nothing is scored
         return [unl[int(j)] for j in picks]

@@ -127,6 +127,8 @@ Trainer = Callable[..., TrainResult]
 _TRAINERS = {
     "plain": "activedet.training.trainer:train_plain",
     "mial": "activedet.training.mial:train_mial",
+    "learning_loss": "activedet.training.learning_loss:train_learning_loss",
+    "mial_iul": "activedet.training.mial_iul:train_mial_iul",
 }
 
 
