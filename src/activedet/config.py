@@ -41,7 +41,7 @@ class ModelConfig:
     backbone: str = "resnet50"  # resnet50 | resnet18 | mobilenet_v2 (detectors)
     pretrained: bool = True
     image_size: int = 512  # shorter side fed to the model
-    anchor_scale: float | None = None  # smallest anchor size in pixels (default: image_size / 16)
+    anchor_scale: float | None = None  # smallest anchor in px (default 32 * image_size / 800, at least 16)
     score_thresh: float = 0.05
     detections_per_img: int = 100
 

@@ -127,7 +127,7 @@ def small_cnn(num_classes: int) -> SmallCNN:
 
 
 ARCHS = {"resnet18": resnet18_cifar, "small_cnn": small_cnn}
-VARIANTS = ("plain", "mial")
+VARIANTS = ("plain", "mial", "learning_loss")  # learning_loss: plain + model.loss_module
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -188,6 +188,10 @@ class ClassificationAdapter:
             net: nn.Module = ARCHS[self.arch](self.num_classes)
             if self.variant == "mial":
                 net = TwoHeadClassifier(net, self.num_classes)
+            if self.variant == "learning_loss":
+                from activedet.models.learning_loss import attach_loss_module
+
+                attach_loss_module(net, "classification", probe_size=self.image_size)
         self.model = net.to(self.device)
         self._aug_generator = torch.Generator().manual_seed(seed)
 
@@ -302,12 +306,17 @@ class ClassificationAdapter:
                                 scores=scores[k:k + 1], labels=labels[k:k + 1],
                                 probs=probs[k:k + 1], extra=extra)
 
-    def evaluate(self, dataset: Any, ids: Sequence[int] | None = None) -> dict[str, Any]:
+    def evaluate(self, dataset: Any, ids: Sequence[int] | None = None, batch_size: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
         """``{"top1": float, "per_class_accuracy": {class_name: float}}`` over ``ids``
-        (default: all of ``dataset``); classes without images are omitted."""
+        (default: all of ``dataset``); classes without images are omitted.
+
+        ``batch_size`` defaults to the adapter's ``eval_batch_size``; ``progress`` shows a
+        progress bar (same signature as the detection adapter's, which the loop calls)."""
         ids = dataset.ids if ids is None else list(ids)
+        bs = self.eval_batch_size if batch_size is None else batch_size
         preds: list[torch.Tensor] = []
-        for _, _, logits in self._predict(dataset, ids, self.eval_batch_size):
+        for _, _, logits in self._predict(dataset, ids, bs, progress):
             preds.append(self._probs(logits).argmax(-1))
         y_pred = torch.cat(preds).numpy() if preds else np.zeros((0,), np.int64)
         y_true = np.array([dataset.label(i) for i in ids], dtype=np.int64)

@@ -114,9 +114,18 @@ def build_backbone(name: str, pretrained: bool, extra: str) -> BackboneWithFPN:
     return BackboneWithFPN(body, return_layers, in_channels, out, extra_blocks=extra_blocks)
 
 
+#: the finest FPN level (P3/P2 of every backbone here) has stride 8 or less; an anchor
+#: narrower than two strides rarely overlaps an object at IoU 0.5 and starves training
+MIN_ANCHOR = 16.0
+
+
 def anchor_sizes(cfg: ModelConfig, levels: int) -> tuple[float, ...]:
-    """Base anchor size per level: ``anchor_scale`` (default ``image_size * 32 / 800``) × 2^l."""
-    base = cfg.anchor_scale if cfg.anchor_scale is not None else cfg.image_size * 32.0 / 800.0
+    """Base anchor size per level × 2^l. ``anchor_scale`` if set, else the COCO setting
+    (32 px at 800 px) scaled to ``image_size``, but never below ``MIN_ANCHOR``."""
+    if cfg.anchor_scale is not None:
+        base = float(cfg.anchor_scale)
+    else:
+        base = max(cfg.image_size * 32.0 / 800.0, MIN_ANCHOR)
     return tuple(float(base) * 2**i for i in range(levels))
 
 

@@ -38,9 +38,10 @@ class Strategy:
     defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
+        allowed = set(self.defaults) | (set(COST_AWARE_DEFAULTS) if self.ranks_by_score() else set())
+        unknown = sorted(set(params) - allowed)
         if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
+            known = ", ".join(sorted(allowed)) or "none"
             raise ConfigError(
                 f"unknown key 'strategy.{unknown[0]}' for strategy '{self.name}' (known: {known})"
             )
@@ -78,12 +79,20 @@ class Strategy:
         """
         candidates = pool.unlabeled
         scores = self.score(adapter, pool, candidates, rng)
+        if self.params.get("cost_aware", False):
+            scores = apply_cost_aware(self.params, adapter, pool, scores)
         self.last_scores = dict(scores)
         return rank_by_score(candidates, scores, budget, rng)
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Per-image informativeness, higher first; images missing from the result are unscored."""
         raise StrategyError(f"strategy '{self.name}' does not score images one by one")
+
+    @classmethod
+    def ranks_by_score(cls) -> bool:
+        """True for ranking strategies (the default ``_select``): they accept the
+        :data:`COST_AWARE_DEFAULTS` keys. Set-based strategies override ``_select``."""
+        return cls._select is Strategy._select
 
 
 
@@ -100,6 +109,39 @@ def rank_by_score(candidates: list[int], scores: Mapping[int, float], budget: in
     unscored = [i for i in shuffled if i not in scores]
     scored.sort(key=lambda i: -scores[i])  # stable: ties keep the seeded shuffle order
     return (scored + unscored)[:budget]
+
+
+#: keys every ranking strategy accepts: with ``cost_aware: true`` an image's score is divided
+#: by its predicted number of boxes (detections scoring >= ``cost_min_score``, at least 1),
+#: so a method cannot win by choosing crowded images (meant for ``loop.unit: boxes``)
+COST_AWARE_DEFAULTS: Mapping[str, Any] = {"cost_aware": False, "cost_min_score": 0.5}
+
+
+def cost_aware_scores(scores: Mapping[int, float], predicted_boxes: Mapping[int, int]) -> dict[int, float]:
+    """Score per predicted box: ``scores[i] / max(1, predicted_boxes[i])`` for every scored id.
+
+    Meant for non-negative scores (a negative score divided by more boxes moves up)."""
+    missing = [i for i in scores if i not in predicted_boxes]
+    if missing:
+        raise StrategyError(f"no predicted box count for image id {missing[0]}")
+    return {i: float(s) / max(1, int(predicted_boxes[i])) for i, s in scores.items()}
+
+
+def apply_cost_aware(params: Mapping[str, Any], adapter: Any, pool: Pool,
+                     scores: Mapping[int, float]) -> dict[int, float]:
+    """:func:`cost_aware_scores` with box counts predicted by ``adapter`` (detectors only)."""
+    thr = params.get("cost_min_score", COST_AWARE_DEFAULTS["cost_min_score"])
+    if not isinstance(params.get("cost_aware"), bool):
+        raise ConfigError(f"strategy key 'cost_aware' = {params.get('cost_aware')!r}: expected true or false")
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
+        raise ConfigError(f"strategy key 'cost_min_score' = {thr!r}: expected a number in [0, 1]")
+    if getattr(adapter, "task", None) != "detection":
+        raise StrategyError("strategy key 'cost_aware' needs a detector (predicted boxes); "
+                            f"the model is a {getattr(adapter, 'task', '?')} model")
+    ids = list(scores)
+    counts = {inf.image_id: int((inf.scores >= thr).sum())
+              for inf in adapter.infer(pool.dataset, ids, 8, keep_anchors=False)}
+    return cost_aware_scores(scores, counts)
 
 
 def check_selection(ids: Iterable[int], pool: Pool, budget: int, name: str) -> None:

@@ -1,0 +1,52 @@
+"""Learning loss for active learning (Yoo & Kweon, CVPR 2019).
+
+A loss-prediction module, trained jointly with the model (trainer ``learning_loss``,
+model variant ``learning_loss``; see :mod:`activedet.models.learning_loss`), predicts each
+image's loss. Selection scores a random subset of the pool (``subset`` images, 10,000 in
+ISAL's setup; ``null``: the whole pool) and takes the highest predicted losses; images
+outside the subset are unscored and fill the budget at random afterwards.
+
+Training keys (read by the trainer): ``lambda`` (1.0), ``margin`` (1.0),
+``stop_grad_epoch`` (``null``: 0 for detectors, 60% of the epochs for classifiers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError
+from activedet.models.learning_loss import predict_losses
+from activedet.strategies.base import Strategy
+from activedet.strategies.registry import register
+from activedet.training.learning_loss import TRAIN_DEFAULTS
+
+
+def random_subset(ids: list[int], size: int | None, rng: np.random.Generator) -> list[int]:
+    """``size`` ids drawn without replacement from ``rng`` (all of them when None or larger)."""
+    if size is None or size >= len(ids):
+        return list(ids)
+    return [ids[int(j)] for j in np.sort(rng.choice(len(ids), size=size, replace=False))]
+
+
+@register
+class LearningLossStrategy(Strategy):
+    name = "learning_loss"
+    reference = "Yoo & Kweon 2019 (learning loss: predicted loss on FPN levels / classifier blocks)"
+    archs = ("retinanet", "fcos", "resnet18", "small_cnn")
+    model_variant = "learning_loss"
+    trainer = "learning_loss"
+    defaults = {**TRAIN_DEFAULTS, "subset": 10000, "batch_size": 8}
+
+    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        size = self.params["subset"]
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"strategy key 'subset' = {size!r}: expected an integer >= 1 or null")
+        chosen = random_subset(list(ids), size, rng)
+        pred = predict_losses(adapter, pool.dataset, chosen, self.params["batch_size"])
+        return {i: float(p) for i, p in zip(chosen, pred)}
+
+
+__all__ = ["random_subset"]
