@@ -9,7 +9,9 @@ Accepted specs:
   ``ImageSets/Main/{split}.txt`` exists, else every annotation file;
 - a directory holding ``NAME.xml`` next to ``NAME.png|jpg``: paired VOC files;
 - a directory whose subfolders hold images: a classification image folder
-  (``activedet.data.classification.load_image_folder``).
+  (``activedet.data.classification.load_image_folder``);
+- a CIFAR-10/100 python-pickle folder (``batches.meta`` or ``meta``, possibly under
+  ``cifar-10-batches-py/``): ``activedet.data.classification.load_cifar`` (``train`` | ``test``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ def load_dataset(spec: str, split: str = "train", images_root: str | None = None
     if spec.lower().endswith(".json"):
         return load_coco(path, images_root)
     if path.is_dir():
+        if any((d / meta).is_file() for d in (path, path / "cifar-10-batches-py", path / "cifar-100-python")
+               for meta in ("batches.meta", "meta")):
+            from activedet.data.classification import load_cifar
+
+            return load_cifar(path, split)
         if (path / "Annotations").is_dir():
             return load_voc(path, split, layout="voc")  # all files if no {split}.txt
         if any(path.glob("*.xml")):

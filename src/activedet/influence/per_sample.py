@@ -10,6 +10,8 @@ loss, computed as if it were a batch of one (``inputs[i:i+1]``, ``targets[i:i+1]
   whose losses cannot be vmapped (torchvision detectors).
 - :func:`linear_ce_per_sample_grads`: closed form for the final ``nn.Linear`` of a
   classifier trained with cross-entropy.
+- :func:`layer_per_sample_grads`: closed form for the weights of final ``Conv2d`` /
+  ``Linear`` layers from one batched forward + backward (detector heads).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from activedet.influence.hvp import grad as param_grad
 
 __all__ = [
+    "layer_per_sample_grads",
     "linear_ce_per_sample_grads",
     "loop_per_sample_grads",
     "per_sample_grads",
@@ -203,3 +206,89 @@ def linear_ce_per_sample_grads(
     dlogits = probs * weights.sum(dim=1, keepdim=True) - weights  # (N, C)
     dw = dlogits.unsqueeze(2) * features.detach().to(dlogits.dtype).unsqueeze(1)  # (N, C, D)
     return [dw, dlogits] if with_bias else [dw]
+
+
+def layer_per_sample_grads(
+    loss_fn: Callable[[], Tensor],
+    layers: Sequence[nn.Module],
+    n: int,
+) -> list[Tensor]:
+    """Closed-form per-sample gradients of the weights of final ``Conv2d`` / ``Linear`` layers.
+
+    ``loss_fn`` runs one forward pass over a batch of ``n`` samples and returns
+    ``sum_i loss_i``, where ``loss_i`` depends on sample ``i`` only and every call of a
+    layer in ``layers`` sees the samples along its leading dimension (row ``i`` = sample
+    ``i``). Forward hooks record each call's input ``X`` and output ``Y``; one backward
+    pass from the loss to the outputs gives ``dY``, and for every sample
+    ``dW_i = sum over calls and positions of dY_i ⊗ X_i`` (convolutions: ``X`` unfolded
+    into patches). A layer called several times (an FPN head shared across levels)
+    accumulates over its calls. Nothing is back-propagated below these layers.
+
+    Args:
+        loss_fn: closure returning the summed per-sample losses (a scalar).
+        layers: ``nn.Conv2d`` (``groups == 1``) or ``nn.Linear`` modules.
+        n: batch size N.
+
+    Returns:
+        ``[(N, *layer.weight.shape) for layer in layers]``, detached (biases excluded).
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty")
+    for k, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                raise ValueError(f"layers[{k}] is a grouped convolution (groups={layer.groups})")
+        elif not isinstance(layer, nn.Linear):
+            raise ValueError(f"layers[{k}] is a {type(layer).__name__}, expected nn.Conv2d or nn.Linear")
+    calls: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layers]
+
+    def recorder(k: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            calls[k].append((inputs[0].detach(), output))
+        return hook
+
+    handles = [layer.register_forward_hook(recorder(k)) for k, layer in enumerate(layers)]
+    try:
+        loss = loss_fn()
+    finally:
+        for h in handles:
+            h.remove()
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    outputs = [out for per_layer in calls for _, out in per_layer]
+    out_grads: Sequence[Tensor | None] = [None] * len(outputs)
+    if outputs and loss.requires_grad:
+        out_grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+    result: list[Tensor] = []
+    pos = 0
+    for layer, per_layer in zip(layers, calls):
+        w = layer.weight
+        acc = torch.zeros((n, *w.shape), dtype=w.dtype, device=w.device)
+        for x, out in per_layer:
+            dy = out_grads[pos]
+            pos += 1
+            if dy is None:
+                continue
+            if x.shape[0] != n:
+                raise ValueError(f"a {type(layer).__name__} call saw {x.shape[0]} rows, expected {n} samples")
+            acc += _layer_weight_grad(layer, x, dy).to(w.dtype)
+        result.append(acc.detach())
+    return result
+
+
+def _layer_weight_grad(layer: nn.Module, x: Tensor, dy: Tensor) -> Tensor:
+    """Per-sample weight gradient of one call: ``(N, *weight.shape)``."""
+    n = x.shape[0]
+    if isinstance(layer, nn.Linear):
+        xs = x.reshape(n, -1, x.shape[-1])  # (N, R, D_in)
+        gs = dy.reshape(n, -1, dy.shape[-1])  # (N, R, D_out)
+        return torch.einsum("nro,nri->noi", gs, xs)
+    assert isinstance(layer, nn.Conv2d)
+    if isinstance(layer.padding, str):
+        raise ValueError(f"string padding {layer.padding!r} is not supported")
+    patches = torch.nn.functional.unfold(
+        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+    )  # (N, C_in * kh * kw, L)
+    gs = dy.reshape(n, dy.shape[1], -1)  # (N, C_out, L)
+    return torch.einsum("nol,nkl->nok", gs, patches).reshape(n, *layer.weight.shape)

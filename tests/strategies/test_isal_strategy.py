@@ -1,0 +1,178 @@
+"""ISAL and grad_similarity: UUIC pseudo labels, reference sets, exact vs LiSSA, a 2-cycle run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from activedet.config import ModelConfig, config_from_dict
+from activedet.data.base import ClassificationDataset, ImageRecord
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError
+from activedet.loop.runner import run
+from activedet.models.classifier import ClassificationAdapter
+from activedet.models.factory import build_adapter
+from activedet.strategies.isal import pseudo_boxes, topk_target_weights
+from activedet.strategies.registry import build_strategy
+from tests.conftest import make_detection_dataset, tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: threads only add overhead on a shared CPU
+    yield
+    torch.set_num_threads(old)
+
+
+def _cls_dataset(n: int, seed: int = 0, start: int = 1) -> ClassificationDataset:
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(n):
+        label = int(rng.integers(0, 3))
+        img = rng.integers(0, 100, (16, 16, 3), dtype=np.uint8)
+        img[:, :, label] += 100
+        records.append(ImageRecord(id=start + k, file_name=f"{k}.png", width=16, height=16,
+                                   array=img, label=label))
+    return ClassificationDataset(records, ["a", "b", "c"], name="tiny-cls")
+
+
+@pytest.fixture(scope="module")
+def cls_setup():
+    data, ref = _cls_dataset(30), _cls_dataset(8, seed=1, start=101)
+    ad = ClassificationAdapter(ModelConfig(arch="small_cnn", image_size=16), 3)
+    ad.reset(0)
+    opt = torch.optim.SGD(ad.model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(15):  # a few steps so that predictions are not uniform
+        x, y = ad.load_batch(data, data.ids[:12], False)
+        loss = ad.train_loss(x, y)["classification"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pool = Pool.from_dataset(data)
+    pool.reference = ref
+    pool.add(data.ids[:8], 0)
+    pool.add(data.ids[8:12], 1)
+    return ad, pool
+
+
+# --------------------------------------------------------------------- pure parts
+def test_topk_target_weights():
+    probs = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
+    assert torch.equal(topk_target_weights(probs, 1), torch.tensor([[0.0, 1, 0], [1, 0, 0]]))
+    assert torch.allclose(topk_target_weights(probs, 1, "always"), torch.tensor([[0.0, 0.6, 0], [0.5, 0, 0]]))
+    assert torch.allclose(topk_target_weights(probs, 2), torch.tensor([[0.0, 0.6, 0.3], [0.5, 0, 0.3]]))
+    with pytest.raises(ConfigError, match="top_k"):
+        topk_target_weights(probs, 4)
+
+
+def test_pseudo_boxes_threshold_cap_and_degenerate():
+    boxes = torch.tensor([[0, 0, 5, 5], [1, 1, 1, 4], [2, 2, 8, 8], [0, 0, 3, 3.0]])
+    scores = torch.tensor([0.6, 0.9, 0.8, 0.4])
+    labels = torch.tensor([1, 2, 1, 2])
+    out = pseudo_boxes(boxes, scores, labels, 0.5, 100)
+    assert torch.equal(out["labels"], torch.tensor([1, 1]))  # zero-width box dropped, sorted by score
+    assert torch.equal(out["boxes"][0], boxes[2])
+    assert pseudo_boxes(boxes, scores, labels, 0.5, 1)["boxes"].shape == (1, 4)
+    assert pseudo_boxes(boxes, scores, labels, 0.95, 100) is None
+
+
+# ------------------------------------------------------------------ classification
+def test_isal_classifier_scores_finite_deterministic_and_complete(cls_setup):
+    ad, pool = cls_setup
+    params = {"depth": 6, "repeats": 2}
+    a = build_strategy("isal", params)
+    sa = a.score(ad, pool, pool.unlabeled, np.random.default_rng(3))
+    sb = build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(3))
+    assert set(sa) == set(pool.unlabeled) and sa == sb
+    assert all(math.isfinite(v) for v in sa.values()) and len(set(sa.values())) > 1
+    assert a.last_info["reference"] == "validation" and a.last_info["reference_images"] == 8
+    picked = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    assert picked == sorted(sa, key=lambda i: -sa[i])[:5]
+
+
+def test_grad_similarity_equals_brute_force(cls_setup):
+    """score = -I = ∇l(R) · G_z, ∇l(R) summed over the labeled set, G_z at the top-1 label."""
+    ad, pool = cls_setup
+    st = build_strategy("grad_similarity", {"reference": "labeled", "parameters": ["fc.weight"]})
+    got = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    w = ad.model.fc.weight
+    ad.model.eval()
+    x, y = ad.load_batch(pool.dataset, pool.labeled, False)
+    v = torch.autograd.grad(F.cross_entropy(ad.model(x), y, reduction="sum"), w)[0]
+    for i in pool.unlabeled[:5]:
+        xi, _ = ad.load_batch(pool.dataset, [i], False)
+        logits = ad.model(xi)
+        g = torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1)), w)[0]
+        assert got[i] == pytest.approx(float((v * g).sum()), rel=1e-4, abs=1e-6)
+    assert st.last_info["reference_images"] == 12
+
+
+def test_exact_and_lissa_rankings_agree_on_a_classifier(cls_setup):
+    ad, pool = cls_setup
+    common = {"parameters": ["fc.weight"], "scale": 50.0, "damping": 0.01}
+    exact = build_strategy("isal", {**common, "inverse": "exact"}).score(ad, pool, pool.unlabeled,
+                                                                        np.random.default_rng(0))
+    lissa = build_strategy("isal", {**common, "depth": 400, "repeats": 2, "lissa_batch_size": 4}).score(
+        ad, pool, pool.unlabeled, np.random.default_rng(0))
+    ids = sorted(exact)
+    e, s = np.array([exact[i] for i in ids]), np.array([lissa[i] for i in ids])
+    assert spearmanr(e, s)[0] > 0.95
+    assert np.linalg.norm(e - s) / np.linalg.norm(e) < 0.1
+    top = set(sorted(ids, key=lambda i: -exact[i])[:5])
+    assert len(top & set(sorted(ids, key=lambda i: -lissa[i])[:5])) >= 4
+
+
+def test_reference_options_and_fallback(cls_setup):
+    ad, pool = cls_setup
+    common = {"depth": 2, "repeats": 1}
+    st = build_strategy("isal", {**common, "reference": "initial"})
+    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
+    assert st.last_info["reference"] == "initial" and st.last_info["reference_images"] == 8
+    no_ref = Pool.from_dataset(pool.dataset)
+    no_ref.add(pool.labeled, 0)
+    st = build_strategy("isal", common)
+    st.score(ad, no_ref, no_ref.unlabeled[:3], np.random.default_rng(0))
+    assert st.last_info["reference"] == "labeled" and st.last_info["reference_images"] == 12
+    with pytest.raises(ConfigError, match="dataset.reference"):
+        build_strategy("isal", {**common, "reference_fallback": "error"}).score(
+            ad, no_ref, no_ref.unlabeled[:3], np.random.default_rng(0))
+    for bad in ({"inverse": "cg"}, {"reference": "test"}, {"top_k": 0}, {"depth": 0}, {"scale": [1.0, 2.0]}):
+        with pytest.raises(ConfigError):
+            s = build_strategy("isal", bad)
+            s.score(ad, pool, pool.unlabeled[:2], np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------- detection
+def test_fcos_images_without_pseudo_boxes_are_unscored_and_fill_at_random():
+    data = make_detection_dataset(10, seed=3)
+    ad = build_adapter(tiny_config(**{"model.arch": "fcos"}), 2)
+    ad.reset(0)
+    pool = Pool.from_dataset(data)
+    pool.reference = make_detection_dataset(3, seed=4, start_id=101)
+    pool.add(pool.ids[:4], 0)
+    st = build_strategy("isal", {"depth": 2, "repeats": 1, "pseudo_score_threshold": 1.0})
+    picked = st.select(ad, pool, 3, np.random.default_rng(0))
+    assert st.last_scores == {} and st.last_info["unscored"] == 6 and len(set(picked)) == 3
+    st = build_strategy("isal", {"depth": 2, "repeats": 1, "pseudo_score_threshold": 0.0})
+    scores = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    assert len(scores) == 6 and all(math.isfinite(v) for v in scores.values())
+
+
+def test_two_cycle_run_isal_fcos_on_coco_files(tmp_path: Path):
+    train = make_detection_dataset(12, seed=5).export_coco(tmp_path / "train")
+    test = make_detection_dataset(4, seed=6, start_id=201).export_coco(tmp_path / "test")
+    ref = make_detection_dataset(3, seed=7, start_id=301).export_coco(tmp_path / "ref")
+    cfg = tiny_config(**{"model.arch": "fcos", "loop.initial": 4, "loop.per_cycle": 2, "loop.cycles": 2})
+    data = cfg.to_dict()
+    data["dataset"] = {"train": str(train), "test": str(test), "reference": str(ref)}
+    data["strategy"] = {"name": "isal", "pseudo_score_threshold": 0.05, "depth": 3, "repeats": 1}
+    status = run(config_from_dict(data), tmp_path / "run", progress=False)
+    assert status["complete"] and len(status["rounds"]) == 3
+    assert [r["labeled_images"] for r in status["rounds"]] == [4, 6, 8]
