@@ -66,6 +66,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
             runs.append(ledger.status())
     index = write_report(runs, args.out)
     print(f"report written to {index}")
+    if getattr(args, "heatmaps", 0):
+        from activedet.report.mial_heatmap import write_run_heatmaps
+
+        for d, status in zip(args.run_dirs, runs):
+            if status["strategy"] != "mial":
+                print(f"heat maps: skipping {d} (strategy '{status['strategy']}', not 'mial')")
+                continue
+            out = Path(args.out) / "heatmaps" / (Path(d).resolve().name or "run")
+            paths = write_run_heatmaps(d, out, args.heatmaps)
+            print(f"heat maps: {len(paths)} written to {out}")
     return 0
 
 
@@ -142,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="curves (AP vs images, AP vs boxes), tables and an HTML page")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--out", required=True, help="output directory for index.html, PNGs and table.md")
+    s.add_argument("--heatmaps", type=int, default=0, metavar="N",
+                   help="mial runs: heat maps of instance uncertainty and MIL score (paper Fig. 6) "
+                        "for the N top-scored images of the last selection, under OUT/heatmaps/")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("evaluate", help="COCO AP of detections (pycocotools)")

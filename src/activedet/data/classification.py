@@ -277,7 +277,22 @@ def _read_maybe_gzip(path: Path) -> bytes:
 
 
 def _parse_idx(path: Path, ndim: int) -> np.ndarray:
-    """An unsigned-byte IDX file with ``ndim`` dimensions as an array of that shape."""
+    """An unsigned-byte IDX file with ``ndim`` dimensions as an array of that shape.
+
+    Read-only; cached per (path, size, modification time), so several runs in one process
+    (a test session, a sweep) decompress the 60,000 Fashion-MNIST images once.
+    """
+    if not path.is_file():
+        raise DatasetError(f"IDX file {path} is missing")
+    st = path.stat()
+    return _parse_idx_cached(str(path), str(path.resolve()), st.st_size, st.st_mtime_ns, ndim)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_idx_cached(path_str: str, resolved: str, file_size: int, mtime_ns: int,
+                      ndim: int) -> np.ndarray:
+    """:func:`_parse_idx` without the cache key (``resolved``, ``file_size``, ``mtime_ns``)."""
+    path = Path(path_str)
     buf = _read_maybe_gzip(path)
     header = 4 + 4 * ndim
     if len(buf) < header:

@@ -212,7 +212,7 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
                 load_checkpoint(adapter, run_dir / row["checkpoint"])
                 model_round = r
             t0 = time.perf_counter()
-            metrics = adapter.evaluate(exp.test, progress=progress)
+            metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
             ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
             row["metrics"] = metrics
             log.info("round %d: %s", r, _headline(metrics))

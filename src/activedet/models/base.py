@@ -65,7 +65,8 @@ class Adapter(Protocol):
               progress: bool = False) -> Iterator[Inference]:
         """Eval-mode forward over ``ids`` in batches, one :class:`Inference` per image."""
 
-    def evaluate(self, dataset: Any, ids: Sequence[int] | None = None) -> dict[str, Any]:
+    def evaluate(self, dataset: Any, ids: Sequence[int] | None = None, batch_size: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
         """Metrics on ``dataset`` (detection: COCO AP via pycocotools; classification: top-1)."""
 
     def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:

@@ -1,0 +1,156 @@
+"""MIAL: multiple instance active learning (Yuan et al., CVPR 2021 / TPAMI), RetinaNet.
+
+The strategy holds MIAL's settings and scores images; the model variant ``"mial"`` (the
+head with f1, f2 and f_mil, :mod:`activedet.models.mial_head`) and the trainer ``"mial"``
+(label-set / max / min stages, :mod:`activedet.training.mial`) are chosen through the
+class attributes the loop reads. The loop hands ``strategy.params`` to the trainer, so one
+``strategy:`` block in the config carries everything:
+
+- training (see :data:`activedet.training.mial.TRAIN_DEFAULTS`): ``lambda`` (0.5),
+  ``iul`` (min/max stages on), ``iur`` (MIL head on), ``reweight`` (``w_i`` of Eq. 7:
+  ``none`` | ``f1`` | ``mil``), ``train_squared``, ``pseudo_threshold``, ``label_epochs``,
+  ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
+  ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``;
+- head: ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
+  ``regression_loss`` (``smooth_l1`` paper | ``l1`` authors' code);
+- selection (Sec. 3.4): ``top_k`` (10,000, clipped to the anchor count), ``aggregate``
+  (``topk`` | ``mean`` | ``max``), ``uncertainty`` (``abs`` paper | ``squared`` code),
+  ``weighting`` (``none`` | ``mil``: weight each anchor's class-wise discrepancy by its MIL
+  instance score), ``score_fraction`` (score a random fraction of the pool, the COCO
+  protocol's 1/5; unscored images come after every scored one), ``batch_size``.
+
+Scoring is batched and keeps one float per image, so memory does not grow with the pool.
+Every image is scored (an image without objects still has anchors).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError, StrategyError
+from activedet.models import mial_losses as L
+from activedet.strategies.base import Strategy, rank_by_score
+from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
+from activedet.strategies.registry import register
+from activedet.training.mial import TRAIN_DEFAULTS, MIALTrainSettings
+
+__all__ = ["MIALStrategy", "SELECT_DEFAULTS", "HEAD_DEFAULTS", "anchor_maps", "mial_instance_scores"]
+
+#: selection keys and their defaults
+SELECT_DEFAULTS: dict[str, Any] = {
+    "top_k": 10000,
+    "aggregate": "topk",
+    "weighting": "none",
+    "uncertainty": "abs",
+    "score_fraction": 1.0,
+    "batch_size": 8,
+}
+
+#: head keys (passed to :class:`~activedet.models.mial_head.MIALHead`) and their defaults
+HEAD_DEFAULTS: dict[str, Any] = {
+    "mil_weighting": "paper",
+    "regression_loss": "smooth_l1",
+}
+
+_CHOICES = {
+    "aggregate": ("topk", "mean", "max"),
+    "weighting": ("none", "mil"),
+    "uncertainty": ("abs", "squared"),
+    "mil_weighting": ("paper", "code"),
+    "regression_loss": ("smooth_l1", "l1"),
+}
+
+
+def _check(params: dict[str, Any]) -> None:
+    """Validate every key; raises :class:`ConfigError` naming the bad one."""
+    MIALTrainSettings.from_params(params)
+    for key, choices in _CHOICES.items():
+        if params[key] not in choices:
+            raise ConfigError(f"strategy key '{key}' = {params[key]!r}: expected one of {', '.join(choices)}")
+    for key in ("top_k", "batch_size"):
+        v = params[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"strategy key '{key}' = {v!r}: expected an integer >= 1")
+    frac = params["score_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+        raise ConfigError(f"strategy key 'score_fraction' = {frac!r}: expected a number in (0, 1]")
+    if params["weighting"] == "mil" and not params["iur"]:
+        raise ConfigError("strategy key 'weighting' = 'mil' needs the MIL head (iur: true)")
+
+
+def mial_instance_scores(head: Any, extra: dict[str, Any]) -> torch.Tensor:
+    """MIL instance scores (Eq. 5) of one image from ``Inference.extra``: (A, C).
+
+    ``extra`` holds ``cls_logits``, ``cls_logits2``, ``mil_logits`` (A, C) without the
+    background channel and ``num_anchors_per_level``; the head supplies its Eq. 5 mode and
+    class activation.
+    """
+    if "mil_logits" not in extra:
+        raise StrategyError("the MIAL head was built without MIL (iur: false): no MIL scores")
+    return L.instance_mil_scores(
+        extra["cls_logits"][None], extra["cls_logits2"][None], extra["mil_logits"][None],
+        extra["num_anchors_per_level"], mode=head.mil_weighting, first_class=0,
+        class_activation=head.mil_class_activation,
+    )[0]
+
+
+def anchor_maps(head: Any, extra: dict[str, Any], squared: bool = False,
+                weighting: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-anchor instance uncertainty (A,) and, with the MIL head, the MIL score summed over
+    classes (A,), from one image's ``Inference.extra``."""
+    p1 = torch.sigmoid(extra["cls_logits"])
+    p2 = torch.sigmoid(extra["cls_logits2"])
+    mil = mial_instance_scores(head, extra) if "mil_logits" in extra else None
+    weights = mil if weighting == "mil" else None
+    u = anchor_uncertainty(p1, p2, squared=squared, weights=weights)
+    return u, None if mil is None else mil.sum(-1).double().numpy()
+
+
+@register
+class MIALStrategy(Strategy):
+    name = "mial"
+    reference = "Yuan et al. 2021, Multiple Instance Active Learning for Object Detection (MIAL)"
+    tasks = ("detection",)
+    archs = ("retinanet",)
+    model_variant = "mial"
+    trainer = "mial"
+    defaults = {**TRAIN_DEFAULTS, **HEAD_DEFAULTS, **SELECT_DEFAULTS}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check(self.params)  # fail at config time, not after a cycle of training
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],
+                "regression_loss": self.params["regression_loss"]}
+
+    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+        candidates = pool.unlabeled
+        frac = float(self.params["score_fraction"])
+        to_score = candidates
+        if frac < 1:
+            n = min(len(candidates), max(budget, math.ceil(frac * len(candidates))))
+            to_score = sorted(candidates[int(j)] for j in rng.choice(len(candidates), size=n, replace=False))
+        scores = self.score(adapter, pool, to_score, rng)
+        self.last_scores = dict(scores)
+        return rank_by_score(candidates, scores, budget, rng)
+
+    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        """Image score = aggregate (mean of the top-k by default) of anchor uncertainties."""
+        head = getattr(adapter.model, "head", None)
+        if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
+            raise StrategyError("strategy 'mial' needs a RetinaNet with the MIAL head (model variant 'mial')")
+        p = self.params
+        out: dict[int, float] = {}
+        for inf in adapter.infer(pool.dataset, ids, p["batch_size"], progress=True, keep_anchors=True):
+            ex = inf.extra
+            mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
+            out[inf.image_id] = image_uncertainty(
+                torch.sigmoid(ex["cls_logits"]), torch.sigmoid(ex["cls_logits2"]), how=p["aggregate"],
+                k=p["top_k"], squared=p["uncertainty"] == "squared", weighting=p["weighting"], mil_scores=mil)
+        return out

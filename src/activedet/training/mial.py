@@ -1,0 +1,396 @@
+"""MIAL's training schedule: label-set training and the max / min discrepancy stages.
+
+One active-learning cycle (paper Sec. 3.2–3.3, Fig. 3–4; schedule from the authors' code)::
+
+    label  (label_epochs)                                  all parameters, labeled set
+    rounds × [ max (max_epochs) → min (min_epochs)         order "max_min" (paper, default)
+               or min → max                                 order "min_max" (authors' code)
+               → label (label_epochs) ]                     the very last label stage at lr × final_lr_scale
+
+Each "epoch" passes over the data ``repeat`` times. A fresh SGD optimizer (lr, momentum,
+weight decay from ``TrainConfig``) is built for every stage. ``cfg.epochs`` and
+``cfg.lr_steps`` are not used: the stage list above is the schedule;
+``cfg.warmup_iters`` warms up the first label stage only.
+
+Stages (labeled batches always contribute ``l_det + l_mil`` with ground-truth image labels):
+
+- ``label``: every parameter trains on labeled batches.
+- ``max`` (Eq. 8): only f1 and f2 train; everything else is frozen (``requires_grad``
+  False, so its gradients are never computed and the optimizer never sees it) and batch
+  norms outside f1/f2 run in eval mode, so their running statistics do not move. Each
+  iteration takes one labeled step and one unlabeled step with
+  ``λ·Σ(1 − |σ1 − σ2|)·w``.
+- ``min`` (Eq. 9): f1 and f2 are frozen (their batch norms, if any, in eval mode);
+  backbone, FPN, box regressor and MIL head train. The unlabeled step minimises
+  ``λ·Σ|σ1 − σ2|·w`` plus the MIL loss against pseudo image labels (Eq. 10).
+
+The unlabeled images of a cycle are a random subset of the pool the size of the labeled
+set, drawn from ``seed``. ``iul: false`` drops the min/max stages (label-set training
+only, same number of label epochs); ``iur: false`` is the head built without MIL (the
+strategy passes ``use_mil`` to the head), and needs ``reweight`` ``none`` or ``f1``.
+
+Deterministic on CPU for a given seed: batch order, flips and the unlabeled subset come
+from a generator seeded with ``seed``; the global torch RNG is seeded inside
+``fork_rng`` and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from activedet.config import TrainConfig
+from activedet.errors import ActivedetError, ConfigError
+from activedet.training.trainer import TrainResult, batches, check_finite, make_optimizer, sgd_step
+
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "MIALTrainSettings",
+    "Stage",
+    "build_schedule",
+    "stage_trainable",
+    "unlabeled_subset",
+    "run_stage",
+    "train_mial",
+]
+
+StageKind = Literal["label", "min", "max"]
+
+#: the strategy keys this trainer reads, with their defaults
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "lambda": 0.5,
+    "iul": True,
+    "iur": True,
+    "reweight": "mil",
+    "train_squared": False,
+    "pseudo_threshold": 0.5,
+    "label_epochs": 3,
+    "rounds": 2,
+    "repeat": 2,
+    "order": "max_min",
+    "min_epochs": 1,
+    "max_epochs": 1,
+    "min_lr_scale": 1.0,
+    "max_lr_scale": 1.0,
+    "final_lr_scale": 0.1,
+}
+
+
+def _key_error(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"strategy key '{key}' = {value!r}: {expected}")
+
+
+def _int(params: Mapping[str, Any], key: str, minimum: int) -> int:
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < minimum:
+        raise _key_error(key, v, f"expected an integer >= {minimum}")
+    return int(v)
+
+
+def _float(params: Mapping[str, Any], key: str, low: float, high: float, *, low_open: bool = False) -> float:
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _key_error(key, v, "expected a number")
+    if v < low or v > high or (low_open and v == low):
+        lo = "(" if low_open else "["
+        raise _key_error(key, v, f"expected a number in {lo}{low:g}, {high:g}]")
+    return float(v)
+
+
+def _bool(params: Mapping[str, Any], key: str) -> bool:
+    v = params[key]
+    if not isinstance(v, bool):
+        raise _key_error(key, v, "expected true or false")
+    return v
+
+
+def _choice(params: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
+    v = params[key]
+    if v not in choices:
+        raise _key_error(key, v, f"expected one of {', '.join(choices)}")
+    return str(v)
+
+
+@dataclass(frozen=True)
+class MIALTrainSettings:
+    """The training keys of the ``mial`` strategy, validated (see :data:`TRAIN_DEFAULTS`)."""
+
+    lam: float
+    iul: bool
+    iur: bool
+    reweight: Literal["none", "f1", "mil"]
+    train_squared: bool
+    pseudo_threshold: float
+    label_epochs: int
+    rounds: int
+    repeat: int
+    order: Literal["max_min", "min_max"]
+    min_epochs: int
+    max_epochs: int
+    min_lr_scale: float
+    max_lr_scale: float
+    final_lr_scale: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "MIALTrainSettings":
+        """Read the trainer's keys from strategy params (missing keys take their defaults,
+        other keys are ignored). Raises :class:`ConfigError` naming a bad key."""
+        p = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
+        s = cls(
+            lam=_float(p, "lambda", 0.0, 1e6, low_open=True),
+            iul=_bool(p, "iul"),
+            iur=_bool(p, "iur"),
+            reweight=_choice(p, "reweight", ("none", "f1", "mil")),  # type: ignore[arg-type]
+            train_squared=_bool(p, "train_squared"),
+            pseudo_threshold=_float(p, "pseudo_threshold", 0.0, 1.0),
+            label_epochs=_int(p, "label_epochs", 1),
+            rounds=_int(p, "rounds", 0),
+            repeat=_int(p, "repeat", 1),
+            order=_choice(p, "order", ("max_min", "min_max")),  # type: ignore[arg-type]
+            min_epochs=_int(p, "min_epochs", 0),
+            max_epochs=_int(p, "max_epochs", 0),
+            min_lr_scale=_float(p, "min_lr_scale", 0.0, 1e3, low_open=True),
+            max_lr_scale=_float(p, "max_lr_scale", 0.0, 1e3, low_open=True),
+            final_lr_scale=_float(p, "final_lr_scale", 0.0, 1e3, low_open=True),
+        )
+        if s.reweight == "mil" and not s.iur:
+            raise ConfigError("strategy key 'reweight' = 'mil' needs the MIL head (iur: true); "
+                              "with 'iur: false' use reweight 'none' or 'f1'")
+        return s
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the cycle: ``epochs`` epochs of ``kind`` at ``cfg.lr × lr_scale``.
+
+    ``round``: 0 for the initial label-set training, 1..rounds for the IUL rounds.
+    """
+
+    kind: StageKind
+    epochs: int
+    lr_scale: float
+    round: int
+
+
+def build_schedule(s: MIALTrainSettings) -> list[Stage]:
+    """The stage list of one cycle (see the module docstring). Stages with 0 epochs are left
+    out; the last label stage runs at ``final_lr_scale``."""
+    stages = [Stage("label", s.label_epochs, 1.0, 0)]
+    for r in range(1, s.rounds + 1):
+        if s.iul:
+            pair = [Stage("max", s.max_epochs, s.max_lr_scale, r), Stage("min", s.min_epochs, s.min_lr_scale, r)]
+            if s.order == "min_max":
+                pair.reverse()
+            stages += [st for st in pair if st.epochs > 0]
+        stages.append(Stage("label", s.label_epochs, 1.0, r))
+    last = stages[-1]
+    stages[-1] = Stage(last.kind, last.epochs, s.final_lr_scale, last.round)
+    return stages
+
+
+def _mial_head(model: nn.Module) -> Any:
+    head = getattr(model, "head", None)
+    if head is None or not hasattr(head, "unlabeled_loss") or not hasattr(head, "named_parameter_groups"):
+        raise ConfigError("trainer 'mial' needs a RetinaNet with the MIAL head (strategy 'mial', "
+                          f"model variant 'mial'); got head {type(head).__name__}")
+    return head
+
+
+def stage_trainable(model: nn.Module, kind: StageKind) -> dict[str, bool]:
+    """Which parameters a stage may train: ``{name: allowed}`` over ``model.named_parameters()``.
+
+    ``label``: all; ``max``: the head's f1/f2 group only; ``min``: everything but f1/f2.
+    (A parameter that was already frozen, e.g. a pretrained stem, stays frozen.)
+    """
+    head = _mial_head(model)
+    f12 = {f"head.{n}" for n, _ in head.named_parameter_groups()["f1_f2"]}
+    out = {}
+    for name, _ in model.named_parameters():
+        if kind == "label":
+            out[name] = True
+        elif kind == "max":
+            out[name] = name in f12
+        elif kind == "min":
+            out[name] = name not in f12
+        else:
+            raise ValueError(f"stage kind must be 'label', 'min' or 'max', got {kind!r}")
+    return out
+
+
+@contextlib.contextmanager
+def _stage_mode(model: nn.Module, kind: StageKind) -> Iterator[None]:
+    """Set ``requires_grad`` and train/eval modes for a stage; restore both afterwards.
+
+    Batch norms whose own parameters are all frozen in this stage run in eval mode (their
+    running statistics stay put): the backbone's in the max stage, f1/f2's in the min stage.
+    """
+    allowed = stage_trainable(model, kind)
+    params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for n, p in params.items():
+            p.requires_grad_(flags[n] and allowed[n])
+        model.train()
+        for mod_name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                own = [f"{mod_name}.{pn}" for pn, _ in m.named_parameters(recurse=False)]
+                if own and not any(allowed[n] for n in own):
+                    m.eval()
+        model.zero_grad(set_to_none=True)
+        yield
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        for m, training in modes.items():
+            m.training = training
+
+
+def unlabeled_subset(labeled: Sequence[int], unlabeled: Sequence[int], generator: torch.Generator) -> list[int]:
+    """A random subset of ``unlabeled`` the size of the labeled set (or all of it if smaller),
+    drawn from ``generator``; returned in sorted order."""
+    pool = sorted(int(i) for i in unlabeled)
+    n = min(len(labeled), len(pool))
+    if n == 0:
+        return []
+    idx = torch.randperm(len(pool), generator=generator)[:n].tolist()
+    return sorted(pool[j] for j in idx)
+
+
+def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
+                      s: MIALTrainSettings) -> dict[str, torch.Tensor]:
+    """Transform → backbone → MIAL head (train mode, no targets) → unlabeled losses of
+    ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head)."""
+    model = adapter.model
+    image_list, _ = model.transform(images)
+    features = list(model.backbone(image_list.tensors).values())
+    head_out = model.head(features)  # (N, HWA, K) each; records num_anchors_per_level
+    return model.head.unlabeled_loss(head_out, kind, lam=s.lam, reweight=s.reweight,
+                                     squared=s.train_squared, pseudo_threshold=s.pseudo_threshold)
+
+
+def _warmup(it: int, iters: int) -> float:
+    if iters <= 0 or it >= iters:
+        return 1.0
+    alpha = it / iters
+    return 0.001 * (1 - alpha) + alpha
+
+
+def _step(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor], it: int, lr: float,
+          grad_clip: float | None) -> None:
+    total = check_finite(losses, it, lr)
+    if total.requires_grad:  # e.g. an all-frozen loss term: nothing to update
+        sgd_step(opt, total, grad_clip)
+
+
+def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
+              cfg: TrainConfig, s: MIALTrainSettings, generator: torch.Generator, *, first_epoch: int = 1,
+              warmup_iters: int = 0, bar: Any = None) -> tuple[list[dict[str, Any]], int]:
+    """Train one stage; returns its history rows (one per epoch) and the images it processed.
+
+    Label stages pass over ``labeled``; min/max stages pair every labeled batch with an
+    unlabeled batch of ``unlabeled`` (cycled if it holds fewer batches) and take two SGD
+    steps. History rows: ``{"stage", "epoch", "round", "lr", <labeled loss terms>,
+    "unlabeled_<term>"...}``, each loss the image-weighted mean of its batch values.
+    """
+    model = adapter.model
+    lr = cfg.lr * stage.lr_scale
+    rows: list[dict[str, Any]] = []
+    images = 0
+    paired = stage.kind in ("min", "max")
+    if paired and not unlabeled:
+        raise ActivedetError(f"MIAL {stage.kind} stage needs unlabeled images, got none")
+    with _stage_mode(model, stage.kind):
+        opt = make_optimizer(model.parameters(), cfg, lr=lr)
+        it = 0
+        for e in range(stage.epochs):
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+
+            def add(prefix: str, losses: dict[str, torch.Tensor], n: int) -> None:
+                for k, v in losses.items():
+                    sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v.detach()) * n
+                    counts[prefix + k] = counts.get(prefix + k, 0) + n
+
+            for _ in range(s.repeat):
+                lab_batches = batches(labeled, cfg.batch_size, generator)
+                unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
+                for b, batch in enumerate(lab_batches):
+                    step_lr = lr * _warmup(it, warmup_iters)
+                    for g in opt.param_groups:
+                        g["lr"] = step_lr
+                    inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
+                    losses = model(inputs, targets)  # model.train() was set by _stage_mode
+                    _step(opt, losses, it, step_lr, cfg.grad_clip)
+                    add("", losses, len(batch))
+                    images += len(batch)
+                    if paired:
+                        ubatch = unl_batches[b % len(unl_batches)]
+                        uimages, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
+                        ulosses = _unlabeled_losses(adapter, uimages, stage.kind, s)
+                        _step(opt, ulosses, it, step_lr, cfg.grad_clip)
+                        add("unlabeled_", ulosses, len(ubatch))
+                        images += len(ubatch)
+                    it += 1
+                    if bar is not None:
+                        loss = float(sum(v.detach() for v in losses.values()))
+                        bar.set_postfix(stage=stage.kind, round=stage.round, loss=f"{loss:.3f}")
+                        bar.update(1)
+            rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
+                         **{k: sums[k] / max(1, counts[k]) for k in sums}})
+        model.zero_grad(set_to_none=True)
+    return rows, images
+
+
+def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+               cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
+    """Train ``adapter.model`` (RetinaNet + MIAL head) for one active-learning cycle.
+
+    Args:
+        adapter: a :class:`~activedet.models.detection_adapter.DetectionAdapter` of variant
+            ``"mial"``.
+        dataset: the training dataset (labeled and unlabeled ids index into it).
+        labeled: labeled image ids (targets are read from ``dataset``).
+        unlabeled: the unlabeled pool; a random subset the size of ``labeled`` is used.
+        cfg: lr, momentum, weight decay, batch size, flips, gradient clipping, warm-up.
+        params: the strategy's params (:data:`TRAIN_DEFAULTS` keys; others ignored).
+        seed: the only source of randomness.
+    Returns:
+        :class:`TrainResult` with one history row per stage epoch.
+    """
+    labeled = [int(i) for i in labeled]
+    if not labeled:
+        raise ActivedetError("cannot train on an empty labeled set")
+    s = MIALTrainSettings.from_params(params)
+    head = _mial_head(adapter.model)
+    if s.reweight == "mil" and not getattr(head, "use_mil", False):
+        raise ConfigError("strategy key 'reweight' = 'mil' but the model's MIAL head has no MIL branch")
+    gen = torch.Generator().manual_seed(seed)
+    subset = unlabeled_subset(labeled, unlabeled, gen) if s.iul else []
+    schedule = build_schedule(s)
+    if not subset:  # nothing unlabeled left: label-set training only
+        schedule = [st for st in schedule if st.kind == "label"]
+    per_epoch = math.ceil(len(labeled) / cfg.batch_size) * s.repeat
+    total_iters = sum(st.epochs for st in schedule) * per_epoch
+    result = TrainResult()
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        bar = tqdm(total=total_iters, desc="train mial", unit="it", disable=not progress, leave=False)
+        epoch = 1
+        for k, stage in enumerate(schedule):
+            rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
+                                warmup_iters=cfg.warmup_iters if k == 0 else 0, bar=bar)
+            result.history.extend(rows)
+            result.images += n
+            epoch += stage.epochs
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result

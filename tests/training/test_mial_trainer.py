@@ -1,0 +1,209 @@
+"""MIAL's training schedule: settings, stage list, gradient isolation of the max / min
+stages, and one end-to-end cycle on a tiny detection dataset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from activedet.errors import ConfigError
+from activedet.models.detection_adapter import DetectionAdapter
+from activedet.training.mial import (
+    MIALTrainSettings,
+    Stage,
+    build_schedule,
+    run_stage,
+    stage_trainable,
+    train_mial,
+    unlabeled_subset,
+)
+from tests.conftest import make_detection_dataset, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads per process
+    make these steps ~10x slower. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _adapter(seed: int = 0, **head_kwargs) -> DetectionAdapter:
+    cfg = tiny_config()
+    ad = DetectionAdapter(cfg.model, 2, "mial", "cpu", head_kwargs)
+    ad.reset(seed)
+    return ad
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (batch-norm running statistics included), cloned."""
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()}
+
+
+def _is_f12(name: str) -> bool:
+    return name.startswith(("head.f1.", "head.f2."))
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_follow_the_notes() -> None:
+    s = MIALTrainSettings.from_params({})
+    assert (s.lam, s.iul, s.iur, s.reweight, s.order) == (0.5, True, True, "mil", "max_min")
+    assert (s.label_epochs, s.rounds, s.repeat, s.min_epochs, s.max_epochs) == (3, 2, 2, 1, 1)
+    assert s.final_lr_scale == pytest.approx(0.1)
+    # keys of other components (selection settings) are ignored
+    assert MIALTrainSettings.from_params({"top_k": 5, "aggregate": "max"}) == s
+
+
+@pytest.mark.parametrize("key,value", [("lambda", 0), ("lambda", "x"), ("order", "max_max"),
+                                       ("rounds", -1), ("repeat", 1.5), ("iul", "yes"),
+                                       ("reweight", "both"), ("pseudo_threshold", 1.5)])
+def test_bad_settings_name_the_key(key: str, value) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        MIALTrainSettings.from_params({key: value})
+
+
+def test_mil_reweighting_needs_the_mil_head() -> None:
+    with pytest.raises(ConfigError, match="reweight"):
+        MIALTrainSettings.from_params({"iur": False})
+    assert MIALTrainSettings.from_params({"iur": False, "reweight": "f1"}).reweight == "f1"
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def _kinds(stages: list[Stage]) -> list[str]:
+    return [st.kind for st in stages]
+
+
+def test_schedule_order_rounds_and_final_lr() -> None:
+    paper = build_schedule(MIALTrainSettings.from_params({}))
+    assert _kinds(paper) == ["label", "max", "min", "label", "max", "min", "label"]
+    assert [st.round for st in paper] == [0, 1, 1, 1, 2, 2, 2]
+    assert [st.lr_scale for st in paper] == [1.0] * 6 + [pytest.approx(0.1)]
+    code = build_schedule(MIALTrainSettings.from_params({"order": "min_max", "rounds": 1}))
+    assert _kinds(code) == ["label", "min", "max", "label"]
+    # 26 passes over the labeled set per cycle at the defaults (notes: "≈ 26 passes")
+    s = MIALTrainSettings.from_params({})
+    assert sum(st.epochs for st in paper) * s.repeat == 26
+    no_iul = build_schedule(MIALTrainSettings.from_params({"iul": False}))
+    assert _kinds(no_iul) == ["label"] * 3  # same number of label epochs, no min/max
+    no_max = build_schedule(MIALTrainSettings.from_params({"max_epochs": 0, "rounds": 1}))
+    assert _kinds(no_max) == ["label", "min", "label"]
+
+
+def test_unlabeled_subset_is_sized_like_the_labeled_set() -> None:
+    pool = list(range(100, 140))
+    a = unlabeled_subset([1, 2, 3, 4, 5], pool, torch.Generator().manual_seed(7))
+    b = unlabeled_subset([1, 2, 3, 4, 5], pool, torch.Generator().manual_seed(7))
+    c = unlabeled_subset([1, 2, 3, 4, 5], pool, torch.Generator().manual_seed(8))
+    assert a == b and a != c
+    assert len(a) == 5 and len(set(a)) == 5 and set(a) <= set(pool) and a == sorted(a)
+    assert unlabeled_subset(list(range(50)), pool, torch.Generator()) == pool  # pool smaller: all of it
+    assert unlabeled_subset([1], [], torch.Generator()) == []
+
+
+# ---------------------------------------------------------------------------- isolation
+
+
+def test_stage_trainable_partitions_the_parameters() -> None:
+    ad = _adapter()
+    names = [n for n, _ in ad.model.named_parameters()]
+    mx, mn, lb = (stage_trainable(ad.model, k) for k in ("max", "min", "label"))
+    assert all(lb.values())
+    assert {n for n in names if mx[n]} == {n for n in names if _is_f12(n)}
+    assert all(mx[n] != mn[n] for n in names)
+    assert any(n.startswith("head.f_mil.") for n in names if mn[n])
+    assert any(n.startswith("backbone.") for n in names if mn[n])
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_stage_updates_exactly_its_parameters(kind: str) -> None:
+    """Max (Eq. 8): only f1/f2 move. Min (Eq. 9): f1/f2 stay, everything else moves.
+    Frozen tensors, buffers included, stay bit-identical."""
+    ds = make_detection_dataset(n=6, seed=3, empty_every=3)
+    ad = _adapter()
+    cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
+    s = MIALTrainSettings.from_params({"repeat": 1})
+    flags = {n: p.requires_grad for n, p in ad.model.named_parameters()}
+    before = _snapshot(ad.model)
+    rows, images = run_stage(ad, ds, Stage(kind, 1, 1.0, 1), [1, 2], [3, 6], cfg, s,
+                             torch.Generator().manual_seed(0))
+    after = _snapshot(ad.model)
+    params = {n for n, _ in ad.model.named_parameters()}
+    should_move = {n for n in params if flags[n] and (_is_f12(n) == (kind == "max"))}
+    assert should_move  # the stage has something to train
+    for name in before:
+        moved = not torch.equal(before[name], after[name])
+        if name in should_move:
+            assert moved, f"{kind} stage left {name} unchanged"
+        elif name in params or kind == "max":  # max: every buffer too (frozen BN statistics)
+            assert not moved, f"{kind} stage changed {name}"
+    # flags are restored, nothing is left with a gradient
+    assert {n: p.requires_grad for n, p in ad.model.named_parameters()} == flags
+    assert all(p.grad is None for p in ad.model.parameters())
+    assert images == 4 and len(rows) == 1
+    row = rows[0]
+    assert row["stage"] == kind and math.isfinite(row["unlabeled_discrepancy"])
+    assert {"classification", "bbox_regression", "mil"} <= set(row)
+    assert ("unlabeled_mil" in row) == (kind == "min")
+
+
+def test_paired_stage_without_unlabeled_images_is_an_error() -> None:
+    ad = _adapter()
+    cfg = tiny_config().train
+    with pytest.raises(Exception, match="unlabeled"):
+        run_stage(ad, make_detection_dataset(n=4), Stage("max", 1, 1.0, 1), [1, 2], [], cfg,
+                  MIALTrainSettings.from_params({}), torch.Generator())
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_train_mial_one_cycle_records_every_stage() -> None:
+    ds = make_detection_dataset(n=10, seed=4)
+    ad = _adapter(seed=1)
+    cfg = tiny_config(**{"train.batch_size": 2}).train
+    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "order": "min_max", "top_k": 3}
+    result = train_mial(ad, ds, [1, 2, 3, 4], [5, 6, 7, 8, 9, 10], cfg, params, seed=0, progress=False)
+    assert [h["stage"] for h in result.history] == ["label", "min", "max", "label"]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h["lr"] for h in result.history] == [pytest.approx(v) for v in (1e-3, 1e-3, 1e-3, 1e-4)]
+    for h in result.history:
+        for k, v in h.items():
+            if k not in ("stage",):
+                assert math.isfinite(v), (k, v)
+    assert "unlabeled_discrepancy" in result.history[1] and "unlabeled_mil" in result.history[1]
+    # label 4 + min (4 labeled + 4 unlabeled) + max (4 + 4) + label 4
+    assert result.images == 24 and result.seconds > 0
+    assert all(p.grad is None for p in ad.model.parameters())
+
+
+def test_train_mial_without_iul_or_unlabeled_pool_trains_on_labels_only() -> None:
+    ds = make_detection_dataset(n=4, seed=5)
+    ad = _adapter(seed=2, use_mil=False)
+    cfg = tiny_config(**{"train.batch_size": 2}).train
+    res = train_mial(ad, ds, [1, 2], [], cfg, {"label_epochs": 1, "rounds": 1, "repeat": 1, "iur": False,
+                                               "reweight": "none"}, seed=0, progress=False)
+    assert [h["stage"] for h in res.history] == ["label", "label"]
+    assert "mil" not in res.history[0]
+    with pytest.raises(ConfigError, match="MIL"):
+        train_mial(ad, ds, [1, 2], [3], cfg, {"rounds": 0}, seed=0, progress=False)
+
+
+def test_same_seed_same_weights() -> None:
+    ds = make_detection_dataset(n=4, seed=9)
+    cfg = tiny_config(**{"train.batch_size": 2}).train
+    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "max_epochs": 0}  # label, min, label
+    states = []
+    for seed in (5, 5, 6):
+        ad = _adapter(seed=1)
+        train_mial(ad, ds, [1, 2], [3, 4], cfg, params, seed=seed, progress=False)
+        states.append(_snapshot(ad.model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
