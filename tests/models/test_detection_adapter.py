@@ -82,7 +82,11 @@ def test_features_shape_and_anchor_scaling() -> None:
     ad.reset(0)
     f = ad.features(ds, ds.ids, batch_size=2)
     assert f.shape[0] == 3 and f.ndim == 2
-    assert anchor_sizes(cfg.model, 5)[0] == pytest.approx(64 * 32 / 800)
+    assert anchor_sizes(cfg.model, 5) == pytest.approx((16.0, 32.0, 64.0, 128.0, 256.0))  # clamped
+    big = tiny_config(**{"model.image_size": 1000}).model
+    assert anchor_sizes(big, 3) == pytest.approx((40.0, 80.0, 160.0))  # 32 px at 800, scaled
+    own = tiny_config(**{"model.anchor_scale": 6.0}).model
+    assert anchor_sizes(own, 2) == pytest.approx((6.0, 12.0))
 
 
 def test_packaged_mobilenet_weights_are_torchvisions_checkpoint() -> None:
