@@ -9,7 +9,9 @@ import torch
 from activedet.config import ExperimentConfig, config_from_dict
 from activedet.data.base import DetectionDataset, ImageRecord
 
-torch.set_num_threads(2)
+# One intra-op thread: these tensors are small, and a second thread that spins at every
+# barrier makes tests ~10x slower whenever anything else shares the 2 cores.
+torch.set_num_threads(1)
 
 
 def make_detection_dataset(n: int = 12, size: int = 64, num_classes: int = 2, seed: int = 0,

@@ -21,13 +21,6 @@ from activedet.influence import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _mlp_problem(seed: int = 0):
     g = torch.Generator().manual_seed(seed)

@@ -32,13 +32,6 @@ DT = torch.float64
 N_TRAIN, N_REF, N_NEW, D, LAM = 80, 40, 40, 5, 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _data(n: int, g: torch.Generator, w_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(n, D, generator=g, dtype=DT) * 1.5

@@ -14,13 +14,6 @@ from activedet.report.mial_heatmap import box_sum_map, image_heatmaps, save_heat
 from tests.conftest import make_detection_dataset, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _brute_force(values: np.ndarray, boxes: np.ndarray, h: int, w: int) -> np.ndarray:
     out = np.zeros((h, w))

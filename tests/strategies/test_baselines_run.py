@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from activedet.cli import main
 from activedet.errors import StrategyError
@@ -22,14 +21,6 @@ CLASSIFICATION = ["max_uncertainty", "mean_uncertainty", "margin", "least_confid
 PARAMS = {"cdal": {"min_score": 0.0}, "localization_stability": {"min_score": 0.0, "noise_levels": [8, 24]},
           **{n: {"min_score": 0.0} for n in ("max_uncertainty", "mean_uncertainty", "margin", "least_confidence")}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin at every barrier; one is much faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def detection_config(name: str, **overrides):

@@ -23,13 +23,6 @@ from activedet.strategies.registry import build_strategy
 from tests.conftest import make_detection_dataset, tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: threads only add overhead on a shared CPU
-    yield
-    torch.set_num_threads(old)
-
 
 def _cls_dataset(n: int, seed: int = 0, start: int = 1) -> ClassificationDataset:
     rng = np.random.default_rng(seed)

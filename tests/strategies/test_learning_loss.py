@@ -19,14 +19,6 @@ from activedet.training.learning_loss import per_image_losses, stop_grad_epoch, 
 from tests.conftest import make_detection_dataset, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin at every barrier; one is much faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_ranking_loss_matches_pairwise_definition() -> None:
     pred = torch.tensor([0.3, -1.0, 2.0, 0.5, 0.1, 4.0, 9.0])  # odd: the last one is left out

@@ -25,14 +25,6 @@ from tests.conftest import make_detection_dataset, tiny_config
 FAST = {"label_epochs": 1, "rounds": 1, "repeat": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (two spinning threads per process crawl on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------------- settings
 
@@ -161,13 +153,8 @@ def _ranking(scores: dict[int, float]) -> list[int]:
 @pytest.fixture(scope="module")
 def two_class_run(tmp_path_factory) -> tuple[Path, object]:
     tmp = tmp_path_factory.mktemp("mial_run")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = _run_cfg(tmp, 2, 11, top_k=200)
-        run(cfg, tmp / "run", progress=False)
-    finally:
-        torch.set_num_threads(n)
+    cfg = _run_cfg(tmp, 2, 11, top_k=200)
+    run(cfg, tmp / "run", progress=False)
     return tmp / "run", cfg
 
 

@@ -22,15 +22,6 @@ from activedet.training.mial import (
 from tests.conftest import make_detection_dataset, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads per process
-    make these steps ~10x slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _adapter(seed: int = 0, **head_kwargs) -> DetectionAdapter:
     cfg = tiny_config()

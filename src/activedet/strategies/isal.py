@@ -36,7 +36,7 @@ with ``s_test = ∇l(R)`` (no inverse Hessian; paper Sec. 4.4.2).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np

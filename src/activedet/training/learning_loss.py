@@ -15,17 +15,15 @@ momentum, warm-up, step decay, gradient clipping, seeded batch order and flips.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
-from activedet.errors import ActivedetError, ConfigError
+from activedet.errors import ConfigError
 from activedet.models.learning_loss import classifier_levels, detection_losses_and_levels, loss_ranking_loss
-from activedet.training.trainer import TrainResult, batches, check_finite, lr_factor, make_optimizer, sgd_step
+from activedet.training.trainer import TrainResult, train_epochs
 
 #: the strategy keys this trainer reads, with their defaults
 TRAIN_DEFAULTS: dict[str, Any] = {"lambda": 1.0, "margin": 1.0, "stop_grad_epoch": None}
@@ -66,45 +64,20 @@ def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unla
                         cfg: TrainConfig, params: dict[str, Any], seed: int,
                         progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` (with ``loss_module``) on the labeled ids for ``cfg.epochs``."""
-    labeled = list(labeled)
-    if not labeled:
-        raise ActivedetError("cannot train on an empty labeled set")
     if not hasattr(adapter.model, "loss_module"):
         raise ConfigError("trainer 'learning_loss' needs the model variant 'learning_loss' "
                           "(strategy 'learning_loss')")
     lam, margin = _number(params, "lambda", 0.0), _number(params, "margin", 0.0)
     stop = stop_grad_epoch(params, adapter.task, cfg.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    per_epoch = math.ceil(len(labeled) / cfg.batch_size)
-    total_iters = per_epoch * cfg.epochs
-    result = TrainResult()
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        opt = make_optimizer(adapter.model.parameters(), cfg)
-        bar = tqdm(total=total_iters, desc="train", unit="it", disable=not progress, leave=False)
-        it = 0
-        for epoch in range(cfg.epochs):
-            sums: dict[str, float] = {}
-            for batch in batches(labeled, cfg.batch_size, gen):
-                lr = cfg.lr * lr_factor(it, total_iters, cfg)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
-                target_loss, pred = per_image_losses(adapter, inputs, targets, epoch >= stop)
-                terms = {"target": target_loss.mean(), "loss_prediction": lam * loss_ranking_loss(pred, target_loss, margin)}
-                total = check_finite(terms, it, lr)
-                sgd_step(opt, total, cfg.grad_clip)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
-                result.images += len(batch)
-                it += 1
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}")
-                bar.update(1)
-            result.history.append({"stage": "train", "epoch": epoch + 1, "stop_grad": epoch >= stop,
-                                   **{k: v / len(labeled) for k, v in sums.items()}})
-        bar.close()
-    result.seconds = time.perf_counter() - start
+
+    def losses(inputs: Any, targets: Any, epoch: int) -> dict[str, torch.Tensor]:
+        target_loss, pred = per_image_losses(adapter, inputs, targets, epoch >= stop)
+        return {"target": target_loss.mean(),
+                "loss_prediction": lam * loss_ranking_loss(pred, target_loss, margin)}
+
+    result = train_epochs(adapter, dataset, labeled, cfg, seed, progress, losses)
+    for row in result.history:
+        row["stop_grad"] = row["epoch"] - 1 >= stop
     return result
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "stage_trainable",
     "unlabeled_subset",
     "run_stage",
+    "run_schedule",
     "train_mial",
 ]
 
@@ -372,22 +373,32 @@ def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Se
     head = _mial_head(adapter.model)
     if s.reweight == "mil" and not getattr(head, "use_mil", False):
         raise ConfigError("strategy key 'reweight' = 'mil' but the model's MIAL head has no MIL branch")
+    return run_schedule(run_stage, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress, "train mial")
+
+
+def run_schedule(stage_fn: Any, adapter: Any, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
+                 cfg: TrainConfig, s: Any, seed: int, progress: bool, desc: str) -> TrainResult:
+    """Run :func:`build_schedule` ``(s)`` stage by stage with ``stage_fn`` (:func:`run_stage`
+    or the classifier's), on a seeded random unlabeled subset the size of ``labeled``.
+
+    Without unlabeled images (none left, or ``s.iul`` off) only the label stages run.
+    """
     gen = torch.Generator().manual_seed(seed)
     subset = unlabeled_subset(labeled, unlabeled, gen) if s.iul else []
     schedule = build_schedule(s)
-    if not subset:  # nothing unlabeled left: label-set training only
-        schedule = [st for st in schedule if st.kind == "label"]
+    if not subset:
+        schedule = [st for st in schedule if st.kind == "label"]  # still ends at final_lr_scale
     per_epoch = math.ceil(len(labeled) / cfg.batch_size) * s.repeat
     total_iters = sum(st.epochs for st in schedule) * per_epoch
     result = TrainResult()
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        bar = tqdm(total=total_iters, desc="train mial", unit="it", disable=not progress, leave=False)
+        bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         epoch = 1
         for k, stage in enumerate(schedule):
-            rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
-                                warmup_iters=cfg.warmup_iters if k == 0 else 0, bar=bar)
+            rows, n = stage_fn(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
+                               warmup_iters=cfg.warmup_iters if k == 0 else 0, bar=bar)
             result.history.extend(rows)
             result.images += n
             epoch += stage.epochs

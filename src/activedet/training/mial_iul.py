@@ -33,18 +33,15 @@ CPU for a given seed; the global torch RNG is restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
-from activedet.training.mial import MIALTrainSettings, Stage, StageKind, build_schedule, unlabeled_subset
+from activedet.training.mial import MIALTrainSettings, Stage, StageKind, run_schedule
 from activedet.training.trainer import TrainResult, batches, check_finite, make_optimizer, sgd_step
 
 __all__ = ["TRAIN_DEFAULTS", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
@@ -227,25 +224,5 @@ def train_mial_iul(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
     s = iul_settings(params, cfg.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    subset = unlabeled_subset(labeled, unlabeled, gen) if s.iul else []
-    schedule = build_schedule(s)
-    if not subset:  # nothing unlabeled left (or iul off): label-set training only
-        schedule = [st for st in schedule if st.kind == "label"]  # still ends at final_lr_scale
-    per_epoch = math.ceil(len(labeled) / cfg.batch_size) * s.repeat
-    total_iters = sum(st.epochs for st in schedule) * per_epoch
-    result = TrainResult()
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        bar = tqdm(total=total_iters, desc="train mial_iul", unit="it", disable=not progress, leave=False)
-        epoch = 1
-        for k, stage in enumerate(schedule):
-            rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
-                                warmup_iters=cfg.warmup_iters if k == 0 else 0, bar=bar)
-            result.history.extend(rows)
-            result.images += n
-            epoch += stage.epochs
-        bar.close()
-    result.seconds = time.perf_counter() - start
-    return result
+    return run_schedule(run_stage, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
+                        "train mial_iul")

@@ -84,6 +84,18 @@ def sgd_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, grad_clip: f
 def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs."""
+    return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
+                        lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
+
+
+LossFn = Callable[[Any, Any, int], "dict[str, torch.Tensor]"]
+
+
+def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainConfig, seed: int,
+                 progress: bool, loss_fn: LossFn, desc: str = "train") -> TrainResult:
+    """SGD over seeded shuffled batches of ``labeled`` for ``cfg.epochs`` epochs, minimising
+    the sum of ``loss_fn(inputs, targets, epoch)`` (epoch counted from 0); warm-up, step
+    decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch."""
     labeled = list(labeled)
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
@@ -95,7 +107,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         opt = make_optimizer(adapter.model.parameters(), cfg)
-        bar = tqdm(total=total_iters, desc="train", unit="it", disable=not progress, leave=False)
+        bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         it = 0
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
@@ -104,7 +116,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
                 for g in opt.param_groups:
                     g["lr"] = lr
                 inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
-                losses = adapter.train_loss(inputs, targets)
+                losses = loss_fn(inputs, targets, epoch)
                 total = check_finite(losses, it, lr)
                 sgd_step(opt, total, cfg.grad_clip)
                 for k, v in losses.items():
@@ -112,7 +124,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
                 result.images += len(batch)
                 it += 1
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()) if torch.is_tensor(total) else total:.3f}", img_s=f"{rate:.1f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             result.history.append({"stage": "train", "epoch": epoch + 1,
                                    **{k: v / len(labeled) for k, v in sums.items()}})
