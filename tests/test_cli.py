@@ -65,3 +65,11 @@ def test_unknown_builtin_is_one_line_error(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "nosuch" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_report_labels_name_the_settings_an_ablation_varies() -> None:
+    from activedet.cli import run_labels
+
+    names = ["isal", "isal", "isal", "random"]
+    settings = [{"top_k": 1, "depth": 50}, {"top_k": 10, "depth": 50}, {"top_k": 1, "depth": 50}, {}]
+    assert run_labels(names, settings) == ["isal top_k=1", "isal top_k=10", "isal top_k=1", "random"]

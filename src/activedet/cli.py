@@ -56,14 +56,30 @@ def _status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_labels(names: Sequence[str], settings: Sequence[dict[str, Any]]) -> list[str]:
+    """One curve per label: the strategy name, plus the settings in which runs of the same
+    strategy differ (an ablation such as ``isal top_k=10``); seeds share a label."""
+    labels = []
+    for name, own in zip(names, settings):
+        peers = [s for n, s in zip(names, settings) if n == name]
+        keys = sorted({k for s in peers for k in s if any(p.get(k) != s.get(k) for p in peers)})
+        labels.append(" ".join([name] + [f"{k}={own.get(k)}" for k in keys]))
+    return labels
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from activedet.loop.ledger import Ledger
     from activedet.report.html import write_report
 
-    runs = []
+    runs, settings = [], []
     for d in args.run_dirs:
         with Ledger(d) as ledger:
             runs.append(ledger.status())
+            strategy = dict((ledger.meta().get("config") or {}).get("strategy") or {})
+            strategy.pop("name", None)
+            settings.append(strategy)
+    for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
+        run["strategy"] = label
     index = write_report(runs, args.out)
     print(f"report written to {index}")
     if getattr(args, "heatmaps", 0):
@@ -187,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split())  # one line
         print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"activedet {args.command}: interrupted (ledger is consistent; use --resume)", file=sys.stderr)
         return 130
