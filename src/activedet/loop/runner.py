@@ -163,6 +163,7 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
     run_dir = Path(run_dir)
     exp = prepare(cfg)  # bad input fails here, before the ledger exists
+    exp.strategy.progress = progress
     ledger = open_ledger(run_dir, cfg, exp, resume)
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)
     (run_dir / "checkpoints").mkdir(exist_ok=True)

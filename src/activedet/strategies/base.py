@@ -36,6 +36,8 @@ class Strategy:
     trainer: ClassVar[str] = "plain"
     #: keyword settings and their defaults; unknown keys are a ConfigError
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: show progress bars while scoring (the loop turns them off with --quiet)
+    progress: bool = True
 
     def __init__(self, **params: Any) -> None:
         allowed = set(self.defaults) | (set(COST_AWARE_DEFAULTS) if self.ranks_by_score() else set())

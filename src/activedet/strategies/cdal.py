@@ -73,10 +73,10 @@ def contextual_diversity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cdal_features(adapter: Any, dataset: Any, ids: list[int], min_score: float,
-                  batch_size: int) -> torch.Tensor:
+                  batch_size: int, progress: bool = False) -> torch.Tensor:
     """(N, C, C) contextual features of ``ids`` from the detector's kept detections."""
     rows = []
-    for inf in adapter.infer(dataset, ids, batch_size, progress=True, keep_anchors=False):
+    for inf in adapter.infer(dataset, ids, batch_size, progress=progress, keep_anchors=False):
         keep = inf.scores >= min_score
         rows.append(contextual_feature(inf.probs[keep], inf.labels[keep] - 1, adapter.num_classes))
     return torch.stack(rows) if rows else torch.zeros((0, adapter.num_classes, adapter.num_classes))
@@ -98,7 +98,7 @@ class CDALStrategy(Strategy):
             raise StrategyError(f"strategy 'cdal': subset of {len(cands)} is smaller than the budget {budget}")
         labeled = list(pool.labeled)
         feats = cdal_features(adapter, pool.dataset, labeled + cands, self.params["min_score"],
-                              self.params["batch_size"])
+                              self.params["batch_size"], self.progress)
         n, c = feats.shape[0], adapter.num_classes
         mask = np.zeros(n, dtype=bool)
         mask[:len(labeled)] = True

@@ -58,7 +58,7 @@ class EntropyStrategy(Strategy):
         aggregate(torch.zeros(1), how)  # validate before the long pass
         out: dict[int, float] = {}
         extra = {"keep_anchors": False} if adapter.task == "detection" else {}
-        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=True, **extra):
+        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=self.progress, **extra):
             if adapter.task == "classification":
                 ent = categorical_entropy(inf.probs)
             else:

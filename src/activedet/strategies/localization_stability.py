@@ -89,7 +89,7 @@ class LocalizationStabilityStrategy(Strategy):
         levels = _levels(self.params["noise_levels"])
         bs, thr = self.params["batch_size"], self.params["min_score"]
         ref: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for inf in adapter.infer(pool.dataset, ids, bs, progress=True, keep_anchors=False):
+        for inf in adapter.infer(pool.dataset, ids, bs, progress=self.progress, keep_anchors=False):
             keep = inf.scores >= thr
             if bool(keep.any()):
                 p = inf.probs[keep]

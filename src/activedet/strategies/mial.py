@@ -147,7 +147,7 @@ class MIALStrategy(Strategy):
             raise StrategyError("strategy 'mial' needs a RetinaNet with the MIAL head (model variant 'mial')")
         p = self.params
         out: dict[int, float] = {}
-        for inf in adapter.infer(pool.dataset, ids, p["batch_size"], progress=True, keep_anchors=True):
+        for inf in adapter.infer(pool.dataset, ids, p["batch_size"], progress=self.progress, keep_anchors=True):
             ex = inf.extra
             mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
             out[inf.image_id] = image_uncertainty(

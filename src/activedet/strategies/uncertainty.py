@@ -84,7 +84,7 @@ class _InstanceUncertainty(Strategy):
         min_score = self.params["min_score"]
         extra = {"keep_anchors": False} if adapter.task == "detection" else {}
         out: dict[int, float] = {}
-        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=True, **extra):
+        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=self.progress, **extra):
             probs = inf.probs if adapter.task == "classification" else inf.probs[inf.scores >= min_score]
             s = aggregate(instance_uncertainty(probs.float(), measure, adapter.task), how)
             if s is not None:
