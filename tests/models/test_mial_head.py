@@ -131,6 +131,9 @@ def test_classification_and_regression_losses_match_torchvision() -> None:
     expected_cls = (tv_cls.compute_loss(tg, {"cls_logits": outs["cls_logits"]}, matched)
                     + tv_cls.compute_loss(tg, {"cls_logits": outs["cls_logits2"]}, matched)) / 2
     torch.testing.assert_close(losses["classification"], expected_cls)
+    model.head.det_reduction = "sum"  # paper Eq. 1: FL(f1) + FL(f2)
+    torch.testing.assert_close(model.head.compute_loss(tg, outs, anchors, matched)["classification"],
+                               2 * expected_cls)
     reg = model.head.regression_head
     torch.testing.assert_close(losses["bbox_regression"],
                                RetinaNetRegressionHead.compute_loss(reg, tg, outs, anchors, matched))

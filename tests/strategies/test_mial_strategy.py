@@ -36,7 +36,8 @@ def test_registered_with_its_model_trainer_and_defaults() -> None:
     assert (d["lambda"], d["top_k"], d["aggregate"], d["weighting"], d["uncertainty"]) == (0.5, 10000, "topk", "none", "abs")
     assert (d["iul"], d["iur"], d["reweight"], d["order"]) == (True, True, "mil", "max_min")
     s = build_strategy("mial", {"iur": False, "reweight": "f1", "mil_weighting": "code", "regression_loss": "l1"})
-    assert s.model_kwargs() == {"use_mil": False, "mil_weighting": "code", "regression_loss": "l1"}
+    assert s.model_kwargs() == {"use_mil": False, "mil_weighting": "code", "regression_loss": "l1",
+                                "det_reduction": "mean"}
     assert build_strategy("mial").model_kwargs()["use_mil"] is True
 
 

@@ -160,6 +160,8 @@ class MIALHead(nn.Module):
         mil_loss_weight: factor on the MIL loss.
         first_class: first object-class channel (1: torchvision's unused channel 0 is skipped).
         norm_layer: optional normalisation in the towers (None, like torchvision's v1 head).
+        det_reduction: ``mean`` (authors' code) or ``sum`` (paper Eq. 1) of the two focal
+            losses; ``sum`` gives each classifier the gradient a plain RetinaNet head gets.
     """
 
     def __init__(
@@ -181,8 +183,10 @@ class MIALHead(nn.Module):
         mil_loss_weight: float = 1.0,
         first_class: int = 1,
         norm_layer: _NormLayer = None,
+        det_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
+        _check_choice("det_reduction", det_reduction, ("mean", "sum"))
         _check_choice("regression_loss", regression_loss, ("smooth_l1", "l1"))
         _check_choice("mil_weighting", mil_weighting, ("paper", "code"))
         _check_choice("mil_class_activation", mil_class_activation, ("auto", "softmax", "sigmoid"))
@@ -209,6 +213,7 @@ class MIALHead(nn.Module):
         self.mil_class_activation: L.ClassActivation = mil_class_activation
         self.mil_class_reduction: Literal["sum", "mean"] = mil_class_reduction
         self.mil_loss_weight = mil_loss_weight
+        self.det_reduction = det_reduction
         tower = dict(conv_depth=conv_depth, norm_layer=norm_layer)
         # f1 and f2 are built one after the other from the same generator: independent draws
         self.f1 = MIALClassificationTower(in_channels, num_anchors, num_classes,
@@ -259,7 +264,8 @@ class MIALHead(nn.Module):
     ) -> dict[str, Tensor]:
         """Labeled-batch losses (what ``RetinaNet.compute_loss`` calls).
 
-        ``classification``: mean of the focal losses of f1 and f2, each normalised like
+        ``classification``: mean (``det_reduction="mean"``, authors' code) or sum (``"sum"``,
+        paper Eq. 1) of the focal losses of f1 and f2, each normalised like
         torchvision (per image by its foreground anchors, then averaged over images);
         ``bbox_regression``: see :class:`MIALRegressionHead`; ``mil`` (with ``use_mil``):
         ``mil_loss_weight`` × MIL loss against the targets' image labels (an image
@@ -275,7 +281,7 @@ class MIALHead(nn.Module):
         cls1 = self._focal_loss(targets, head_outputs["cls_logits"], matched_idxs)
         cls2 = self._focal_loss(targets, head_outputs["cls_logits2"], matched_idxs)
         losses = {
-            "classification": (cls1 + cls2) / 2,
+            "classification": (cls1 + cls2) / (2 if self.det_reduction == "mean" else 1),
             "bbox_regression": self.regression_head.compute_loss(targets, head_outputs, anchors, matched_idxs),
         }
         if self.use_mil:

@@ -12,7 +12,8 @@ class attributes the loop reads. The loop hands ``strategy.params`` to the train
   ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
   ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``;
 - head: ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
-  ``regression_loss`` (``smooth_l1`` paper | ``l1`` authors' code);
+  ``regression_loss`` (``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
+  (``mean`` of the f1 and f2 focal losses, authors' code | ``sum``, paper Eq. 1);
 - selection (Sec. 3.4): ``top_k`` (10,000, clipped to the anchor count), ``aggregate``
   (``topk`` | ``mean`` | ``max``), ``uncertainty`` (``abs`` paper | ``squared`` code),
   ``weighting`` (``none`` | ``mil``: weight each anchor's class-wise discrepancy by its MIL
@@ -55,6 +56,7 @@ SELECT_DEFAULTS: dict[str, Any] = {
 HEAD_DEFAULTS: dict[str, Any] = {
     "mil_weighting": "paper",
     "regression_loss": "smooth_l1",
+    "det_reduction": "mean",
 }
 
 _CHOICES = {
@@ -63,6 +65,7 @@ _CHOICES = {
     "uncertainty": ("abs", "squared"),
     "mil_weighting": ("paper", "code"),
     "regression_loss": ("smooth_l1", "l1"),
+    "det_reduction": ("mean", "sum"),
 }
 
 
@@ -127,7 +130,8 @@ class MIALStrategy(Strategy):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],
-                "regression_loss": self.params["regression_loss"]}
+                "regression_loss": self.params["regression_loss"],
+                "det_reduction": self.params["det_reduction"]}
 
     def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
         candidates = pool.unlabeled
