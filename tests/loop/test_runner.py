@@ -154,3 +154,23 @@ def test_unknown_config_key_is_named(tmp_path: Path, capsys) -> None:
     cfg.write_text("loop:\n  cycels: 3\n")
     assert main(["simulate", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "loop.cycels" in capsys.readouterr().err
+
+
+def test_missing_pretrained_weights_fail_before_the_ledger(tmp_path: Path, capsys, monkeypatch) -> None:
+    import activedet.models.detection as det
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(det.torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(det.torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
+                        offline, raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: {train: 'builtin:shapes', options: {n_train: 20, n_test: 5}}\n"
+                   "model: {arch: retinanet, backbone: resnet18, pretrained: true, image_size: 64}\n"
+                   "loop: {initial: 4, per_cycle: 2, cycles: 1}\n")
+    out = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no pretrained ImageNet weights for backbone 'resnet18'" in err
+    assert not (out / "ledger.sqlite").exists()

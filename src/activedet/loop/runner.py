@@ -164,8 +164,8 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     run_dir = Path(run_dir)
     exp = prepare(cfg)  # bad input fails here, before the ledger exists
     exp.strategy.progress = progress
+    adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
     ledger = open_ledger(run_dir, cfg, exp, resume)
-    adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     try:

@@ -63,6 +63,8 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
 
     Raises :class:`ConfigError` saying what to do when none is available.
     """
+    if backbone not in _BACKBONES:
+        raise ConfigError(f"unknown backbone '{backbone}' (known: {', '.join(_BACKBONES)})")
     _, weights, _, _ = _BACKBONES[backbone]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # type: ignore[attr-defined]
     if cached.is_file():

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from activedet.config import ModelConfig
 from activedet.errors import ConfigError
 from activedet.models.base import Inference
-from activedet.models.detection import build_detector
+from activedet.models.detection import build_detector, imagenet_state_dict
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -66,6 +66,8 @@ class DetectionAdapter:
         self.head_kwargs = dict(head_kwargs or {})
         self.device = resolve_device(device)
         self.model: nn.Module = nn.Identity()
+        if model_cfg.pretrained:
+            imagenet_state_dict(model_cfg.backbone)  # no weights: a ConfigError now, not mid-run
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
