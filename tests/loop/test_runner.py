@@ -165,6 +165,7 @@ def test_missing_pretrained_weights_fail_before_the_ledger(tmp_path: Path, capsy
     monkeypatch.setattr(det.torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     monkeypatch.setattr(det.torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
                         offline, raising=False)
+    monkeypatch.setattr(det, "packaged_weights_path", lambda backbone: None)  # no offline fallback
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: {train: 'builtin:shapes', options: {n_train: 20, n_test: 5}}\n"
                    "model: {arch: retinanet, backbone: resnet18, pretrained: true, image_size: 64}\n"

@@ -94,3 +94,26 @@ def test_packaged_mobilenet_weights_are_torchvisions_checkpoint() -> None:
     assert path is not None and path.name == "mobilenet_v2-b0353104.pth"
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert state["features.0.0.weight"].shape == (32, 3, 3, 3)
+
+
+def test_offline_pretrained_backbone_falls_back_to_packaged_mobilenet(monkeypatch, tmp_path, caplog) -> None:
+    import activedet.models.detection as det
+    from activedet.errors import ConfigError
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(det.torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(det.torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
+                        offline, raising=False)
+    assert det.packaged_weights_path("mobilenet_v2") is not None  # installed by `make`
+    with caplog.at_level("WARNING"):
+        assert det.resolve_backbone("resnet18", True) == "mobilenet_v2"
+    assert "falling back to backbone 'mobilenet_v2'" in caplog.text
+    assert det.resolve_backbone("resnet18", False) == "resnet18"
+    cfg = tiny_config(**{"model.backbone": "resnet18", "model.pretrained": True})
+    ad = DetectionAdapter(cfg.model, 2)
+    assert ad.cfg.backbone == "mobilenet_v2" and cfg.model.backbone == "resnet18"
+    monkeypatch.setattr(det, "packaged_weights_path", lambda backbone: None)
+    with pytest.raises(ConfigError, match="no pretrained ImageNet weights for backbone 'resnet18'"):
+        det.resolve_backbone("resnet18", True)

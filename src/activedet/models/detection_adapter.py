@@ -7,6 +7,8 @@ the parameters influence methods differentiate (ISAL's choice per architecture).
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from activedet.config import ModelConfig
 from activedet.errors import ConfigError
 from activedet.models.base import Inference
-from activedet.models.detection import build_detector, imagenet_state_dict
+from activedet.models.detection import build_detector, resolve_backbone
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -59,15 +61,14 @@ class DetectionAdapter:
 
     def __init__(self, model_cfg: ModelConfig, num_classes: int, variant: str = "plain",
                  device: str | torch.device = "cpu", head_kwargs: dict[str, Any] | None = None) -> None:
-        self.cfg = model_cfg
+        backbone = resolve_backbone(model_cfg.backbone, model_cfg.pretrained)  # before any ledger
+        self.cfg = dataclasses.replace(model_cfg, backbone=backbone)
         self.arch = model_cfg.arch
         self.num_classes = num_classes
         self.variant = variant
         self.head_kwargs = dict(head_kwargs or {})
         self.device = resolve_device(device)
         self.model: nn.Module = nn.Identity()
-        if model_cfg.pretrained:
-            imagenet_state_dict(model_cfg.backbone)  # no weights: a ConfigError now, not mid-run
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
