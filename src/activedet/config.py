@@ -40,7 +40,8 @@ class ModelConfig:
     arch: str = "retinanet"  # retinanet | fcos | faster_rcnn | resnet18 | small_cnn
     backbone: str = "resnet50"  # resnet50 | resnet18 | mobilenet_v2 (detectors)
     pretrained: bool = True
-    image_size: int = 512  # shorter side fed to the model
+    image_size: int | None = None  # shorter side fed to the model; None: the training images'
+    # median shorter side, at most 800 (small images are not blown up to a GPU-sized input)
     anchor_scale: float | None = None  # smallest anchor in px (default 32 * image_size / 800, at least 16)
     score_thresh: float = 0.05
     detections_per_img: int = 100
@@ -198,10 +199,13 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key 'loop.{key}' = {v!r}: use a fraction in (0, 1) or a count >= 1")
     if cfg.loop.cycles < 0:
         raise ConfigError(f"config key 'loop.cycles' = {cfg.loop.cycles!r} must be >= 0")
-    for key in ("epochs", "batch_size", "image_size", "eval_batch_size"):
-        section = cfg.model if key == "image_size" else cfg.train
-        if getattr(section, key) < 1:
-            raise ConfigError(f"config key '{'model' if section is cfg.model else 'train'}.{key}' must be >= 1")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"config key 'train.{key}' must be >= 1")
+    size = cfg.model.image_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
+                             or not float(size).is_integer() or size < 1):
+        raise ConfigError(f"config key 'model.image_size' = {size!r}: use a positive integer or null (auto)")
     if cfg.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' = {cfg.train.lr!r} must be > 0")
     for s in cfg.train.lr_steps:

@@ -175,3 +175,14 @@ def test_missing_pretrained_weights_fail_before_the_ledger(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "no pretrained ImageNet weights for backbone 'resnet18'" in err
     assert not (out / "ledger.sqlite").exists()
+
+
+def test_unset_image_size_is_the_median_shorter_side(tmp_path: Path) -> None:
+    from activedet.loop.runner import auto_image_size, prepare
+
+    data = make_detection_dataset(n=12, size=72)
+    assert auto_image_size(data) == 72
+    cfg = tiny_config(**{"model.image_size": None})
+    data.export_coco(tmp_path / "d")
+    cfg.dataset.train = cfg.dataset.test = str(tmp_path / "d" / "annotations.json")
+    assert prepare(cfg).cfg.model.image_size == 72

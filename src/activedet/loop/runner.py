@@ -24,7 +24,7 @@ import torch
 from activedet.config import ExperimentConfig, LoopConfig, dump_config
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, ResumeError
+from activedet.errors import ConfigError, DatasetError, ResumeError
 from activedet.loop.ledger import Ledger
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
@@ -82,10 +82,21 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
     if test.class_names != train.class_names:
         raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
+    if cfg.model.image_size is None:
+        cfg.model.image_size = auto_image_size(train)
     pool = Pool.from_dataset(train)
     pool.reference = reference
     check_budgets(cfg.loop, pool)
     return Experiment(cfg, train, test, reference, strategy, pool)
+
+
+def auto_image_size(dataset: Any, largest: int = 800) -> int:
+    """The median shorter side of ``dataset``'s images, at most ``largest`` (the COCO
+    setting): the model input when ``model.image_size`` is left unset."""
+    sides = [min(r.width, r.height) for r in (dataset.record(i) for i in dataset.ids)]
+    if not sides:
+        raise DatasetError(f"{dataset.name}: no images")
+    return int(min(largest, max(8, int(np.median(sides)))))
 
 
 def _amount(value: float, total: int) -> int:

@@ -161,6 +161,8 @@ class ClassificationAdapter:
             raise ConfigError(f"classifier variant {variant!r} is not one of {', '.join(VARIANTS)}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if model_cfg.image_size is None:
+            raise ConfigError("model.image_size is unset (simulate sets it from the training images)")
         if model_cfg.image_size < 8:
             raise ConfigError(f"model.image_size {model_cfg.image_size!r} is too small for a classifier (>= 8)")
         self.cfg = model_cfg

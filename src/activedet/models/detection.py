@@ -164,6 +164,8 @@ def build_detector(cfg: ModelConfig, num_classes: int,
     """
     if num_classes < 1:
         raise ConfigError(f"a detector needs at least one class, got {num_classes}")
+    if cfg.image_size is None:
+        raise ConfigError("model.image_size is unset (simulate sets it from the training images)")
     k = num_classes + 1
     common = dict(**_transform_kwargs(cfg), detections_per_img=cfg.detections_per_img)
     if cfg.arch == "retinanet":
