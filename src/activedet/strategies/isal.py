@@ -254,11 +254,10 @@ def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
 
 # ===================================================================== strategies
 class InfluenceStrategy(Strategy):
-    """Shared machinery of ``isal`` and ``grad_similarity`` (``use_inverse`` tells them apart)."""
+    """Shared machinery of ``isal`` and ``grad_similarity`` (they differ in :meth:`_s_test`)."""
 
     tasks = ("detection", "classification")
     archs = DETECTION_ARCHS + CLASSIFICATION_ARCHS
-    use_inverse: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
         "reference": "validation",  # validation | initial | labeled
         "reference_fallback": "labeled",  # used when reference=validation has no split
@@ -348,7 +347,7 @@ class InfluenceStrategy(Strategy):
             v = [torch.zeros_like(q).detach() for q in params]
             for chunk in _chunks(ref_ids, bs):
                 v = [a + b for a, b in zip(v, grad(m.loss_sum(ref_ds, chunk), params))]
-            s_test = self._s_test(m, pool, v, seed) if self.use_inverse else v
+            s_test = self._s_test(m, pool, v, seed)
             out: dict[int, float] = {}
             for chunk in _chunks(ids, bs):
                 kept, inputs, targets = m.pseudo_targets(pool.dataset, chunk, self.params)
@@ -362,7 +361,8 @@ class InfluenceStrategy(Strategy):
         return out
 
     def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int) -> list[Tensor]:
-        raise NotImplementedError
+        """The vector sample gradients are dotted with; here ``∇l(R)`` itself (no H⁻¹)."""
+        return v
 
 
 def _choice(p: dict[str, Any], key: str, allowed: tuple[str, ...]) -> None:
@@ -382,7 +382,6 @@ class ISALStrategy(InfluenceStrategy):
 
     name = "isal"
     reference = "Liu et al., ICCV 2021 (Influence Selection for Active Learning)"
-    use_inverse = True
     defaults = {
         **InfluenceStrategy.defaults,
         "inverse": "lissa",  # lissa | exact
@@ -478,10 +477,6 @@ class GradSimilarityStrategy(InfluenceStrategy):
 
     name = "grad_similarity"
     reference = "ISAL ablation (Liu et al., ICCV 2021, Sec. 4.4.2): gradient similarity"
-    use_inverse = False
-
-    def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int) -> list[Tensor]:
-        return v
 
 
 __all__ = [
