@@ -1,4 +1,5 @@
-"""Entropy sampling: image score = mean (or max) entropy of the detector's kept detections.
+"""Entropy of class probabilities, and the aggregation of instance scores into an image
+score. The ``entropy`` strategy itself is in :mod:`activedet.strategies.uncertainty`.
 
 For detection the class probabilities of a kept detection are per-class sigmoids (dense
 heads) or softmax scores (Faster R-CNN); instance entropy is the sum over classes of the
@@ -9,15 +10,9 @@ detection are unscored (they fill the budget at random, after every scored image
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
-from activedet.data.pool import Pool
 from activedet.errors import ConfigError
-from activedet.strategies.base import Strategy
-from activedet.strategies.registry import register
 
 _EPS = 1e-12
 
@@ -45,26 +40,3 @@ def aggregate(values: torch.Tensor, how: str) -> float | None:
     if how == "sum":
         return float(values.sum())
     raise ConfigError(f"strategy key 'aggregate' = {how!r} is not one of mean, max, sum")
-
-
-@register
-class EntropyStrategy(Strategy):
-    name = "entropy"
-    reference = "Settles & Craven 2008 (uncertainty sampling); MIAL baseline: mean instance entropy"
-    defaults = {"aggregate": "mean", "min_score": 0.05, "batch_size": 8}
-
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
-        how = self.params["aggregate"]
-        aggregate(torch.zeros(1), how)  # validate before the long pass
-        out: dict[int, float] = {}
-        extra = {"keep_anchors": False} if adapter.task == "detection" else {}
-        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=self.progress, **extra):
-            if adapter.task == "classification":
-                ent = categorical_entropy(inf.probs)
-            else:
-                keep = inf.scores >= self.params["min_score"]
-                ent = binary_entropy(inf.probs[keep])
-            s = aggregate(ent, how)
-            if s is not None:
-                out[inf.image_id] = s
-        return out

@@ -1,4 +1,4 @@
-"""Uncertainty sampling variants: max / mean instance uncertainty, margin, least confidence.
+"""Uncertainty sampling: entropy, max / mean instance uncertainty, margin, least confidence.
 
 An image's score aggregates the uncertainty of its instances: the detector's kept
 detections (score >= ``min_score``) or, for a classifier, the one image prediction.
@@ -13,7 +13,7 @@ Instance uncertainty (``measure``), from a probability row ``p`` over C classes:
 
 ``max_uncertainty`` / ``mean_uncertainty`` are MIAL's Table 1 image-uncertainty rules
 (image = max / mean of its instance uncertainties) with a plain detector's instance
-uncertainty; ``mean_uncertainty`` with ``measure: entropy`` equals ``entropy``.
+uncertainty; ``mean_uncertainty`` with ``measure: entropy`` is ``entropy``.
 Images without a kept detection are unscored (they fill the budget at random, after every
 scored image).
 """
@@ -90,6 +90,14 @@ class _InstanceUncertainty(Strategy):
             if s is not None:
                 out[inf.image_id] = s
         return out
+
+
+@register
+class EntropyStrategy(_InstanceUncertainty):
+    name = "entropy"
+    reference = "Settles & Craven 2008 (uncertainty sampling); MIAL baseline: mean instance entropy"
+    fixed = {"measure": "entropy"}
+    defaults = {"aggregate": "mean", "min_score": 0.05, "batch_size": 8}
 
 
 @register
