@@ -48,12 +48,36 @@ def _status_text(status: dict[str, Any]) -> str:
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
              f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
              f"/ {status['pool_boxes']} boxes"]
-    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  metrics")
+    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  {'training':<22} metrics")
+    notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
         shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
-        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  {shown}")
-    return "\n".join(lines)
+        train, note = _training_cell(r)
+        if note:
+            notes.append(f"round {r['round']}: {note}")
+        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
+                     f"{train:<22} {shown}")
+    return "\n".join(lines + notes)
+
+
+def _training_cell(round_: dict[str, Any]) -> tuple[str, str | None]:
+    """(``loss 1.92→0.41 ok`` style cell, a note for an unhealthy or retried round)."""
+    from activedet.training.health import training_curve
+
+    log = round_.get("train_log") or []
+    if not log:
+        return "-", None
+    last = max(row.get("attempt", 0) for row in log)
+    totals = training_curve(log)
+    curve = f"loss {totals[0]:.2f}→{totals[-1]:.2f}" if totals else "loss -"
+    health = round_.get("health") or {}
+    reasons = [a["reason"] for a in health.get("attempts", []) if a.get("reason")]
+    if health.get("unhealthy"):
+        return f"{curve} UNHEALTHY", "training unhealthy: " + "; ".join(reasons)
+    if last:
+        return f"{curve} retried {last}x", f"retried {last}x after: " + "; ".join(reasons)
+    return f"{curve} ok", None
 
 
 def run_labels(names: Sequence[str], settings: Sequence[dict[str, Any]]) -> list[str]:

@@ -45,6 +45,7 @@ class ModelConfig:
     anchor_scale: float | None = None  # smallest anchor in px (default 32 * image_size / 800, at least 16)
     score_thresh: float = 0.05
     detections_per_img: int = 100
+    box_prior: float | None = 1.0  # FCOS: initial box-regression output, in strides (null: torchvision's 0)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TrainConfig:
     grad_clip: float | None = None
     hflip: bool = True
     eval_batch_size: int = 8
+    warmup_fraction: float = 0.0  # warm-up over at least this fraction of a round's iterations
+    on_collapse: str = "retry"  # retry | stop | warn: a round whose training collapsed
+    max_retries: int = 2  # retry: re-initialisations with derived seeds before giving up
+    on_nonfinite: str = "stop"  # stop | skip_batch: a NaN/inf training loss
 
 
 @dataclass
@@ -101,6 +106,8 @@ _CHOICES = {
     ("loop", "unit"): ("images", "boxes"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
+    ("train", "on_collapse"): ("retry", "stop", "warn"),
+    ("train", "on_nonfinite"): ("stop", "skip_batch"),
 }
 
 
@@ -148,7 +155,7 @@ def _check_type(value: Any, default: Any, factory: Any, where: str) -> None:
 
 
 _INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
-             "eval_batch_size", "detections_per_img"}
+             "eval_batch_size", "detections_per_img", "max_retries"}
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
@@ -206,6 +213,13 @@ def validate(cfg: ExperimentConfig) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
                              or not float(size).is_integer() or size < 1):
         raise ConfigError(f"config key 'model.image_size' = {size!r}: use a positive integer or null (auto)")
+    if not 0 <= cfg.train.warmup_fraction < 1:
+        raise ConfigError(f"config key 'train.warmup_fraction' = {cfg.train.warmup_fraction!r} "
+                          "must be a fraction in [0, 1)")
+    if cfg.train.max_retries < 0:
+        raise ConfigError(f"config key 'train.max_retries' = {cfg.train.max_retries!r} must be >= 0")
+    if cfg.model.box_prior is not None and not cfg.model.box_prior > 0:
+        raise ConfigError(f"config key 'model.box_prior' = {cfg.model.box_prior!r} must be > 0 or null")
     if cfg.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' = {cfg.train.lr!r} must be > 0")
     for s in cfg.train.lr_steps:

@@ -26,3 +26,18 @@ class StrategyError(ActivedetError):
 
 class ResumeError(ActivedetError):
     """A run directory cannot be resumed (missing, or made by a different config)."""
+
+
+class TrainingError(ActivedetError):
+    """Training a round failed: a non-finite loss, or a collapse that ``train.on_collapse``
+    says to stop on. The ledger keeps the last completed step; ``--resume`` trains again."""
+
+
+class TrainingCollapseError(TrainingError):
+    """A round's training collapsed (a dead branch, no progress). ``history`` holds the
+    per-epoch rows recorded up to the collapse."""
+
+    def __init__(self, reason: str, history: list | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.history = list(history or [])

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     scores TEXT,                     -- json {image id: score} of every scored image
     checkpoint TEXT,                 -- model trained on rounds 0..round
     train_log TEXT,                  -- json list of per-epoch/stage loss rows
+    health TEXT,                     -- json {unhealthy, reason, attempts} of the round's training
     metrics TEXT,                    -- json metrics on the test split
     selected_at REAL NOT NULL,
     done_at REAL
@@ -56,6 +57,15 @@ class Ledger:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Ledgers written before a column existed get it (NULL for old rounds)."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
+        with self.conn:
+            for name in ("health",):
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -91,10 +101,13 @@ class Ledger:
         merged = {**json.loads(row[0]), **seconds}
         return _dumps(merged)
 
-    def set_trained(self, round_: int, checkpoint: str, train_log: list[dict], seconds: dict[str, float]) -> None:
+    def set_trained(self, round_: int, checkpoint: str, train_log: list[dict], seconds: dict[str, float],
+                    health: dict[str, Any] | None = None) -> None:
         with self.conn:
-            self.conn.execute("UPDATE rounds SET checkpoint = ?, train_log = ?, seconds = ? WHERE round = ?",
-                              (checkpoint, _dumps(train_log), self._merge_seconds(round_, seconds), round_))
+            self.conn.execute(
+                "UPDATE rounds SET checkpoint = ?, train_log = ?, health = ?, seconds = ? WHERE round = ?",
+                (checkpoint, _dumps(train_log), None if health is None else _dumps(health),
+                 self._merge_seconds(round_, seconds), round_))
 
     def set_metrics(self, round_: int, metrics: dict[str, Any], seconds: dict[str, float]) -> None:
         with self.conn:
@@ -105,7 +118,7 @@ class Ledger:
         """All rounds in order, json fields decoded."""
         cur = self.conn.execute(
             "SELECT round, selected, labeled_images, labeled_boxes, seconds, scores, checkpoint, "
-            "train_log, metrics FROM rounds ORDER BY round")
+            "train_log, metrics, health FROM rounds ORDER BY round")
         out = []
         for r in cur:
             out.append({
@@ -114,6 +127,7 @@ class Ledger:
                 "scores": None if r[5] is None else {int(k): v for k, v in json.loads(r[5]).items()},
                 "checkpoint": r[6], "train_log": None if r[7] is None else json.loads(r[7]),
                 "metrics": None if r[8] is None else json.loads(r[8]),
+                "health": None if r[9] is None else json.loads(r[9]),
             })
         return out
 
@@ -121,7 +135,8 @@ class Ledger:
     def status(self) -> dict[str, Any]:
         """The ``activedet status --json`` document."""
         meta = self.meta()
-        rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds")}
+        rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds",
+                                     "health", "train_log")}
                   for r in self.rounds()]
         return {
             "run_dir": str(self.run_dir),

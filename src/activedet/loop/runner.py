@@ -29,7 +29,7 @@ from activedet.loop.ledger import Ledger
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
-from activedet.training.trainer import get_trainer
+from activedet.training.trainer import get_trainer, train_round
 
 log = logging.getLogger(__name__)
 
@@ -210,17 +210,28 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             done[r] = row
         if row.get("checkpoint") is None:  # ---- train on rounds 0..r
             t0 = time.perf_counter()
-            seed_init = derive_seed(cfg.seed, r, "init")
-            if cfg.loop.reinit or r == 0:
-                adapter.reset(seed_init)
+            fresh = cfg.loop.reinit or r == 0
+            if fresh:
+                adapter.reset(derive_seed(cfg.seed, r, "init"))
             elif model_round != r - 1:
                 load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
+            start_state = None if fresh else adapter.state_dict()
+
+            def restart(attempt: int, r: int = r, start_state: Any = start_state) -> int:
+                """A collapsed round starts again: a re-initialised model (or the previous
+                round's, when the loop does not re-initialise) and a new training seed."""
+                if start_state is None:
+                    adapter.reset(derive_seed(cfg.seed, r, "init", attempt))
+                else:
+                    adapter.load_state_dict(start_state)
+                return derive_seed(cfg.seed, r, "train", attempt)
+
             log.info("round %d: training on %d images (%d boxes)", r, len(pool.labeled), pool.labeled_boxes)
-            result = trainer(adapter, exp.train, list(pool.labeled), pool.unlabeled, cfg.train,
-                             exp.strategy.params, derive_seed(cfg.seed, r, "train"), progress)
+            result = train_round(trainer, adapter, exp.train, list(pool.labeled), pool.unlabeled, cfg.train,
+                                 exp.strategy.params, derive_seed(cfg.seed, r, "train"), progress, restart)
             ckpt = f"checkpoints/round_{r:03d}.pt"
             _save_checkpoint(adapter, run_dir / ckpt, r)
-            ledger.set_trained(r, ckpt, result.history, {"train": time.perf_counter() - t0})
+            ledger.set_trained(r, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
             row["checkpoint"] = ckpt
             model_round = r
         if row.get("metrics") is None:  # ---- evaluate

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from activedet.errors import ActivedetError
-from activedet.report.plots import plot_curves, plot_seconds
+from activedet.report.plots import plot_curves, plot_seconds, plot_training
 from activedet.report.tables import (
     Table,
     aggregate,
@@ -100,6 +100,23 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
             + "\n".join(rows) + "</tbody></table>")
 
 
+def _health_summary(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One line per unhealthy or retried round, or a sentence saying there were none."""
+    items = []
+    for run in runs:
+        for r in run["rounds"]:
+            health = r.get("health") or {}
+            tries = len(health.get("attempts") or [])
+            if health.get("unhealthy") or tries > 1:
+                what = "unhealthy" if health.get("unhealthy") else f"recovered after {tries - 1} retr{'y' if tries == 2 else 'ies'}"
+                reasons = "; ".join(a["reason"] for a in health.get("attempts", []) if a.get("reason"))
+                items.append(f"<li>{html.escape(str(run.get('strategy')))} seed {html.escape(str(run.get('seed')))} "
+                             f"round {r['round']}: {what} ({html.escape(reasons)})</li>")
+    if not items:
+        return "<p>Every round trained healthily (no dead branch, loss fell in every round).</p>"
+    return "<ul>" + "".join(items) + "</ul>"
+
+
 def _figure(src: str, caption: str) -> str:
     return (f'<figure><img src="{html.escape(src, quote=True)}" alt="{html.escape(caption, quote=True)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -144,6 +161,8 @@ def write_report(
     if detection:
         plot_curves(runs, "labeled_boxes", metric, out / "ap_vs_boxes.png")
         figures.append(("ap_vs_boxes.png", f"{metric_label(metric)} vs labeled boxes (annotation cost)"))
+    plot_training(runs, out / "training.png")
+    figures.append(("training.png", "Training loss per round (dashed red: training judged unhealthy)"))
     plot_seconds(runs, out / "seconds.png")
     figures.append(("seconds.png", "Mean seconds per round of each loop stage"))
 
@@ -174,7 +193,8 @@ def write_report(
         f"<p>Strategies: {strategies}</p>",
         "<h2>Runs</h2>", _runs_table(runs),
         "<h2>Learning curves</h2>",
-        *[_figure(src, cap) for src, cap in figures[:-1]],
+        *[_figure(src, cap) for src, cap in figures[:-2]],
+        "<h2>Training health</h2>", _health_summary(runs), _figure(*figures[-2]),
         "<h2>Results</h2>",
         *[t.to_html() for t in tables],
         "<h2>Timing</h2>", _figure(*figures[-1]),

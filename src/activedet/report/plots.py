@@ -8,6 +8,7 @@ is the mean over seeds (box counts differ from seed to seed).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from activedet.errors import ActivedetError  # noqa: E402
+from activedet.training.health import training_curve  # noqa: E402
 from activedet.report.tables import (  # noqa: E402
     check_runs,
     group_by_strategy,
@@ -215,3 +217,41 @@ def _short(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.1f}"
     return f"{seconds:.2g}"
+
+
+def plot_training(runs: Sequence[Mapping[str, Any]], out_png: str | Path, max_runs: int = 12) -> Path:
+    """Per-round training curves: total labeled-set loss against epoch, one panel per run,
+    one line per round (its last attempt); a round whose training was judged unhealthy is
+    drawn dashed in red and named in the legend, a retried one says how often."""
+    shown = list(runs)[:max_runs]
+    cols = min(3, max(1, len(shown)))
+    rows_n = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.0 * rows_n), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, run in zip(axes.flat, shown):
+        cmap = plt.get_cmap("viridis")
+        n = max(1, len(run["rounds"]))
+        for k, r in enumerate(run["rounds"]):
+            log = r.get("train_log") or []
+            curve = training_curve(log)
+            if not curve:
+                continue
+            last = max((row.get("attempt", 0) for row in log), default=0)
+            health = r.get("health") or {}
+            label = f"round {r['round']}"
+            if last:
+                label += f" (retried {last}×)"
+            style: dict[str, Any] = {"color": cmap(k / n), "marker": "o", "markersize": 2}
+            if health.get("unhealthy"):
+                label += " UNHEALTHY"
+                style.update(color="red", linestyle="--")
+            ax.plot(range(1, len(curve) + 1), curve, label=label, **style)
+        ax.set_title(f"{run.get('strategy', '')} seed {run.get('seed')}", fontsize=9)
+        ax.set_xlabel("labeled-set epoch")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    return _save(fig, out_png)

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
-from activedet.training.trainer import TrainResult, batches, check_finite, make_optimizer, sgd_step
+from activedet.training.trainer import (TrainResult, batches, guarded_step, make_optimizer, stop_if_dead,
+                                         warmup_factor, warmup_length)
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -277,19 +278,6 @@ def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
                                      squared=s.train_squared, pseudo_threshold=s.pseudo_threshold)
 
 
-def _warmup(it: int, iters: int) -> float:
-    if iters <= 0 or it >= iters:
-        return 1.0
-    alpha = it / iters
-    return 0.001 * (1 - alpha) + alpha
-
-
-def _step(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor], it: int, lr: float,
-          grad_clip: float | None) -> None:
-    total = check_finite(losses, it, lr)
-    if total.requires_grad:  # e.g. an all-frozen loss term: nothing to update
-        sgd_step(opt, total, grad_clip)
-
 
 def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
               cfg: TrainConfig, s: MIALTrainSettings, generator: torch.Generator, *, first_epoch: int = 1,
@@ -324,20 +312,20 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                 lab_batches = batches(labeled, cfg.batch_size, generator)
                 unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
                 for b, batch in enumerate(lab_batches):
-                    step_lr = lr * _warmup(it, warmup_iters)
+                    step_lr = lr * warmup_factor(it, warmup_iters)
                     for g in opt.param_groups:
                         g["lr"] = step_lr
                     inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
                     losses = model(inputs, targets)  # model.train() was set by _stage_mode
-                    _step(opt, losses, it, step_lr, cfg.grad_clip)
-                    add("", losses, len(batch))
+                    if guarded_step(opt, losses, it, step_lr, cfg, f"MIAL {stage.kind} stage"):
+                        add("", losses, len(batch))
                     images += len(batch)
                     if paired:
                         ubatch = unl_batches[b % len(unl_batches)]
                         uimages, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
                         ulosses = _unlabeled_losses(adapter, uimages, stage.kind, s)
-                        _step(opt, ulosses, it, step_lr, cfg.grad_clip)
-                        add("unlabeled_", ulosses, len(ubatch))
+                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"MIAL {stage.kind} stage (unlabeled)"):
+                            add("unlabeled_", ulosses, len(ubatch))
                         images += len(ubatch)
                     it += 1
                     if bar is not None:
@@ -398,8 +386,9 @@ def run_schedule(stage_fn: Any, adapter: Any, dataset: Any, labeled: list[int], 
         epoch = 1
         for k, stage in enumerate(schedule):
             rows, n = stage_fn(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
-                               warmup_iters=cfg.warmup_iters if k == 0 else 0, bar=bar)
+                               warmup_iters=warmup_length(total_iters, cfg) if k == 0 else 0, bar=bar)
             result.history.extend(rows)
+            stop_if_dead(result.history, cfg)
             result.images += n
             epoch += stage.epochs
         bar.close()

@@ -42,7 +42,7 @@ from torch import nn
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
 from activedet.training.mial import MIALTrainSettings, Stage, StageKind, run_schedule
-from activedet.training.trainer import TrainResult, batches, check_finite, make_optimizer, sgd_step
+from activedet.training.trainer import TrainResult, batches, guarded_step, make_optimizer, warmup_factor
 
 __all__ = ["TRAIN_DEFAULTS", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
 
@@ -139,12 +139,6 @@ def _forward_heads(adapter: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, to
     return model.fc1(f), model.fc2(f)
 
 
-def _step(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor], it: int, lr: float,
-          grad_clip: float | None) -> None:
-    total = check_finite(losses, it, lr)
-    if total.requires_grad:
-        sgd_step(opt, total, grad_clip)
-
 
 def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
               cfg: TrainConfig, s: MIALTrainSettings, generator: torch.Generator, *, first_epoch: int = 1,
@@ -175,23 +169,23 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                 lab_batches = batches(labeled, cfg.batch_size, generator)
                 unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
                 for b, batch in enumerate(lab_batches):
-                    step_lr = lr * (1.0 if it >= warmup_iters else 0.001 + 0.999 * it / warmup_iters)
+                    step_lr = lr * warmup_factor(it, warmup_iters)
                     for g in opt.param_groups:
                         g["lr"] = step_lr
                     inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
                     l1, l2 = _forward_heads(adapter, inputs)
                     losses = {"classification": (F.cross_entropy(l1, targets) + F.cross_entropy(l2, targets)) / 2}
-                    _step(opt, losses, it, step_lr, cfg.grad_clip)
-                    add("classification", float(losses["classification"].detach()), len(batch))
+                    if guarded_step(opt, losses, it, step_lr, cfg, f"IUL {stage.kind} stage"):
+                        add("classification", float(losses["classification"].detach()), len(batch))
                     images += len(batch)
                     if paired:
                         ubatch = unl_batches[b % len(unl_batches)]
                         uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
                         u1, u2 = _forward_heads(adapter, uinputs)
                         ulosses = unlabeled_loss(u1, u2, stage.kind, s.lam)
-                        _step(opt, ulosses, it, step_lr, cfg.grad_clip)
-                        add("unlabeled_discrepancy", float(ulosses["discrepancy"].detach()), len(ubatch))
-                        add("discrepancy", float(discrepancy(u1.detach(), u2.detach()).mean()), len(ubatch))
+                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"IUL {stage.kind} stage (unlabeled)"):
+                            add("unlabeled_discrepancy", float(ulosses["discrepancy"].detach()), len(ubatch))
+                            add("discrepancy", float(discrepancy(u1.detach(), u2.detach()).mean()), len(ubatch))
                         images += len(ubatch)
                     it += 1
                     if bar is not None:

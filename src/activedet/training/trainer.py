@@ -8,7 +8,9 @@ sampler) is seeded inside ``fork_rng`` and restored afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
-from activedet.errors import ActivedetError, ConfigError
+from activedet.errors import ActivedetError, ConfigError, TrainingCollapseError, TrainingError
+from activedet.training.health import Health, assess, dead_branch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +33,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (or stage)
     seconds: float = 0.0
     images: int = 0
+    skipped_batches: int = 0  # batches dropped for a non-finite loss (train.on_nonfinite: skip_batch)
+    health: dict[str, Any] = field(default_factory=dict)  # set by train_round: verdict and attempts
 
     @property
     def images_per_second(self) -> float:
@@ -43,13 +50,25 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: f
                            weight_decay=cfg.weight_decay if weight_decay is None else weight_decay)
 
 
+def warmup_length(total: int, cfg: TrainConfig) -> int:
+    """Warm-up iterations of a schedule of ``total``: ``cfg.warmup_iters``, or
+    ``cfg.warmup_fraction`` of ``total`` when that is longer (a round of a small labeled set
+    has few iterations, so a fixed count can be over before the heads settle)."""
+    return max(cfg.warmup_iters, int(math.ceil(cfg.warmup_fraction * total)))
+
+
+def warmup_factor(it: int, iters: int) -> float:
+    """Linear warm-up multiplier from 0.001 to 1 over ``iters`` iterations."""
+    if iters <= 0 or it >= iters:
+        return 1.0
+    alpha = it / iters
+    return 0.001 * (1 - alpha) + alpha
+
+
 def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at iteration ``it`` of ``total``: linear warm-up from 0.001,
-    then ×0.1 after each fraction in ``cfg.lr_steps``."""
-    f = 1.0
-    if cfg.warmup_iters > 0 and it < cfg.warmup_iters:
-        alpha = it / cfg.warmup_iters
-        f = 0.001 * (1 - alpha) + alpha
+    """Multiplier of the base lr at iteration ``it`` of ``total``: linear warm-up from 0.001
+    (:func:`warmup_length`), then ×0.1 after each fraction in ``cfg.lr_steps``."""
+    f = warmup_factor(it, warmup_length(total, cfg))
     for step in cfg.lr_steps:
         if it >= int(math.ceil(step * total)) and step < 1:
             f *= 0.1
@@ -63,12 +82,19 @@ def batches(ids: Sequence[int], batch_size: int, generator: torch.Generator) -> 
     return [[ids[j] for j in order[s:s + batch_size]] for s in range(0, len(ids), batch_size)]
 
 
-def check_finite(losses: dict[str, torch.Tensor], it: int, lr: float) -> torch.Tensor:
+def check_finite(losses: dict[str, torch.Tensor], it: int, lr: float, policy: str = "stop",
+                 where: str = "") -> torch.Tensor | None:
+    """The summed loss, or, when it is NaN/inf: ``None`` under ``policy`` ``skip_batch``
+    (the caller drops the batch), else a :class:`TrainingError` naming ``where`` (stage),
+    the iteration and the loss terms."""
     total = sum(losses.values())
     if not torch.isfinite(total):
-        bad = {k: float(v) for k, v in losses.items()}
-        raise ActivedetError(f"training loss is not finite at iteration {it} (lr {lr:g}): {bad}; "
-                             "lower train.lr or set train.grad_clip")
+        if policy == "skip_batch":
+            return None
+        bad = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+        raise TrainingError(f"{where + ' ' if where else ''}training loss is not finite at iteration {it} "
+                            f"(lr {lr:g}): {bad}; lower train.lr, set train.grad_clip, or "
+                            "train.on_nonfinite: skip_batch")
     return total  # type: ignore[return-value]
 
 
@@ -79,6 +105,19 @@ def sgd_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, grad_clip: f
         params = [p for g in optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tensor], it: int, lr: float,
+                 cfg: TrainConfig, where: str) -> bool:
+    """One SGD step on the summed ``losses`` (clipped per ``cfg``); ``False`` when the batch
+    was dropped for a non-finite loss (``cfg.on_nonfinite: skip_batch``). A loss with no
+    trainable input (every term frozen) takes no step."""
+    total = check_finite(losses, it, lr, cfg.on_nonfinite, where)
+    if total is None:
+        return False
+    if total.requires_grad:
+        sgd_step(optimizer, total, cfg.grad_clip)
+    return True
 
 
 def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
@@ -117,23 +156,83 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                     g["lr"] = lr
                 inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
                 losses = loss_fn(inputs, targets, epoch)
-                total = check_finite(losses, it, lr)
+                total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
+                it += 1
+                if total is None:
+                    result.skipped_batches += 1
+                    bar.update(1)
+                    continue
                 sgd_step(opt, total, cfg.grad_clip)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
                 result.images += len(batch)
-                it += 1
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             result.history.append({"stage": "train", "epoch": epoch + 1,
                                    **{k: v / len(labeled) for k, v in sums.items()}})
+            stop_if_dead(result.history, cfg)
         bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
 
 Trainer = Callable[..., TrainResult]
+
+
+def stop_if_dead(history: list[dict[str, Any]], cfg: TrainConfig) -> None:
+    """Raise :class:`TrainingCollapseError` as soon as a branch is dead (see
+    :mod:`activedet.training.health`), unless ``cfg.on_collapse`` is ``warn``: training on
+    would only spend time on a model that cannot recover."""
+    if cfg.on_collapse == "warn":
+        return
+    verdict = dead_branch(history)
+    if verdict.unhealthy:
+        raise TrainingCollapseError(str(verdict.reason), history)
+
+
+def train_round(trainer: Trainer, adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+                cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool,
+                restart: Callable[[int], int]) -> TrainResult:
+    """Train one round with ``trainer`` and judge its health (:func:`~activedet.training.health.assess`).
+
+    A collapsed round is handled per ``cfg.on_collapse``: ``retry`` calls ``restart(attempt)``
+    (re-initialise the model; it returns the attempt's training seed) up to
+    ``cfg.max_retries`` times, the last attempt trained to the end whatever happens;
+    ``stop`` raises :class:`TrainingCollapseError`; ``warn`` logs and keeps the model.
+    ``result.health`` records the verdict and every attempt (seed, reason); the history
+    rows carry their ``attempt``.
+    """
+    attempts: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    tries = cfg.max_retries + 1 if cfg.on_collapse == "retry" else 1
+    run_cfg = cfg
+    for attempt in range(tries):
+        if attempt:
+            seed = restart(attempt)
+        if attempt == tries - 1 and cfg.on_collapse == "retry":
+            run_cfg = dataclasses.replace(cfg, on_collapse="warn")  # the last try runs to the end
+        try:
+            result = trainer(adapter, dataset, labeled, unlabeled, run_cfg, params, seed, progress)
+            verdict = assess(result.history)
+        except TrainingCollapseError as e:
+            result, verdict = TrainResult(history=e.history), Health(True, e.reason)
+        history += [{**row, "attempt": attempt} for row in result.history]
+        attempts.append({"attempt": attempt, "seed": seed, "reason": verdict.reason})
+        if not verdict.unhealthy:
+            break
+        if cfg.on_collapse == "stop":
+            raise TrainingCollapseError(f"training collapsed: {verdict.reason}; set train.on_collapse: retry, "
+                                        "or lower train.lr / raise train.warmup_fraction", history)
+        if attempt + 1 < tries:
+            log.warning("training collapsed (%s); retrying with a new initialisation (%d of %d)",
+                        verdict.reason, attempt + 1, tries - 1)
+        else:
+            log.warning("training is unhealthy (%s)%s; the round keeps this model", verdict.reason,
+                        f" after {tries - 1} retries" if tries > 1 else "")
+    result.history = history
+    result.health = {"unhealthy": verdict.unhealthy, "reason": verdict.reason, "attempts": attempts}
+    return result
 
 #: trainer name -> "module:function"; strategies name the trainer they need
 _TRAINERS = {
