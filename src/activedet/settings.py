@@ -90,17 +90,19 @@ class Settings:
         return _declared(cls)
 
     @classmethod
-    def parse(cls: type[S], data: Mapping[str, Any] | None, *, where: str = "strategy") -> S:
+    def parse(cls: type[S], data: Mapping[str, Any] | None, *, where: str = "strategy", owner: str = "") -> S:
         """Validate ``data`` (missing keys take their defaults) into an instance.
 
         Raises :class:`ConfigError` naming an unknown key, or a bad key, its value and what
-        was expected. ``where`` prefixes keys in messages (``strategy key 'top_k' ...``).
+        was expected. ``where`` prefixes keys in messages (``strategy key 'top_k' ...``);
+        ``owner`` names whose keys they are (``strategy 'mial'``).
         """
         data = dict(data or {})
-        known = {d.key for d in cls.declared()}
-        unknown = sorted(set(data) - known)
+        known = ", ".join(sorted(d.key for d in cls.declared())) or "none"
+        unknown = sorted(k for k in data if k not in {d.key for d in cls.declared()})
         if unknown:
-            raise ConfigError(f"unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(known)) or 'none'})")
+            whose = f" for {owner}" if owner else ""
+            raise ConfigError(f"unknown key '{where}.{unknown[0]}'{whose} (known: {known})")
         return cls.pick(data, where=where)
 
     @classmethod
@@ -114,7 +116,8 @@ class Settings:
                 try:
                     kwargs[d.attr] = _convert(data[d.key], d.type, d.spec)
                 except _Bad:
-                    raise ConfigError(f"{where} key '{d.key}' = {data[d.key]!r}: expected {d.expected()}") from None
+                    raise ConfigError(
+                        f"{where} key '{d.key}' = {data[d.key]!r}: expected {d.expected()}") from None
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

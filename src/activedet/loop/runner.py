@@ -177,10 +177,12 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
         if diff:
             ledger.close()
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-            raise ResumeError(f"{run_dir} was made with a different config ({shown}); resume needs the same config")
+            raise ResumeError(f"{run_dir} was made with a different config ({shown}); "
+                              "resume needs the same config")
         return ledger
     ledger = Ledger(run_dir, create=True)
-    ledger.set_meta(config_yaml=dump_config(cfg), config=resolved, config_resolved=True, strategy=cfg.strategy.name, task=cfg.task,
+    ledger.set_meta(config_yaml=dump_config(cfg), config=resolved, config_resolved=True,
+                    strategy=cfg.strategy.name, task=cfg.task,
                     seed=cfg.seed, unit=cfg.loop.unit, pool_size=len(exp.pool.ids),
                     pool_boxes=exp.pool.cost(exp.pool.ids), complete=False,
                     train_source=exp.train.source or exp.train.name)

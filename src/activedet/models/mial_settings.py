@@ -21,8 +21,8 @@ __all__ = ["MIALHeadSettings", "MIALTrainSettings", "IULTrainSettings"]
 class _Schedule(Settings):
     """The stage schedule shared by detection (MIAL) and classification (MIAL-IUL)."""
 
-    lam: float = setting(0.5, "λ, weight of the unlabeled discrepancy loss (Eq. 8-9)", key="lambda",
-                         gt=0, le=1e6)
+    lam: float = setting(0.5, "λ, weight of the unlabeled discrepancy loss (Eq. 8-9; classification: "
+                              "Eq. 2, 4)", key="lambda", gt=0, le=1e6)
     iul: bool = setting(True, "instance uncertainty learning: run the max/min discrepancy stages")
     rounds: int = setting(2, "rounds of [max, min, label] stages after the first label stage", ge=0)
     order: Literal["max_min", "min_max"] = setting(

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 import numpy as np
 
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, StrategyError
+from activedet.errors import StrategyError
 from activedet.settings import NoSettings, Settings, setting
 
 
@@ -63,15 +63,8 @@ class Strategy:
                 base.__name__, [], bases=(CostAwareSettings, base), frozen=True)
 
     def __init__(self, **params: Any) -> None:
-        allowed = {d.key for d in self.settings_type.declared()}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise ConfigError(
-                f"unknown key 'strategy.{unknown[0]}' for strategy '{self.name}' (known: {known})"
-            )
         #: the validated, typed settings; ``params``: the same resolved, keyed by YAML key
-        self.settings = self.settings_type.parse(params)
+        self.settings = self.settings_type.parse(params, owner=f"strategy '{self.name}'")
         self.params: dict[str, Any] = self.settings.to_dict()
         self.last_scores: dict[int, float] | None = None
 

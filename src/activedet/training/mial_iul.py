@@ -131,7 +131,8 @@ def _unlabeled_losses(adapter: Any, inputs: torch.Tensor, kind: StageKind,
                       s: IULTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """``{"discrepancy": loss}`` of :func:`unlabeled_loss`, and the mean d logged as ``discrepancy``."""
     u1, u2 = _forward_heads(adapter, inputs)
-    return unlabeled_loss(u1, u2, kind, s.lam), {"discrepancy": float(discrepancy(u1.detach(), u2.detach()).mean())}
+    mean_d = float(discrepancy(u1.detach(), u2.detach()).mean())
+    return unlabeled_loss(u1, u2, kind, s.lam), {"discrepancy": mean_d}
 
 
 #: the two-head classifier's parts of :func:`activedet.training.mial.run_stage`; history rows
