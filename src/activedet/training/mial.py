@@ -10,7 +10,10 @@ One active-learning cycle (paper Sec. 3.2–3.3, Fig. 3–4; schedule from the a
 Each "epoch" passes over the data ``repeat`` times. A fresh SGD optimizer (lr, momentum,
 weight decay from ``TrainConfig``) is built for every stage. ``cfg.epochs`` and
 ``cfg.lr_steps`` are not used: the stage list above is the schedule;
-``cfg.warmup_iters`` warms up the first label stage only.
+``cfg.warmup_iters`` warms up the first label stage only. The keys in quotes are the
+``mial`` strategy's, declared in :class:`activedet.models.mial_settings.MIALTrainSettings`.
+The stage loop (:func:`run_stage`) is shared with the classifier's MIAL-IUL trainer
+(:mod:`activedet.training.mial_iul`), which passes its own :class:`StageOps`.
 
 Stages (labeled batches always contribute ``l_det + l_mil`` with ground-truth image labels):
 

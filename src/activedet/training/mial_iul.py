@@ -50,6 +50,7 @@ from activedet.training.trainer import TrainResult
 
 __all__ = ["CLASSIFIER_STAGES", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
 
+
 def iul_settings(params: Mapping[str, Any], epochs: int) -> IULTrainSettings:
     """The trainer's settings from strategy ``params`` (other keys ignored), with
     ``label_epochs`` resolved from ``train.epochs``. Raises :class:`ConfigError` naming a bad key."""
