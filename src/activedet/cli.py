@@ -128,19 +128,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from activedet.strategies.registry import available
+    from activedet.strategies.registry import available, get_strategy_class
 
+    if args.name:
+        return _strategy_settings(get_strategy_class(args.name), args.json)
     rows = []
     for name, cls in available().items():
         rows.append({"name": name, "tasks": list(cls.tasks),
                      "archs": list(cls.archs) if cls.archs else "any",
-                     "reference": cls.reference, "settings": dict(cls.defaults)})
+                     "reference": cls.reference, "settings": cls.settings_type.defaults()})
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
             archs = r["archs"] if r["archs"] == "any" else ",".join(r["archs"])
             print(f"{r['name']:<24} {','.join(r['tasks']):<30} models: {archs:<28} {r['reference']}")
+    return 0
+
+
+def _strategy_settings(cls: Any, as_json: bool) -> int:
+    """``activedet strategies NAME``: every declared setting with type, default and doc."""
+    rows = [{"key": d.key, "type": d.type_name(), "default": d.default, "expected": d.expected(),
+             "doc": d.spec.doc, "provenance": d.spec.provenance} for d in cls.settings_type.declared()]
+    if as_json:
+        print(json.dumps({"name": cls.name, "reference": cls.reference, "trainer": cls.trainer,
+                          "settings": rows}))
+        return 0
+    print(f"{cls.name}: {cls.reference}")
+    print(f"tasks: {', '.join(cls.tasks)}; models: {', '.join(cls.archs) if cls.archs else 'any'}; "
+          f"trainer: {cls.trainer}")
+    if not rows:
+        print("no settings")
+    for r in rows:
+        print(f"  {r['key']}: {json.dumps(r['default'])}    ({r['expected']})")
+        print(f"      {r['doc']}" + (f" [{r['provenance']}]" if r["provenance"] else ""))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.schema:
+        from activedet.config import json_schema
+        from activedet.strategies.registry import available
+
+        schema = json_schema({n: c.settings_type.json_schema() for n, c in available().items()})
+        print(json.dumps(schema, indent=2))
+        return 0
+    if not args.config:
+        raise ActivedetError("give a CONFIG.yaml to resolve, or --schema")
+    from activedet.config import dump_config, load_config
+    from activedet.loop.runner import resolve
+
+    cfg = load_config(args.config)
+    resolve(cfg)
+    print(json.dumps(cfg.to_dict()) if args.json else dump_config(cfg), end="\n" if args.json else "")
     return 0
 
 
@@ -203,9 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print metrics as JSON")
     s.set_defaults(func=_cmd_evaluate)
 
-    s = sub.add_parser("strategies", help="registered strategies, one line each")
+    s = sub.add_parser("strategies", help="registered strategies, one line each; NAME: its settings",
+                       description="Without NAME: every registered strategy. With NAME: each of its "
+                                   "settings (the YAML keys beside `strategy.name`) with type, default, "
+                                   "doc and, where paper and code differ, where the default comes from.")
+    s.add_argument("name", nargs="?", metavar="NAME", help="a registered strategy")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_strategies)
+
+    s = sub.add_parser("config", help="the resolved config (every default filled in); --schema: JSON Schema",
+                       description="Print CONFIG.yaml resolved, as the ledger stores it: every key with its "
+                                   "default, strategy settings included (model.image_size stays null = "
+                                   "auto until the data is read). --schema prints a JSON Schema of every "
+                                   "key, for editors (e.g. yaml-language-server) and checks.")
+    s.add_argument("config", nargs="?", metavar="CONFIG.yaml")
+    s.add_argument("--schema", action="store_true", help="print the JSON Schema of the whole config")
+    s.add_argument("--json", action="store_true", help="the resolved config as JSON instead of YAML")
+    s.set_defaults(func=_cmd_config)
 
     s = sub.add_parser("datasets", help="built-in datasets; `datasets export NAME DIR` writes one as COCO")
     s.add_argument("action", nargs="?", choices=["list", "export"], default="list")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 import yaml
 
 from activedet.errors import ConfigError
+from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
 Number = Union[int, float]
 
@@ -252,3 +253,29 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def dump_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML (every key, defaults included)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def json_schema(strategies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """JSON Schema of the whole experiment config, for editors and checks.
+
+    Read from the dataclasses above (a field added to one appears without editing this) and
+    their choices; ``strategy`` allows, beside ``name``, that strategy's settings.
+    ``strategies``: name -> object schema of its settings
+    (:meth:`activedet.settings.Settings.json_schema` of each strategy's ``settings_type``).
+    """
+    schema = dataclass_schema(ExperimentConfig, _CHOICES)
+    schema["properties"]["strategy"] = strategy_schema(strategies, StrategyConfig().name)
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "activedet experiment config", **schema}
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (:meth:`ExperimentConfig.to_dict`),
+    each as ``key: old -> new`` (``(absent)`` for a key only one side has)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

@@ -132,7 +132,18 @@ def test_resume_refuses_a_different_config(tmp_path: Path, capsys) -> None:
     cfg.write_text(yaml.safe_dump(data))
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "different config" in err
+    assert "different config" in err and "seed: 3 -> 4" in err
+    # the ledger holds the resolved config: a strategy default that changed between versions
+    # (simulated by editing the stored one) is named too
+    data["seed"] = 3
+    cfg.write_text(yaml.safe_dump(data))
+    with sqlite3.connect(run_dir / "ledger.sqlite") as db:
+        stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+        assert stored["strategy"]["min_score"] == 0.05  # a default, not written in the config
+        stored["strategy"]["min_score"] = 0.01
+        db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(stored),))
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet"]) == 2
+    assert "strategy.min_score: 0.01 -> 0.05" in capsys.readouterr().err
 
 
 def test_bad_dataset_exits_nonzero_and_writes_no_ledger(tmp_path: Path, capsys) -> None:

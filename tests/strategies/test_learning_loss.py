@@ -15,6 +15,7 @@ from activedet.errors import ConfigError
 from activedet.models.classifier import ClassificationAdapter
 from activedet.models.detection_adapter import DetectionAdapter
 from activedet.models.learning_loss import detection_losses_and_levels, loss_ranking_loss, predict_losses
+from activedet.strategies.registry import build_strategy
 from activedet.training.learning_loss import per_image_losses, stop_grad_epoch, train_learning_loss
 from tests.conftest import make_detection_dataset, tiny_config
 
@@ -82,10 +83,11 @@ def test_gradient_stops_into_backbone_when_detached() -> None:
         assert all(p.grad is not None for p in module)
         assert float(ad.model.loss_module.out.weight.grad.abs().sum()) > 0
         assert (bb == 0.0) == detach
-    assert stop_grad_epoch({}, "detection", 10) == 0
-    assert stop_grad_epoch({}, "classification", 200) == 120
+    assert stop_grad_epoch(None, "detection", 10) == 0
+    assert stop_grad_epoch(None, "classification", 200) == 120
+    assert stop_grad_epoch(3, "classification", 200) == 3
     with pytest.raises(ConfigError, match="'stop_grad_epoch' = -1"):
-        stop_grad_epoch({"stop_grad_epoch": -1}, "detection", 10)
+        build_strategy("learning_loss", {"stop_grad_epoch": -1})
 
 
 def test_checkpoint_round_trip_keeps_the_module() -> None:

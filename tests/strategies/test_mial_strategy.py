@@ -32,7 +32,7 @@ FAST = {"label_epochs": 1, "rounds": 1, "repeat": 1}
 def test_registered_with_its_model_trainer_and_defaults() -> None:
     cls = get_strategy_class("mial")
     assert (cls.model_variant, cls.trainer, cls.archs, cls.tasks) == ("mial", "mial", ("retinanet",), ("detection",))
-    d = cls.defaults
+    d = cls.settings_type.defaults()
     assert (d["lambda"], d["top_k"], d["aggregate"], d["weighting"], d["uncertainty"]) == (0.5, 10000, "topk", "none", "abs")
     assert (d["iul"], d["iur"], d["reweight"], d["order"]) == (True, True, "mil", "max_min")
     s = build_strategy("mial", {"iur": False, "reweight": "f1", "mil_weighting": "code", "regression_loss": "l1"})

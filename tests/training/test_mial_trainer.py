@@ -10,8 +10,8 @@ import torch
 
 from activedet.errors import ConfigError
 from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.mial import (
-    MIALTrainSettings,
     Stage,
     build_schedule,
     run_stage,
@@ -43,12 +43,12 @@ def _is_f12(name: str) -> bool:
 
 
 def test_settings_defaults_follow_the_notes() -> None:
-    s = MIALTrainSettings.from_params({})
+    s = MIALTrainSettings.pick({})
     assert (s.lam, s.iul, s.iur, s.reweight, s.order) == (0.5, True, True, "mil", "max_min")
     assert (s.label_epochs, s.rounds, s.repeat, s.min_epochs, s.max_epochs) == (3, 2, 2, 1, 1)
     assert s.final_lr_scale == pytest.approx(0.1)
     # keys of other components (selection settings) are ignored
-    assert MIALTrainSettings.from_params({"top_k": 5, "aggregate": "max"}) == s
+    assert MIALTrainSettings.pick({"top_k": 5, "aggregate": "max"}) == s
 
 
 @pytest.mark.parametrize("key,value", [("lambda", 0), ("lambda", "x"), ("order", "max_max"),
@@ -56,13 +56,13 @@ def test_settings_defaults_follow_the_notes() -> None:
                                        ("reweight", "both"), ("pseudo_threshold", 1.5)])
 def test_bad_settings_name_the_key(key: str, value) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        MIALTrainSettings.from_params({key: value})
+        MIALTrainSettings.pick({key: value})
 
 
 def test_mil_reweighting_needs_the_mil_head() -> None:
     with pytest.raises(ConfigError, match="reweight"):
-        MIALTrainSettings.from_params({"iur": False})
-    assert MIALTrainSettings.from_params({"iur": False, "reweight": "f1"}).reweight == "f1"
+        MIALTrainSettings.pick({"iur": False})
+    assert MIALTrainSettings.pick({"iur": False, "reweight": "f1"}).reweight == "f1"
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -73,18 +73,18 @@ def _kinds(stages: list[Stage]) -> list[str]:
 
 
 def test_schedule_order_rounds_and_final_lr() -> None:
-    paper = build_schedule(MIALTrainSettings.from_params({}))
+    paper = build_schedule(MIALTrainSettings.pick({}))
     assert _kinds(paper) == ["label", "max", "min", "label", "max", "min", "label"]
     assert [st.round for st in paper] == [0, 1, 1, 1, 2, 2, 2]
     assert [st.lr_scale for st in paper] == [1.0] * 6 + [pytest.approx(0.1)]
-    code = build_schedule(MIALTrainSettings.from_params({"order": "min_max", "rounds": 1}))
+    code = build_schedule(MIALTrainSettings.pick({"order": "min_max", "rounds": 1}))
     assert _kinds(code) == ["label", "min", "max", "label"]
     # 26 passes over the labeled set per cycle at the defaults (notes: "≈ 26 passes")
-    s = MIALTrainSettings.from_params({})
+    s = MIALTrainSettings.pick({})
     assert sum(st.epochs for st in paper) * s.repeat == 26
-    no_iul = build_schedule(MIALTrainSettings.from_params({"iul": False}))
+    no_iul = build_schedule(MIALTrainSettings.pick({"iul": False}))
     assert _kinds(no_iul) == ["label"] * 3  # same number of label epochs, no min/max
-    no_max = build_schedule(MIALTrainSettings.from_params({"max_epochs": 0, "rounds": 1}))
+    no_max = build_schedule(MIALTrainSettings.pick({"max_epochs": 0, "rounds": 1}))
     assert _kinds(no_max) == ["label", "min", "label"]
 
 
@@ -120,7 +120,7 @@ def test_stage_updates_exactly_its_parameters(kind: str) -> None:
     ds = make_detection_dataset(n=6, seed=3, empty_every=3)
     ad = _adapter()
     cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
-    s = MIALTrainSettings.from_params({"repeat": 1})
+    s = MIALTrainSettings.pick({"repeat": 1})
     flags = {n: p.requires_grad for n, p in ad.model.named_parameters()}
     before = _snapshot(ad.model)
     rows, images = run_stage(ad, ds, Stage(kind, 1, 1.0, 1), [1, 2], [3, 6], cfg, s,
@@ -150,7 +150,7 @@ def test_paired_stage_without_unlabeled_images_is_an_error() -> None:
     cfg = tiny_config().train
     with pytest.raises(Exception, match="unlabeled"):
         run_stage(ad, make_detection_dataset(n=4), Stage("max", 1, 1.0, 1), [1, 2], [], cfg,
-                  MIALTrainSettings.from_params({}), torch.Generator())
+                  MIALTrainSettings.pick({}), torch.Generator())
 
 
 # ---------------------------------------------------------------------------- end to end

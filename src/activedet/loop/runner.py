@@ -10,7 +10,7 @@ as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-
+import json
 import logging
 import os
 import time
@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from activedet.config import ExperimentConfig, LoopConfig, dump_config
+from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, DatasetError, ResumeError
@@ -62,9 +62,18 @@ def _split_spec(cfg: ExperimentConfig, which: str) -> str | None:
     return spec
 
 
-def prepare(cfg: ExperimentConfig) -> Experiment:
-    """Load and validate datasets, strategy and budgets. Raises before touching disk."""
+def resolve(cfg: ExperimentConfig) -> Strategy:
+    """Build ``cfg``'s strategy and fill every default into ``cfg.strategy.params`` (the
+    resolved config, as stored in the ledger). Raises :class:`ConfigError` on a bad key."""
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+    cfg.strategy.params = dict(strategy.params)
+    return strategy
+
+
+def prepare(cfg: ExperimentConfig) -> Experiment:
+    """Load and validate datasets, strategy and budgets; resolve ``cfg`` (strategy defaults,
+    ``model.image_size``) in place. Raises before touching disk."""
+    strategy = resolve(cfg)
     strategy.check_model(cfg.task, cfg.model.arch)
     opts = cfg.dataset.options
     train = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, opts)
@@ -153,18 +162,27 @@ def load_checkpoint(adapter: Any, path: Path) -> None:
 
 
 def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
-    resolved = dump_config(cfg)
+    """Create the ledger, or reopen it to resume: the resolved configs (every default filled
+    in) must agree, or :class:`ResumeError` names the keys that differ."""
+    resolved = json.loads(json.dumps(cfg.to_dict()))
     if (run_dir / Ledger.FILENAME).is_file():
         if not resume:
             raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         ledger = Ledger(run_dir)
-        old = ledger.meta().get("config_yaml")
-        if old != resolved:
+        meta = ledger.meta()
+        old = meta.get("config") or {}
+        if not meta.get("config_resolved"):  # older ledgers stored strategy keys as written
+            resolved["strategy"] = {k: v for k, v in resolved["strategy"].items() if k in old.get("strategy", {})}
+        diff = differences(old, resolved)
+        if diff:
             ledger.close()
-            raise ResumeError(f"{run_dir} was made with a different config; resume needs the same config")
+            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise ResumeError(f"{run_dir} was made with a different config ({shown}); "
+                              "resume needs the same config")
         return ledger
     ledger = Ledger(run_dir, create=True)
-    ledger.set_meta(config_yaml=resolved, config=cfg.to_dict(), strategy=cfg.strategy.name, task=cfg.task,
+    ledger.set_meta(config_yaml=dump_config(cfg), config=resolved, config_resolved=True,
+                    strategy=cfg.strategy.name, task=cfg.task,
                     seed=cfg.seed, unit=cfg.loop.unit, pool_size=len(exp.pool.ids),
                     pool_boxes=exp.pool.cost(exp.pool.ids), complete=False,
                     train_source=exp.train.source or exp.train.name)
@@ -275,4 +293,4 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
 
 
-__all__ = ["run", "prepare", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint"]
+__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint"]

@@ -14,6 +14,7 @@ Classifier feature maps are read with forward hooks on the modules named in
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -23,9 +24,22 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 
 from activedet.errors import ConfigError
+from activedet.settings import Settings, setting
 
-__all__ = ["LossPredictionModule", "attach_loss_module", "loss_ranking_loss", "detection_losses_and_levels",
+__all__ = ["LearningLossSettings", "LossPredictionModule", "attach_loss_module", "loss_ranking_loss", "detection_losses_and_levels",
            "classifier_levels", "predict_losses"]
+
+
+@dataclass(frozen=True)
+class LearningLossSettings(Settings):
+    """The ``learning_loss`` trainer's keys (:mod:`activedet.training.learning_loss`)."""
+
+    lam: float = setting(1.0, "λ, weight of the loss-prediction (ranking) loss", key="lambda", ge=0)
+    margin: float = setting(1.0, "margin ξ of the ranking loss", ge=0)
+    stop_grad_epoch: int | None = setting(
+        None, "epoch from which the module's input is detached; null: 0 for detectors, "
+              "60% of the epochs for classifiers", ge=0,
+        provenance="detectors: ISAL supplementary D.2; classifiers: the paper's 120 of 200 epochs")
 
 
 class LossPredictionModule(nn.Module):

@@ -300,6 +300,17 @@ def discrepancy_weights(
     raise ValueError(f"reweight must be 'none', 'f1' or 'mil', got {reweight!r}")
 
 
+def _weighted_terms(cls1: Tensor, cls2: Tensor, reweight: Reweight, mil_scores: Tensor | None, squared: bool,
+                    first_class: int, *, agreement: bool) -> Tensor:
+    """The per-anchor terms of the max / min step losses, (N, A, C): ``|σ1 - σ2|`` (squared
+    with ``squared``), or ``1 - `` that with ``agreement``, times the weights w of
+    :func:`discrepancy_weights` (detached)."""
+    w = discrepancy_weights(reweight, cls1, mil_scores, first_class=first_class)
+    d = _abs_or_square(cls1, cls2, squared, first_class)
+    term = 1.0 - d if agreement else d
+    return term if w is None else term * w
+
+
 def max_step_unlabeled_loss(
     cls1: Tensor,
     cls2: Tensor,
@@ -320,11 +331,8 @@ def max_step_unlabeled_loss(
         cls1, cls2: f1 / f2 logits, (N, A, K).
         reweight, mil_scores: instance weights, see :func:`discrepancy_weights`.
     """
-    w = discrepancy_weights(reweight, cls1, mil_scores, first_class=first_class)
-    term = 1.0 - _abs_or_square(cls1, cls2, squared, first_class)
-    if w is not None:
-        term = term * w
-    return lam * term.mean(dim=-1).sum()
+    return lam * _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=True) \
+        .mean(dim=-1).sum()
 
 
 def min_step_unlabeled_loss(
@@ -342,5 +350,5 @@ def min_step_unlabeled_loss(
     ``λ · Σ_n Σ_i mean_c(|σ1 - σ2| · w)`` = ``λ · discrepancy(...).sum()``, summed over the
     images of the batch. The min step adds the MIL loss against pseudo labels separately.
     """
-    w = discrepancy_weights(reweight, cls1, mil_scores, first_class=first_class)
-    return lam * discrepancy(cls1, cls2, w, squared=squared, first_class=first_class).sum()
+    terms = _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=False)
+    return lam * terms.mean(dim=-1).sum(dim=-1).sum()  # = discrepancy(cls1, cls2, w).sum()

@@ -11,18 +11,34 @@ class attributes that the loop reads without asking which strategy it holds:
 - ``tasks``: the tasks it applies to (``detection``, ``classification``);
 - ``archs``: model architectures it can score (``None``: any);
 - ``model_variant``: which adapter variant to build (``"plain"``, ``"mial"``, ...);
-- ``trainer``: which training schedule to run (``"plain"``, ``"mial"``, ...).
+- ``trainer``: which training schedule to run (``"plain"``, ``"mial"``, ...);
+- ``settings_type``: its declared settings (:mod:`activedet.settings`), the trainer's
+  included; ranking strategies (the default ``_select``) also get :class:`CostAwareSettings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, StrategyError
+from activedet.errors import StrategyError
+from activedet.settings import NoSettings, Settings, setting
+
+
+@dataclass(frozen=True)
+class CostAwareSettings(Settings):
+    """Keys every ranking strategy accepts: with ``cost_aware: true`` an image's score is
+    divided by its predicted number of boxes, so a method cannot win by choosing crowded
+    images (meant for ``loop.unit: boxes``)."""
+
+    cost_aware: bool = setting(False, "divide each score by the image's predicted box count (detectors)")
+    cost_min_score: float = setting(0.5, "detections scoring at least this count as predicted boxes",
+                                    ge=0, le=1)
 
 
 class Strategy:
@@ -34,20 +50,22 @@ class Strategy:
     archs: ClassVar[tuple[str, ...] | None] = None
     model_variant: ClassVar[str] = "plain"
     trainer: ClassVar[str] = "plain"
-    #: keyword settings and their defaults; unknown keys are a ConfigError
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    #: declared settings (the trainer's included); unknown keys are a ConfigError
+    settings_type: ClassVar[type[Settings]] = NoSettings
     #: show progress bars while scoring (the loop turns them off with --quiet)
     progress: bool = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.ranks_by_score() and not issubclass(cls.settings_type, CostAwareSettings):
+            base = cls.settings_type
+            cls.settings_type = dataclasses.make_dataclass(
+                base.__name__, [], bases=(CostAwareSettings, base), frozen=True)
+
     def __init__(self, **params: Any) -> None:
-        allowed = set(self.defaults) | (set(COST_AWARE_DEFAULTS) if self.ranks_by_score() else set())
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise ConfigError(
-                f"unknown key 'strategy.{unknown[0]}' for strategy '{self.name}' (known: {known})"
-            )
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        #: the validated, typed settings; ``params``: the same resolved, keyed by YAML key
+        self.settings = self.settings_type.parse(params, owner=f"strategy '{self.name}'")
+        self.params: dict[str, Any] = self.settings.to_dict()
         self.last_scores: dict[int, float] | None = None
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -93,7 +111,7 @@ class Strategy:
     @classmethod
     def ranks_by_score(cls) -> bool:
         """True for ranking strategies (the default ``_select``): they accept the
-        :data:`COST_AWARE_DEFAULTS` keys. Set-based strategies override ``_select``."""
+        :class:`CostAwareSettings` keys. Set-based strategies override ``_select``."""
         return cls._select is Strategy._select
 
 
@@ -113,12 +131,6 @@ def rank_by_score(candidates: list[int], scores: Mapping[int, float], budget: in
     return (scored + unscored)[:budget]
 
 
-#: keys every ranking strategy accepts: with ``cost_aware: true`` an image's score is divided
-#: by its predicted number of boxes (detections scoring >= ``cost_min_score``, at least 1),
-#: so a method cannot win by choosing crowded images (meant for ``loop.unit: boxes``)
-COST_AWARE_DEFAULTS: Mapping[str, Any] = {"cost_aware": False, "cost_min_score": 0.5}
-
-
 def cost_aware_scores(scores: Mapping[int, float], predicted_boxes: Mapping[int, int]) -> dict[int, float]:
     """Score per predicted box: ``scores[i] / max(1, predicted_boxes[i])`` for every scored id.
 
@@ -132,11 +144,7 @@ def cost_aware_scores(scores: Mapping[int, float], predicted_boxes: Mapping[int,
 def apply_cost_aware(params: Mapping[str, Any], adapter: Any, pool: Pool,
                      scores: Mapping[int, float]) -> dict[int, float]:
     """:func:`cost_aware_scores` with box counts predicted by ``adapter`` (detectors only)."""
-    thr = params.get("cost_min_score", COST_AWARE_DEFAULTS["cost_min_score"])
-    if not isinstance(params.get("cost_aware"), bool):
-        raise ConfigError(f"strategy key 'cost_aware' = {params.get('cost_aware')!r}: expected true or false")
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
-        raise ConfigError(f"strategy key 'cost_min_score' = {thr!r}: expected a number in [0, 1]")
+    thr = params["cost_min_score"]
     if getattr(adapter, "task", None) != "detection":
         raise StrategyError("strategy key 'cost_aware' needs a detector (predicted boxes); "
                             f"the model is a {getattr(adapter, 'task', '?')} model")

@@ -18,6 +18,7 @@ convention of :mod:`activedet.strategies.entropy`). This stays meaningful with o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,9 @@ import torch
 
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
+from activedet.settings import setting
 from activedet.strategies.base import Strategy
-from activedet.strategies.coreset import _positive_int_or_none, candidate_subset, k_center_greedy
+from activedet.strategies.coreset import CoresetSettings, candidate_subset, k_center_greedy
 from activedet.strategies.entropy import binary_entropy
 from activedet.strategies.registry import register
 
@@ -82,18 +84,24 @@ def cdal_features(adapter: Any, dataset: Any, ids: list[int], min_score: float,
     return torch.stack(rows) if rows else torch.zeros((0, adapter.num_classes, adapter.num_classes))
 
 
+@dataclass(frozen=True)
+class CDALSettings(CoresetSettings):
+    min_score: float = setting(0.05, "detections scoring at least this are the image's regions", ge=0, le=1)
+    chunk_size: int = setting(512, "block size of the distance computation (memory, not result)", ge=1)
+
+
 @register
 class CDALStrategy(Strategy):
     name = "cdal"
     reference = "Agarwal et al. 2020 (CDAL-CS: contextual diversity + k-center greedy)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos", "faster_rcnn")
-    defaults = {"min_score": 0.05, "batch_size": 8, "chunk_size": 512, "subset": None}
+    settings_type = CDALSettings
 
     def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
         if adapter.task != "detection":
             raise StrategyError(f"strategy 'cdal' needs a detector, got a {adapter.task} model")
-        cands = candidate_subset(pool, _positive_int_or_none(self.params, "subset"), rng)
+        cands = candidate_subset(pool, self.params["subset"], rng)
         if budget > len(cands):
             raise StrategyError(f"strategy 'cdal': subset of {len(cands)} is smaller than the budget {budget}")
         labeled = list(pool.labeled)

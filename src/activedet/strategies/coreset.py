@@ -11,6 +11,7 @@ O(N·D + chunk²): distances are computed block by block, never as an N×N matri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
+from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
 
@@ -83,13 +85,12 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, bu
     return picks, gains
 
 
-def _positive_int_or_none(params: dict[str, Any], key: str) -> int | None:
-    v = params[key]
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"strategy key '{key}' = {v!r}: expected an integer >= 1 or null")
-    return v
+@dataclass(frozen=True)
+class CoresetSettings(Settings):
+    batch_size: int = setting(8, "images per feature-extraction batch", ge=1)
+    chunk_size: int = setting(2048, "block size of the distance computation (memory, not result)", ge=1)
+    subset: int | None = setting(None, "candidates: a seeded random subset of the unlabeled pool "
+                                       "of this size; null: all of it", ge=1)
 
 
 def candidate_subset(pool: Pool, subset: int | None, rng: np.random.Generator) -> list[int]:
@@ -106,10 +107,10 @@ def candidate_subset(pool: Pool, subset: int | None, rng: np.random.Generator) -
 class CoresetStrategy(Strategy):
     name = "coreset"
     reference = "Sener & Savarese 2018 (core-set, k-center greedy on pooled features)"
-    defaults = {"batch_size": 8, "chunk_size": 2048, "subset": None}
+    settings_type = CoresetSettings
 
     def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
-        subset = _positive_int_or_none(self.params, "subset")
+        subset = self.params["subset"]
         cands = candidate_subset(pool, subset, rng)
         if budget > len(cands):
             raise ConfigError(f"strategy key 'subset' = {subset}: smaller than the budget {budget}")

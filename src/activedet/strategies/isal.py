@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ from activedet.influence import (
     random_index_batches,
     unflat,
 )
+from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
 
@@ -68,7 +70,6 @@ log = logging.getLogger(__name__)
 FCOS_SCALES = {"cls_logits": 100.0, "bbox_reg": 8000.0, "bbox_ctrness": 5000.0}
 CLASSIFICATION_SCALE = 10_000.0
 DEFAULT_DEPTH = {"detection": 1000, "classification": 250}
-REFERENCES = ("validation", "initial", "labeled")
 DETECTION_ARCHS = ("fcos", "retinanet", "faster_rcnn")
 CLASSIFICATION_ARCHS = ("resnet18", "small_cnn")
 
@@ -253,38 +254,54 @@ def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
 
 
 # ===================================================================== strategies
+@dataclass(frozen=True)
+class InfluenceSettings(Settings):
+    """Keys of ``isal`` and ``grad_similarity``."""
+
+    reference: Literal["validation", "initial", "labeled"] = setting(
+        "validation", "images R whose loss gradient is the target: dataset.reference (paper), the "
+                      "first labeled set (ISAL_v2) or the current labeled set (ISAL_v3)")
+    reference_fallback: Literal["labeled", "initial", "error"] = setting(
+        "labeled", "used (with a warning) when reference is validation and there is no dataset.reference")
+    max_reference: int | None = setting(None, "cap on reference images (a seeded subset); null: all", ge=1)
+    top_k: int = setting(1, "classifiers: top classes used as pseudo labels", ge=1)
+    prob_weight: Literal["auto", "always"] = setting(
+        "auto", "weight pseudo labels by probability: only when top_k > 1 (auto) or always (Eq. 3)",
+        provenance="auto: the authors' code; always: the paper's Eq. 3")
+    pseudo_score_threshold: float = setting(0.5, "detectors: detections scoring at least this are pseudo "
+                                                 "boxes", ge=0, le=1, provenance="ISAL VOC: 0.5, COCO: 0.1")
+    max_pseudo_boxes: int = setting(100, "detectors: at most this many pseudo boxes per image", ge=1)
+    parameters: list[str] | None = setting(None, "names of the parameters whose gradients are used; "
+                                                 "null: the adapter's default (final layers)", min_items=1)
+    batched: bool = setting(True, "per-image gradients from one batched pass where the model allows it")
+    batch_size: int = setting(8, "images per gradient batch", ge=1)
+
+
+@dataclass(frozen=True)
+class ISALSettings(InfluenceSettings):
+    inverse: Literal["lissa", "exact"] = setting("lissa", "inverse-HVP: LiSSA, or the exact solve it "
+                                                          "converges to (small parameter counts)")
+    depth: int | None = setting(None, "LiSSA recursion depth; null: one pass over the labeled set, at "
+                                      "most 1000 (detection) / 250 (classification)", ge=1,
+                                provenance="authors' code")
+    repeats: int = setting(4, "LiSSA runs averaged", ge=1)
+    damping: float = setting(0.01, "LiSSA damping", ge=0, lt=1)
+    scale: float | list[float] | None = setting(
+        None, "LiSSA scale: one number, one per parameter, or null: FCOS/RetinaNet cls 100, reg 8000, "
+              "ctr 5000, else 10000", gt=0, provenance="authors' code")
+    lissa_batch_size: int = setting(1, "labeled images per LiSSA step", ge=1)
+    exact_max_params: int = setting(5000, "inverse exact: refuse more parameters than this", ge=1)
+
+
 class InfluenceStrategy(Strategy):
     """Shared machinery of ``isal`` and ``grad_similarity`` (they differ in :meth:`_s_test`)."""
 
     tasks = ("detection", "classification")
     archs = DETECTION_ARCHS + CLASSIFICATION_ARCHS
-    defaults: ClassVar[dict[str, Any]] = {
-        "reference": "validation",  # validation | initial | labeled
-        "reference_fallback": "labeled",  # used when reference=validation has no split
-        "max_reference": None,  # cap on reference images (seeded subset); None = all
-        "top_k": 1,
-        "prob_weight": "auto",  # auto (weight only top_k > 1) | always (Eq. 3 literally)
-        "pseudo_score_threshold": 0.5,
-        "max_pseudo_boxes": 100,
-        "parameters": None,  # None = adapter.gradient_parameters(); or a list of names
-        "batched": True,
-        "batch_size": 8,
-    }
+    settings_type = InfluenceSettings
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        p = self.params
-        _choice(p, "reference", REFERENCES)
-        _choice(p, "reference_fallback", ("labeled", "initial", "error"))
-        _choice(p, "prob_weight", ("auto", "always"))
-        _positive_int(p, "top_k")
-        _positive_int(p, "max_pseudo_boxes")
-        _positive_int(p, "batch_size")
-        if p["max_reference"] is not None:
-            _positive_int(p, "max_reference")
-        if not 0.0 <= float(p["pseudo_score_threshold"]) <= 1.0:
-            raise ConfigError(f"strategy key 'pseudo_score_threshold' = {p['pseudo_score_threshold']!r} "
-                              "must be in [0, 1]")
         self.last_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
@@ -293,8 +310,6 @@ class InfluenceStrategy(Strategy):
         if names is None:
             chosen = list(adapter.gradient_parameters())
         else:
-            if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
-                raise ConfigError(f"strategy key 'parameters' must be a list of parameter names, got {names!r}")
             by_name = dict(adapter.model.named_parameters())
             missing = [n for n in names if n not in by_name]
             if missing:
@@ -333,8 +348,6 @@ class InfluenceStrategy(Strategy):
             raise StrategyError(f"{self.name} needs the pool's dataset (Pool.from_dataset)")
         if getattr(adapter, "variant", "plain") != "plain":
             raise StrategyError(f"{self.name} scores plain models, got variant {adapter.variant!r}")
-        if adapter.task == "detection" and not 0 < int(self.params["max_pseudo_boxes"]):
-            raise ConfigError("strategy key 'max_pseudo_boxes' must be >= 1")
         names, params = self._parameters(adapter)
         m = _Model(adapter, names, params)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -365,45 +378,13 @@ class InfluenceStrategy(Strategy):
         return v
 
 
-def _choice(p: dict[str, Any], key: str, allowed: tuple[str, ...]) -> None:
-    if p[key] not in allowed:
-        raise ConfigError(f"strategy key '{key}' = {p[key]!r} is not one of {', '.join(allowed)}")
-
-
-def _positive_int(p: dict[str, Any], key: str) -> None:
-    val = p[key]
-    if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-        raise ConfigError(f"strategy key '{key}' = {val!r} must be a positive integer")
-
-
 @register
 class ISALStrategy(InfluenceStrategy):
     """ISAL: ``-H^{-1}∇l(R) · G_z'``, LiSSA (or exact) inverse-HVP over the labeled set."""
 
     name = "isal"
     reference = "Liu et al., ICCV 2021 (Influence Selection for Active Learning)"
-    defaults = {
-        **InfluenceStrategy.defaults,
-        "inverse": "lissa",  # lissa | exact
-        "depth": None,  # None: one pass over the labeled set, at most 1000 (det.) / 250 (cls.)
-        "repeats": 4,
-        "damping": 0.01,
-        "scale": None,  # None: FCOS cls 100 / reg 8000 / ctr 5000, else 10000; float or list
-        "lissa_batch_size": 1,
-        "exact_max_params": 5000,
-    }
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        p = self.params
-        _choice(p, "inverse", ("lissa", "exact"))
-        _positive_int(p, "repeats")
-        _positive_int(p, "lissa_batch_size")
-        _positive_int(p, "exact_max_params")
-        if p["depth"] is not None:
-            _positive_int(p, "depth")
-        if not 0.0 <= float(p["damping"]) < 1.0:
-            raise ConfigError(f"strategy key 'damping' = {p['damping']!r} must be in [0, 1)")
+    settings_type = ISALSettings
 
     def scales(self, names: Sequence[str], task: str, arch: str) -> list[float]:
         """LiSSA scale of each parameter group (see the ``scale`` key)."""
@@ -417,16 +398,12 @@ class ISALStrategy(InfluenceStrategy):
                 out.append(FCOS_SCALES.get(layer, CLASSIFICATION_SCALE) if arch in ("fcos", "retinanet")
                            else CLASSIFICATION_SCALE)
             return out
-        if isinstance(s, (int, float)) and not isinstance(s, bool):
-            vals = [float(s)] * len(names)
-        elif isinstance(s, (list, tuple)) and len(s) == len(names):
-            vals = [float(x) for x in s]
-        else:
+        if isinstance(s, float):
+            return [s] * len(names)
+        if len(s) != len(names):  # the parameter count is known only with the model
             raise ConfigError(f"strategy key 'scale' = {s!r} must be a number or a list of "
                               f"{len(names)} numbers (one per parameter: {', '.join(names)})")
-        if any(not x > 0 for x in vals):
-            raise ConfigError(f"strategy key 'scale' = {s!r} must be > 0")
-        return vals
+        return list(s)
 
     def depth(self, task: str, n_labeled: int) -> int:
         """LiSSA recursion depth: the ``depth`` key, or (None) one pass over the labeled set

@@ -6,22 +6,24 @@ image's loss. Selection scores a random subset of the pool (``subset`` images, 1
 ISAL's setup; ``null``: the whole pool) and takes the highest predicted losses; images
 outside the subset are unscored and fill the budget at random afterwards.
 
-Training keys (read by the trainer): ``lambda`` (1.0), ``margin`` (1.0),
-``stop_grad_epoch`` (``null``: 0 for detectors, 60% of the epochs for classifiers).
+Training keys (read by the trainer, declared with the module:
+:class:`~activedet.models.learning_loss.LearningLossSettings`): ``lambda`` (1.0),
+``margin`` (1.0), ``stop_grad_epoch`` (``null``: 0 for detectors, 60% of the epochs for
+classifiers).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError
-from activedet.models.learning_loss import predict_losses
+from activedet.models.learning_loss import LearningLossSettings, predict_losses
+from activedet.settings import setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
-from activedet.training.learning_loss import TRAIN_DEFAULTS
 
 
 def random_subset(ids: list[int], size: int | None, rng: np.random.Generator) -> list[int]:
@@ -31,6 +33,13 @@ def random_subset(ids: list[int], size: int | None, rng: np.random.Generator) ->
     return [ids[int(j)] for j in np.sort(rng.choice(len(ids), size=size, replace=False))]
 
 
+@dataclass(frozen=True)
+class LearningLossStrategySettings(LearningLossSettings):
+    subset: int | None = setting(10000, "score a seeded random subset of the pool of this size; null: all",
+                                 ge=1, provenance="ISAL's setup (the learning-loss paper: 10,000 too)")
+    batch_size: int = setting(8, "images per inference batch", ge=1)
+
+
 @register
 class LearningLossStrategy(Strategy):
     name = "learning_loss"
@@ -38,12 +47,10 @@ class LearningLossStrategy(Strategy):
     archs = ("retinanet", "fcos", "resnet18", "small_cnn")
     model_variant = "learning_loss"
     trainer = "learning_loss"
-    defaults = {**TRAIN_DEFAULTS, "subset": 10000, "batch_size": 8}
+    settings_type = LearningLossStrategySettings
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         size = self.params["subset"]
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ConfigError(f"strategy key 'subset' = {size!r}: expected an integer >= 1 or null")
         chosen = random_subset(list(ids), size, rng)
         pred = predict_losses(adapter, pool.dataset, chosen, self.params["batch_size"])
         return {i: float(p) for i, p in zip(chosen, pred)}

@@ -17,6 +17,7 @@ so the same seed gives the same scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from torchvision.ops import box_iou
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
+from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
 
@@ -67,12 +69,13 @@ class NoisyView:
         return (img + noise.to(img.device, img.dtype)).clamp_(0.0, 1.0)
 
 
-def _levels(value: Any) -> list[float]:
-    if not isinstance(value, (list, tuple)) or not value or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 255 for v in value):
-        raise ConfigError(f"strategy key 'noise_levels' = {value!r}: expected a non-empty list of "
-                          "standard deviations in (0, 255] (pixel units)")
-    return [float(v) for v in value]
+@dataclass(frozen=True)
+class LocalizationStabilitySettings(Settings):
+    noise_levels: list[float] = setting([8.0, 16.0, 24.0, 32.0, 40.0, 48.0], "standard deviations of the Gaussian "
+                                        "noise, in pixel units of 0-255", gt=0, le=255, min_items=1)
+    min_score: float = setting(0.1, "clean-image detections scoring at least this are reference boxes",
+                               ge=0, le=1)
+    batch_size: int = setting(8, "images per inference batch", ge=1)
 
 
 @register
@@ -81,12 +84,12 @@ class LocalizationStabilityStrategy(Strategy):
     reference = "Kao et al. 2018 (localization stability under Gaussian noise, confidence-weighted)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos", "faster_rcnn")
-    defaults = {"noise_levels": [8, 16, 24, 32, 40, 48], "min_score": 0.1, "batch_size": 8}
+    settings_type = LocalizationStabilitySettings
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         if adapter.task != "detection":
             raise StrategyError(f"strategy 'localization_stability' needs a detector, got a {adapter.task} model")
-        levels = _levels(self.params["noise_levels"])
+        levels = self.settings.noise_levels
         bs, thr = self.params["batch_size"], self.params["min_score"]
         ref: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for inf in adapter.infer(pool.dataset, ids, bs, progress=self.progress, keep_anchors=False):

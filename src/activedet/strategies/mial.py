@@ -6,12 +6,12 @@ head with f1, f2 and f_mil, :mod:`activedet.models.mial_head`) and the trainer `
 class attributes the loop reads. The loop hands ``strategy.params`` to the trainer, so one
 ``strategy:`` block in the config carries everything:
 
-- training (see :data:`activedet.training.mial.TRAIN_DEFAULTS`): ``lambda`` (0.5),
+- training (:class:`activedet.models.mial_settings.MIALTrainSettings`): ``lambda`` (0.5),
   ``iul`` (min/max stages on), ``iur`` (MIL head on), ``reweight`` (``w_i`` of Eq. 7:
   ``none`` | ``f1`` | ``mil``), ``train_squared``, ``pseudo_threshold``, ``label_epochs``,
   ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
   ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``;
-- head: ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
+- head (:class:`~activedet.models.mial_settings.MIALHeadSettings`): ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
   ``regression_loss`` (``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
   (``mean`` of the f1 and f2 focal losses, authors' code | ``sum``, paper Eq. 1);
 - selection (Sec. 3.4): ``top_k`` (10,000, clipped to the anchor count), ``aggregate``
@@ -27,7 +27,8 @@ Every image is scored (an image without objects still has anchors).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,55 +36,41 @@ import torch
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.models import mial_losses as L
+from activedet.models.mial_settings import MIALHeadSettings, MIALTrainSettings
+from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy, rank_by_score
 from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
 from activedet.strategies.registry import register
-from activedet.training.mial import TRAIN_DEFAULTS, MIALTrainSettings
 
-__all__ = ["MIALStrategy", "SELECT_DEFAULTS", "HEAD_DEFAULTS", "anchor_maps", "mial_instance_scores"]
-
-#: selection keys and their defaults
-SELECT_DEFAULTS: dict[str, Any] = {
-    "top_k": 10000,
-    "aggregate": "topk",
-    "weighting": "none",
-    "uncertainty": "abs",
-    "score_fraction": 1.0,
-    "batch_size": 8,
-}
-
-#: head keys (passed to :class:`~activedet.models.mial_head.MIALHead`) and their defaults
-HEAD_DEFAULTS: dict[str, Any] = {
-    "mil_weighting": "paper",
-    "regression_loss": "smooth_l1",
-    "det_reduction": "mean",
-}
-
-_CHOICES = {
-    "aggregate": ("topk", "mean", "max"),
-    "weighting": ("none", "mil"),
-    "uncertainty": ("abs", "squared"),
-    "mil_weighting": ("paper", "code"),
-    "regression_loss": ("smooth_l1", "l1"),
-    "det_reduction": ("mean", "sum"),
-}
+__all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores"]
 
 
-def _check(params: dict[str, Any]) -> None:
-    """Validate every key; raises :class:`ConfigError` naming the bad one."""
-    MIALTrainSettings.from_params(params)
-    for key, choices in _CHOICES.items():
-        if params[key] not in choices:
-            raise ConfigError(f"strategy key '{key}' = {params[key]!r}: expected one of {', '.join(choices)}")
-    for key in ("top_k", "batch_size"):
-        v = params[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"strategy key '{key}' = {v!r}: expected an integer >= 1")
-    frac = params["score_fraction"]
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise ConfigError(f"strategy key 'score_fraction' = {frac!r}: expected a number in (0, 1]")
-    if params["weighting"] == "mil" and not params["iur"]:
-        raise ConfigError("strategy key 'weighting' = 'mil' needs the MIL head (iur: true)")
+@dataclass(frozen=True)
+class MIALSelectSettings(Settings):
+    """Selection keys (Sec. 3.4)."""
+
+    top_k: int = setting(10000, "anchors whose uncertainties are averaged (clipped to the anchor count)",
+                         ge=1, provenance="paper: 10,000 of ~100k anchors at 1000x600")
+    aggregate: Literal["topk", "mean", "max"] = setting("topk", "how anchor uncertainties make the image score")
+    weighting: Literal["none", "mil"] = setting(
+        "none", "weight each anchor's discrepancy by its MIL instance score (needs iur: true)")
+    uncertainty: Literal["abs", "squared"] = setting(
+        "abs", "anchor discrepancy |p1 - p2| or its square",
+        provenance="paper: abs; the authors' code: squared")
+    score_fraction: float = setting(1.0, "score a seeded random fraction of the pool; the rest come "
+                                         "after every scored image", gt=0, le=1,
+                                    provenance="the COCO protocol scores 1/5 of the pool")
+    batch_size: int = setting(8, "images per inference batch", ge=1)
+
+
+@dataclass(frozen=True)
+class MIALSettings(MIALSelectSettings, MIALHeadSettings, MIALTrainSettings):
+    """Every key of the ``mial`` strategy: training, head, selection."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weighting == "mil" and not self.iur:
+            raise ConfigError("strategy key 'weighting' = 'mil' needs the MIL head (iur: true)")
 
 
 def mial_instance_scores(head: Any, extra: dict[str, Any]) -> torch.Tensor:
@@ -122,11 +109,7 @@ class MIALStrategy(Strategy):
     archs = ("retinanet",)
     model_variant = "mial"
     trainer = "mial"
-    defaults = {**TRAIN_DEFAULTS, **HEAD_DEFAULTS, **SELECT_DEFAULTS}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        _check(self.params)  # fail at config time, not after a cycle of training
+    settings_type = MIALSettings
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],

@@ -6,8 +6,8 @@ unlabeled images; see :mod:`activedet.training.mial_iul`). An image's score is t
 discrepancy of the two heads, ``mean_c |p1_c − p2_c|`` of their softmax probabilities
 (paper Eq. 3 with one instance per image); the highest-scored images are selected.
 
-Keys: the trainer's (:data:`activedet.training.mial_iul.TRAIN_DEFAULTS`: ``lambda``,
-``iul``, ``label_epochs``, ``rounds``, ...), ``batch_size`` (inference) and ``selection``:
+Keys: the trainer's (:class:`activedet.models.mial_settings.IULTrainSettings`:
+``lambda``, ``iul``, ``label_epochs``, ``rounds``, ...), ``batch_size`` (inference) and ``selection``:
 ``discrepancy`` (default) or ``random``. Table 2 selects at random in both of its rows and
 compares training with IUL (``iul: true``) and without (``iul: false``): that is
 ``selection: random`` with each ``iul`` value.
@@ -15,17 +15,19 @@ compares training with IUL (``iul: true``) and without (``iul: false``): that is
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError
+from activedet.models.mial_settings import IULTrainSettings
+from activedet.settings import setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.mial_scoring import anchor_uncertainty
 from activedet.strategies.registry import register
-from activedet.training.mial_iul import TRAIN_DEFAULTS, iul_settings
 
 __all__ = ["MIALIULStrategy", "head_discrepancy"]
 
@@ -36,6 +38,14 @@ def head_discrepancy(probs1: np.ndarray | torch.Tensor, probs2: np.ndarray | tor
     return anchor_uncertainty(probs1, probs2)
 
 
+@dataclass(frozen=True)
+class MIALIULSettings(IULTrainSettings):
+    batch_size: int = setting(64, "images per inference batch", ge=1)
+    selection: Literal["discrepancy", "random"] = setting(
+        "discrepancy", "rank by the heads' discrepancy, or select at random (Table 2 trains with and "
+                       "without IUL and selects at random in both rows)")
+
+
 @register
 class MIALIULStrategy(Strategy):
     name = "mial_iul"
@@ -44,17 +54,7 @@ class MIALIULStrategy(Strategy):
     tasks = ("classification",)
     model_variant = "mial"
     trainer = "mial_iul"
-    defaults = {**TRAIN_DEFAULTS, "batch_size": 64, "selection": "discrepancy"}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        iul_settings(self.params, epochs=1)  # bad trainer keys fail before the run starts
-        bs = self.params["batch_size"]
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ConfigError(f"strategy key 'batch_size' = {bs!r}: expected an integer >= 1")
-        if self.params["selection"] not in ("discrepancy", "random"):
-            raise ConfigError(f"strategy key 'selection' = {self.params['selection']!r}: "
-                              "expected discrepancy or random")
+    settings_type = MIALIULSettings
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         if getattr(adapter, "variant", None) != "mial":

@@ -20,18 +20,21 @@ scored image).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError
+from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.entropy import aggregate, binary_entropy, categorical_entropy
 from activedet.strategies.registry import register
 
-MEASURES = ("entropy", "margin", "least_confidence")
+Measure = Literal["entropy", "margin", "least_confidence"]
+MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 def margin_uncertainty(probs: torch.Tensor) -> torch.Tensor:
@@ -64,6 +67,27 @@ def instance_uncertainty(probs: torch.Tensor, measure: str, task: str) -> torch.
     raise ConfigError(f"strategy key 'measure' = {measure!r} is not one of {', '.join(MEASURES)}")
 
 
+@dataclass(frozen=True)
+class _Kept(Settings):
+    min_score: float = setting(0.05, "detections scoring at least this are the image's instances "
+                                     "(detectors)", ge=0, le=1)
+    batch_size: int = setting(8, "images per inference batch", ge=1)
+
+
+@dataclass(frozen=True)
+class AggregateSettings(_Kept):
+    """Settings of the strategies whose instance measure is fixed."""
+
+    aggregate: Literal["mean", "max", "sum"] = setting("mean", "how instance uncertainties make the image score")
+
+
+@dataclass(frozen=True)
+class MeasureSettings(_Kept):
+    """Settings of the strategies whose aggregation is fixed."""
+
+    measure: Measure = setting("entropy", "instance uncertainty: entropy, margin or least confidence")
+
+
 class _InstanceUncertainty(Strategy):
     """Image score = ``aggregate`` of instance uncertainties under ``measure``.
 
@@ -78,9 +102,6 @@ class _InstanceUncertainty(Strategy):
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         measure, how = self._setting("measure"), self._setting("aggregate")
-        if measure not in MEASURES:  # validate before the long pass
-            raise ConfigError(f"strategy key 'measure' = {measure!r} is not one of {', '.join(MEASURES)}")
-        aggregate(torch.zeros(1), how)
         min_score = self.params["min_score"]
         extra = {"keep_anchors": False} if adapter.task == "detection" else {}
         out: dict[int, float] = {}
@@ -97,7 +118,7 @@ class EntropyStrategy(_InstanceUncertainty):
     name = "entropy"
     reference = "Settles & Craven 2008 (uncertainty sampling); MIAL baseline: mean instance entropy"
     fixed = {"measure": "entropy"}
-    defaults = {"aggregate": "mean", "min_score": 0.05, "batch_size": 8}
+    settings_type = AggregateSettings
 
 
 @register
@@ -105,7 +126,7 @@ class MaxUncertaintyStrategy(_InstanceUncertainty):
     name = "max_uncertainty"
     reference = "MIAL (Yuan et al. 2021) Table 1: image uncertainty = max instance uncertainty"
     fixed = {"aggregate": "max"}
-    defaults = {"measure": "entropy", "min_score": 0.05, "batch_size": 8}
+    settings_type = MeasureSettings
 
 
 @register
@@ -113,7 +134,7 @@ class MeanUncertaintyStrategy(_InstanceUncertainty):
     name = "mean_uncertainty"
     reference = "MIAL (Yuan et al. 2021) Table 1: image uncertainty = mean instance uncertainty"
     fixed = {"aggregate": "mean"}
-    defaults = {"measure": "entropy", "min_score": 0.05, "batch_size": 8}
+    settings_type = MeasureSettings
 
 
 @register
@@ -121,7 +142,7 @@ class MarginStrategy(_InstanceUncertainty):
     name = "margin"
     reference = "Scheffer et al. 2001 (margin sampling); instance 1 - (p1 - p2), aggregated per image"
     fixed = {"measure": "margin"}
-    defaults = {"aggregate": "mean", "min_score": 0.05, "batch_size": 8}
+    settings_type = AggregateSettings
 
 
 @register
@@ -129,7 +150,7 @@ class LeastConfidenceStrategy(_InstanceUncertainty):
     name = "least_confidence"
     reference = "Lewis & Gale 1994 (least confidence); instance 1 - max p, aggregated per image"
     fixed = {"measure": "least_confidence"}
-    defaults = {"aggregate": "mean", "min_score": 0.05, "batch_size": 8}
+    settings_type = AggregateSettings
 
 
 __all__ = ["MEASURES", "instance_uncertainty", "least_confidence", "margin_uncertainty"]

@@ -14,36 +14,24 @@ momentum, warm-up, step decay, gradient clipping, seeded batch order and flips.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from activedet.config import TrainConfig
 from activedet.errors import ConfigError
-from activedet.models.learning_loss import classifier_levels, detection_losses_and_levels, loss_ranking_loss
+from activedet.models.learning_loss import (LearningLossSettings, classifier_levels, detection_losses_and_levels,
+                                            loss_ranking_loss)
 from activedet.training.trainer import TrainResult, train_epochs
 
-#: the strategy keys this trainer reads, with their defaults
-TRAIN_DEFAULTS: dict[str, Any] = {"lambda": 1.0, "margin": 1.0, "stop_grad_epoch": None}
-
-
-def _number(params: Mapping[str, Any], key: str, low: float) -> float:
-    v = params.get(key, TRAIN_DEFAULTS[key])
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
-        raise ConfigError(f"strategy key '{key}' = {v!r}: expected a number >= {low:g}")
-    return float(v)
-
-
-def stop_grad_epoch(params: Mapping[str, Any], task: str, epochs: int) -> int:
-    """The epoch from which the module's input is detached (see the module docstring)."""
-    v = params.get("stop_grad_epoch", None)
-    if v is None:
+def stop_grad_epoch(setting: int | None, task: str, epochs: int) -> int:
+    """The epoch from which the module's input is detached (see the module docstring):
+    ``setting`` (the ``stop_grad_epoch`` key), or by default 0 for detectors and 60% of
+    ``epochs`` for classifiers."""
+    if setting is None:
         return 0 if task == "detection" else int(round(0.6 * epochs))
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigError(f"strategy key 'stop_grad_epoch' = {v!r}: expected an integer >= 0 or null")
-    return v
+    return setting
 
 
 def per_image_losses(adapter: Any, inputs: Any, targets: Any, detach_levels: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +55,9 @@ def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unla
     if not hasattr(adapter.model, "loss_module"):
         raise ConfigError("trainer 'learning_loss' needs the model variant 'learning_loss' "
                           "(strategy 'learning_loss')")
-    lam, margin = _number(params, "lambda", 0.0), _number(params, "margin", 0.0)
-    stop = stop_grad_epoch(params, adapter.task, cfg.epochs)
+    s = LearningLossSettings.pick(params)
+    lam, margin = s.lam, s.margin
+    stop = stop_grad_epoch(s.stop_grad_epoch, adapter.task, cfg.epochs)
 
     def losses(inputs: Any, targets: Any, epoch: int) -> dict[str, torch.Tensor]:
         target_loss, pred = per_image_losses(adapter, inputs, targets, epoch >= stop)
@@ -81,4 +70,4 @@ def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unla
     return result
 
 
-__all__ = ["TRAIN_DEFAULTS", "per_image_losses", "stop_grad_epoch", "train_learning_loss"]
+__all__ = ["per_image_losses", "stop_grad_epoch", "train_learning_loss"]

@@ -10,7 +10,10 @@ One active-learning cycle (paper Sec. 3.2–3.3, Fig. 3–4; schedule from the a
 Each "epoch" passes over the data ``repeat`` times. A fresh SGD optimizer (lr, momentum,
 weight decay from ``TrainConfig``) is built for every stage. ``cfg.epochs`` and
 ``cfg.lr_steps`` are not used: the stage list above is the schedule;
-``cfg.warmup_iters`` warms up the first label stage only.
+``cfg.warmup_iters`` warms up the first label stage only. The keys in quotes are the
+``mial`` strategy's, declared in :class:`activedet.models.mial_settings.MIALTrainSettings`.
+The stage loop (:func:`run_stage`) is shared with the classifier's MIAL-IUL trainer
+(:mod:`activedet.training.mial_iul`), which passes its own :class:`StageOps`.
 
 Stages (labeled batches always contribute ``l_det + l_mil`` with ground-truth image labels):
 
@@ -40,7 +43,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -48,13 +51,14 @@ from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
+from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.trainer import (TrainResult, batches, guarded_step, make_optimizer, stop_if_dead,
                                          warmup_factor, warmup_length)
 
 __all__ = [
-    "TRAIN_DEFAULTS",
-    "MIALTrainSettings",
     "Stage",
+    "StageOps",
+    "DETECTION_STAGES",
     "build_schedule",
     "stage_trainable",
     "unlabeled_subset",
@@ -64,109 +68,6 @@ __all__ = [
 ]
 
 StageKind = Literal["label", "min", "max"]
-
-#: the strategy keys this trainer reads, with their defaults
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lambda": 0.5,
-    "iul": True,
-    "iur": True,
-    "reweight": "mil",
-    "train_squared": False,
-    "pseudo_threshold": 0.5,
-    "label_epochs": 3,
-    "rounds": 2,
-    "repeat": 2,
-    "order": "max_min",
-    "min_epochs": 1,
-    "max_epochs": 1,
-    "min_lr_scale": 1.0,
-    "max_lr_scale": 1.0,
-    "final_lr_scale": 0.1,
-}
-
-
-def _key_error(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"strategy key '{key}' = {value!r}: {expected}")
-
-
-def _int(params: Mapping[str, Any], key: str, minimum: int) -> int:
-    v = params[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < minimum:
-        raise _key_error(key, v, f"expected an integer >= {minimum}")
-    return int(v)
-
-
-def _float(params: Mapping[str, Any], key: str, low: float, high: float, *, low_open: bool = False) -> float:
-    v = params[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _key_error(key, v, "expected a number")
-    if v < low or v > high or (low_open and v == low):
-        lo = "(" if low_open else "["
-        raise _key_error(key, v, f"expected a number in {lo}{low:g}, {high:g}]")
-    return float(v)
-
-
-def _bool(params: Mapping[str, Any], key: str) -> bool:
-    v = params[key]
-    if not isinstance(v, bool):
-        raise _key_error(key, v, "expected true or false")
-    return v
-
-
-def _choice(params: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
-    v = params[key]
-    if v not in choices:
-        raise _key_error(key, v, f"expected one of {', '.join(choices)}")
-    return str(v)
-
-
-@dataclass(frozen=True)
-class MIALTrainSettings:
-    """The training keys of the ``mial`` strategy, validated (see :data:`TRAIN_DEFAULTS`)."""
-
-    lam: float
-    iul: bool
-    iur: bool
-    reweight: Literal["none", "f1", "mil"]
-    train_squared: bool
-    pseudo_threshold: float
-    label_epochs: int
-    rounds: int
-    repeat: int
-    order: Literal["max_min", "min_max"]
-    min_epochs: int
-    max_epochs: int
-    min_lr_scale: float
-    max_lr_scale: float
-    final_lr_scale: float
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "MIALTrainSettings":
-        """Read the trainer's keys from strategy params (missing keys take their defaults,
-        other keys are ignored). Raises :class:`ConfigError` naming a bad key."""
-        p = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-        s = cls(
-            lam=_float(p, "lambda", 0.0, 1e6, low_open=True),
-            iul=_bool(p, "iul"),
-            iur=_bool(p, "iur"),
-            reweight=_choice(p, "reweight", ("none", "f1", "mil")),  # type: ignore[arg-type]
-            train_squared=_bool(p, "train_squared"),
-            pseudo_threshold=_float(p, "pseudo_threshold", 0.0, 1.0),
-            label_epochs=_int(p, "label_epochs", 1),
-            rounds=_int(p, "rounds", 0),
-            repeat=_int(p, "repeat", 1),
-            order=_choice(p, "order", ("max_min", "min_max")),  # type: ignore[arg-type]
-            min_epochs=_int(p, "min_epochs", 0),
-            max_epochs=_int(p, "max_epochs", 0),
-            min_lr_scale=_float(p, "min_lr_scale", 0.0, 1e3, low_open=True),
-            max_lr_scale=_float(p, "max_lr_scale", 0.0, 1e3, low_open=True),
-            final_lr_scale=_float(p, "final_lr_scale", 0.0, 1e3, low_open=True),
-        )
-        if s.reweight == "mil" and not s.iur:
-            raise ConfigError("strategy key 'reweight' = 'mil' needs the MIL head (iur: true); "
-                              "with 'iur: false' use reweight 'none' or 'f1'")
-        return s
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -181,7 +82,7 @@ class Stage:
     round: int
 
 
-def build_schedule(s: MIALTrainSettings) -> list[Stage]:
+def build_schedule(s: Any) -> list[Stage]:
     """The stage list of one cycle (see the module docstring). Stages with 0 epochs are left
     out; the last label stage runs at ``final_lr_scale``."""
     stages = [Stage("label", s.label_epochs, 1.0, 0)]
@@ -266,8 +167,24 @@ def unlabeled_subset(labeled: Sequence[int], unlabeled: Sequence[int], generator
     return sorted(pool[j] for j in idx)
 
 
+@dataclass(frozen=True)
+class StageOps:
+    """What the detection (MIAL) and classification (MIAL-IUL) stage loops do differently.
+
+    - ``mode(adapter, kind)``: context setting ``requires_grad`` and train/eval modes of a stage;
+    - ``labeled(adapter, inputs, targets)``: loss terms of a labeled batch;
+    - ``unlabeled(adapter, inputs, kind, s)``: loss terms of an unlabeled batch (min/max)
+      and extra per-batch means to log (not trained on).
+    """
+
+    name: str
+    mode: Callable[[Any, StageKind], ContextManager[None]]
+    labeled: Callable[[Any, Any, Any], dict[str, torch.Tensor]]
+    unlabeled: Callable[[Any, Any, StageKind, Any], tuple[dict[str, torch.Tensor], dict[str, float]]]
+
+
 def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
-                      s: MIALTrainSettings) -> dict[str, torch.Tensor]:
+                      s: MIALTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Transform → backbone → MIAL head (train mode, no targets) → unlabeled losses of
     ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head)."""
     model = adapter.model
@@ -275,37 +192,46 @@ def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
     features = list(model.backbone(image_list.tensors).values())
     head_out = model.head(features)  # (N, HWA, K) each; records num_anchors_per_level
     return model.head.unlabeled_loss(head_out, kind, lam=s.lam, reweight=s.reweight,
-                                     squared=s.train_squared, pseudo_threshold=s.pseudo_threshold)
+                                     squared=s.train_squared, pseudo_threshold=s.pseudo_threshold), {}
+
+
+#: RetinaNet + MIAL head: the model's own loss dict on labeled batches
+DETECTION_STAGES = StageOps("MIAL", lambda adapter, kind: _stage_mode(adapter.model, kind),
+                            lambda adapter, inputs, targets: adapter.model(inputs, targets),
+                            _unlabeled_losses)
 
 
 
 def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
-              cfg: TrainConfig, s: MIALTrainSettings, generator: torch.Generator, *, first_epoch: int = 1,
-              warmup_iters: int = 0, bar: Any = None) -> tuple[list[dict[str, Any]], int]:
+              cfg: TrainConfig, s: Any, generator: torch.Generator, *, first_epoch: int = 1,
+              warmup_iters: int = 0, bar: Any = None,
+              ops: StageOps = DETECTION_STAGES) -> tuple[list[dict[str, Any]], int]:
     """Train one stage; returns its history rows (one per epoch) and the images it processed.
 
     Label stages pass over ``labeled``; min/max stages pair every labeled batch with an
     unlabeled batch of ``unlabeled`` (cycled if it holds fewer batches) and take two SGD
-    steps. History rows: ``{"stage", "epoch", "round", "lr", <labeled loss terms>,
-    "unlabeled_<term>"...}``, each loss the image-weighted mean of its batch values.
+    steps. ``s``: the schedule's settings (:class:`MIALTrainSettings` or the classifier's);
+    ``ops``: the model-specific parts (:data:`DETECTION_STAGES` or the classifier's).
+    History rows: ``{"stage", "epoch", "round", "lr", <labeled loss terms>,
+    "unlabeled_<term>"..., <ops' extra means>}``, each the image-weighted mean of its batch values.
     """
-    model = adapter.model
     lr = cfg.lr * stage.lr_scale
     rows: list[dict[str, Any]] = []
     images = 0
     paired = stage.kind in ("min", "max")
     if paired and not unlabeled:
-        raise ActivedetError(f"MIAL {stage.kind} stage needs unlabeled images, got none")
-    with _stage_mode(model, stage.kind):
-        opt = make_optimizer(model.parameters(), cfg, lr=lr)
+        raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
+    with ops.mode(adapter, stage.kind):
+        opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
         for e in range(stage.epochs):
             sums: dict[str, float] = {}
             counts: dict[str, int] = {}
 
-            def add(prefix: str, losses: dict[str, torch.Tensor], n: int) -> None:
-                for k, v in losses.items():
-                    sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v.detach()) * n
+            def add(prefix: str, values: dict[str, Any], n: int) -> None:
+                for k, v in values.items():
+                    v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                    sums[prefix + k] = sums.get(prefix + k, 0.0) + v * n
                     counts[prefix + k] = counts.get(prefix + k, 0) + n
 
             for _ in range(s.repeat):
@@ -316,16 +242,17 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                     for g in opt.param_groups:
                         g["lr"] = step_lr
                     inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
-                    losses = model(inputs, targets)  # model.train() was set by _stage_mode
-                    if guarded_step(opt, losses, it, step_lr, cfg, f"MIAL {stage.kind} stage"):
+                    losses = ops.labeled(adapter, inputs, targets)  # train mode: set by ops.mode
+                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage"):
                         add("", losses, len(batch))
                     images += len(batch)
                     if paired:
                         ubatch = unl_batches[b % len(unl_batches)]
-                        uimages, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
-                        ulosses = _unlabeled_losses(adapter, uimages, stage.kind, s)
-                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"MIAL {stage.kind} stage (unlabeled)"):
+                        uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
+                        ulosses, extra = ops.unlabeled(adapter, uinputs, stage.kind, s)
+                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)"):
                             add("unlabeled_", ulosses, len(ubatch))
+                            add("", extra, len(ubatch))
                         images += len(ubatch)
                     it += 1
                     if bar is not None:
@@ -334,7 +261,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                         bar.update(1)
             rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
                          **{k: sums[k] / max(1, counts[k]) for k in sums}})
-        model.zero_grad(set_to_none=True)
+        adapter.model.zero_grad(set_to_none=True)
     return rows, images
 
 
@@ -349,7 +276,7 @@ def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Se
         labeled: labeled image ids (targets are read from ``dataset``).
         unlabeled: the unlabeled pool; a random subset the size of ``labeled`` is used.
         cfg: lr, momentum, weight decay, batch size, flips, gradient clipping, warm-up.
-        params: the strategy's params (:data:`TRAIN_DEFAULTS` keys; others ignored).
+        params: the strategy's params (:class:`MIALTrainSettings` keys; others ignored).
         seed: the only source of randomness.
     Returns:
         :class:`TrainResult` with one history row per stage epoch.
@@ -357,17 +284,19 @@ def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Se
     labeled = [int(i) for i in labeled]
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
-    s = MIALTrainSettings.from_params(params)
+    s = MIALTrainSettings.pick(params)
     head = _mial_head(adapter.model)
     if s.reweight == "mil" and not getattr(head, "use_mil", False):
         raise ConfigError("strategy key 'reweight' = 'mil' but the model's MIAL head has no MIL branch")
-    return run_schedule(run_stage, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress, "train mial")
+    return run_schedule(DETECTION_STAGES, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
+                        "train mial")
 
 
-def run_schedule(stage_fn: Any, adapter: Any, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
+def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
                  cfg: TrainConfig, s: Any, seed: int, progress: bool, desc: str) -> TrainResult:
-    """Run :func:`build_schedule` ``(s)`` stage by stage with ``stage_fn`` (:func:`run_stage`
-    or the classifier's), on a seeded random unlabeled subset the size of ``labeled``.
+    """Run :func:`build_schedule` ``(s)`` stage by stage with :func:`run_stage` and ``ops``
+    (:data:`DETECTION_STAGES` or the classifier's), on a seeded random unlabeled subset the
+    size of ``labeled``.
 
     Without unlabeled images (none left, or ``s.iul`` off) only the label stages run.
     """
@@ -385,8 +314,8 @@ def run_schedule(stage_fn: Any, adapter: Any, dataset: Any, labeled: list[int], 
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         epoch = 1
         for k, stage in enumerate(schedule):
-            rows, n = stage_fn(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
-                               warmup_iters=warmup_length(total_iters, cfg) if k == 0 else 0, bar=bar)
+            rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
+                                warmup_iters=warmup_length(total_iters, cfg) if k == 0 else 0, bar=bar, ops=ops)
             result.history.extend(rows)
             stop_if_dead(result.history, cfg)
             result.images += n

@@ -33,6 +33,8 @@ CPU for a given seed; the global torch RNG is restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -41,39 +43,21 @@ from torch import nn
 
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
-from activedet.training.mial import MIALTrainSettings, Stage, StageKind, run_schedule
-from activedet.training.trainer import TrainResult, batches, guarded_step, make_optimizer, warmup_factor
+from activedet.models.mial_settings import IULTrainSettings
+from activedet.training import mial
+from activedet.training.mial import StageKind, StageOps, run_schedule
+from activedet.training.trainer import TrainResult
 
-__all__ = ["TRAIN_DEFAULTS", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
-
-#: the strategy keys this trainer reads, with their defaults
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lambda": 0.5,
-    "iul": True,
-    "label_epochs": None,  # None: round(train.epochs / (rounds + 1)), at least 1
-    "rounds": 2,
-    "repeat": 1,
-    "order": "max_min",
-    "min_epochs": 1,
-    "max_epochs": 1,
-    "min_lr_scale": 1.0,
-    "max_lr_scale": 1.0,
-    "final_lr_scale": 0.1,
-}
+__all__ = ["CLASSIFIER_STAGES", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
 
 
-def iul_settings(params: Mapping[str, Any], epochs: int) -> MIALTrainSettings:
-    """Validated settings from strategy ``params`` (other keys ignored) and ``train.epochs``.
-
-    Raises :class:`ConfigError` naming a bad key.
-    """
-    p = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-    if p["label_epochs"] is None:
-        rounds = p["rounds"]
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-            raise ConfigError(f"strategy key 'rounds' = {rounds!r}: expected an integer >= 0")
-        p["label_epochs"] = max(1, round(epochs / (rounds + 1)))
-    return MIALTrainSettings.from_params({**p, "iur": False, "reweight": "none"})
+def iul_settings(params: Mapping[str, Any], epochs: int) -> IULTrainSettings:
+    """The trainer's settings from strategy ``params`` (other keys ignored), with
+    ``label_epochs`` resolved from ``train.epochs``. Raises :class:`ConfigError` naming a bad key."""
+    s = IULTrainSettings.pick(params)
+    if s.label_epochs is None:
+        s = dataclasses.replace(s, label_epochs=max(1, round(epochs / (s.rounds + 1))))
+    return s
 
 
 def discrepancy(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
@@ -139,63 +123,25 @@ def _forward_heads(adapter: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, to
     return model.fc1(f), model.fc2(f)
 
 
+def _labeled_losses(adapter: Any, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    l1, l2 = _forward_heads(adapter, inputs)
+    return {"classification": (F.cross_entropy(l1, targets) + F.cross_entropy(l2, targets)) / 2}
 
-def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
-              cfg: TrainConfig, s: MIALTrainSettings, generator: torch.Generator, *, first_epoch: int = 1,
-              warmup_iters: int = 0, bar: Any = None) -> tuple[list[dict[str, Any]], int]:
-    """Train one stage; returns its history rows (one per epoch) and the images processed.
 
-    Rows: ``{"stage", "epoch", "round", "lr", "classification", "unlabeled_discrepancy"
-    (min/max), "discrepancy" (min/max: mean d on the unlabeled batches)}``.
-    """
-    lr = cfg.lr * stage.lr_scale
-    paired = stage.kind in ("min", "max")
-    if paired and not unlabeled:
-        raise ActivedetError(f"IUL {stage.kind} stage needs unlabeled images, got none")
-    rows: list[dict[str, Any]] = []
-    images = 0
-    with _stage_mode(adapter, stage.kind):
-        opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
-        it = 0
-        for e in range(stage.epochs):
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
+def _unlabeled_losses(adapter: Any, inputs: torch.Tensor, kind: StageKind,
+                      s: IULTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """``{"discrepancy": loss}`` of :func:`unlabeled_loss`, and the mean d logged as ``discrepancy``."""
+    u1, u2 = _forward_heads(adapter, inputs)
+    mean_d = float(discrepancy(u1.detach(), u2.detach()).mean())
+    return unlabeled_loss(u1, u2, kind, s.lam), {"discrepancy": mean_d}
 
-            def add(key: str, value: float, n: int) -> None:
-                sums[key] = sums.get(key, 0.0) + value * n
-                counts[key] = counts.get(key, 0) + n
 
-            for _ in range(s.repeat):
-                lab_batches = batches(labeled, cfg.batch_size, generator)
-                unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
-                for b, batch in enumerate(lab_batches):
-                    step_lr = lr * warmup_factor(it, warmup_iters)
-                    for g in opt.param_groups:
-                        g["lr"] = step_lr
-                    inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
-                    l1, l2 = _forward_heads(adapter, inputs)
-                    losses = {"classification": (F.cross_entropy(l1, targets) + F.cross_entropy(l2, targets)) / 2}
-                    if guarded_step(opt, losses, it, step_lr, cfg, f"IUL {stage.kind} stage"):
-                        add("classification", float(losses["classification"].detach()), len(batch))
-                    images += len(batch)
-                    if paired:
-                        ubatch = unl_batches[b % len(unl_batches)]
-                        uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
-                        u1, u2 = _forward_heads(adapter, uinputs)
-                        ulosses = unlabeled_loss(u1, u2, stage.kind, s.lam)
-                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"IUL {stage.kind} stage (unlabeled)"):
-                            add("unlabeled_discrepancy", float(ulosses["discrepancy"].detach()), len(ubatch))
-                            add("discrepancy", float(discrepancy(u1.detach(), u2.detach()).mean()), len(ubatch))
-                        images += len(ubatch)
-                    it += 1
-                    if bar is not None:
-                        bar.set_postfix(stage=stage.kind, round=stage.round,
-                                        loss=f"{float(losses['classification'].detach()):.3f}")
-                        bar.update(1)
-            rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
-                         **{k: sums[k] / max(1, counts[k]) for k in sums}})
-        adapter.model.zero_grad(set_to_none=True)
-    return rows, images
+#: the two-head classifier's parts of :func:`activedet.training.mial.run_stage`; history rows
+#: hold ``classification``, ``unlabeled_discrepancy`` and ``discrepancy`` (min/max: mean d)
+CLASSIFIER_STAGES = StageOps("IUL", _stage_mode, _labeled_losses, _unlabeled_losses)
+
+#: one stage of the two-head classifier (:func:`activedet.training.mial.run_stage`)
+run_stage = functools.partial(mial.run_stage, ops=CLASSIFIER_STAGES)
 
 
 def train_mial_iul(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
@@ -210,7 +156,7 @@ def train_mial_iul(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled
             of ``labeled`` is used).
         cfg: lr, momentum, weight decay, batch size, augmentation, clipping, warm-up, and
             ``epochs`` (sets the default ``label_epochs``).
-        params: the strategy's params (:data:`TRAIN_DEFAULTS` keys; others ignored).
+        params: the strategy's params (:class:`IULTrainSettings` keys; others ignored).
         seed: the only source of randomness.
     """
     _check_adapter(adapter)
@@ -218,5 +164,5 @@ def train_mial_iul(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
     s = iul_settings(params, cfg.epochs)
-    return run_schedule(run_stage, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
+    return run_schedule(CLASSIFIER_STAGES, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
                         "train mial_iul")
