@@ -179,3 +179,42 @@ def test_nonfinite_loss_stops_naming_the_epoch_or_skips_the_batch() -> None:
     assert result.skipped_batches == 2                   # one per epoch
     assert all(math.isfinite(r["loss"]) for r in result.history)
     assert torch.isfinite(ad.model.weight).all()
+
+
+# ---------------------------------------------------------------- through the loop: ledger, status, report
+def test_a_collapsed_round_is_retried_recorded_shown_and_reported(tmp_path, monkeypatch, capsys) -> None:
+    from activedet.cli import main
+    from activedet.loop import runner
+    from activedet.loop.ledger import Ledger
+    from activedet.training.trainer import train_plain
+    from tests.loop.test_runner import write_config
+
+    calls: list[int] = []
+
+    def flaky(adapter, dataset, labeled, unlabeled, cfg, params, seed, progress):
+        calls.append(seed)
+        if len(calls) == 2:  # round 1, first attempt: its box branch "dies"
+            raise TrainingCollapseError("bbox_regression stuck at 1.000 (test)", [{"stage": "train", "epoch": 1}])
+        return train_plain(adapter, dataset, labeled, unlabeled, cfg, params, seed, progress)
+
+    monkeypatch.setattr(runner, "get_trainer", lambda name: flaky)
+    cfg = write_config(tmp_path, cycles=1)
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    with Ledger(run_dir) as ledger:
+        rounds = ledger.rounds()
+        seed = ledger.meta()["seed"]
+    health = rounds[1]["health"]
+    assert rounds[0]["health"] == {"unhealthy": False, "reason": None, "attempts": [
+        {"attempt": 0, "seed": runner.derive_seed(seed, 0, "train"), "reason": None}]}
+    assert health["unhealthy"] is False and len(health["attempts"]) == 2
+    assert health["attempts"][1]["seed"] == runner.derive_seed(seed, 1, "train", 1) == calls[2]
+    assert {row["attempt"] for row in rounds[1]["train_log"]} == {0, 1}
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "retried 1x" in text and "round 1: retried 1x after: bbox_regression stuck" in text
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "training.png" in page and "round 1: recovered after 1 retry" in page
+    assert (tmp_path / "rep" / "training.png").stat().st_size > 1000
