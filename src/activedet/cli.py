@@ -48,7 +48,7 @@ def _status_text(status: dict[str, Any]) -> str:
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
              f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
              f"/ {status['pool_boxes']} boxes"]
-    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  {'training':<22} metrics")
+    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  {'training':<26} metrics")
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
@@ -57,7 +57,7 @@ def _status_text(status: dict[str, Any]) -> str:
         if note:
             notes.append(f"round {r['round']}: {note}")
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
-                     f"{train:<22} {shown}")
+                     f"{train:<26} {shown}")
     return "\n".join(lines + notes)
 
 

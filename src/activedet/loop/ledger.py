@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from activedet.errors import ResumeError
+from activedet.training.health import assess
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -138,6 +139,11 @@ class Ledger:
         rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds",
                                      "health", "train_log")}
                   for r in self.rounds()]
+        for r in rounds:  # ledgers from before health was recorded: judge the recorded log
+            if r["health"] is None and r["train_log"]:
+                verdict = assess(r["train_log"])
+                r["health"] = {"unhealthy": verdict.unhealthy, "reason": verdict.reason,
+                               "attempts": [{"attempt": 0, "seed": None, "reason": verdict.reason}]}
         return {
             "run_dir": str(self.run_dir),
             "strategy": meta.get("strategy", ""),
