@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,17 +24,35 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from activedet.config import load_config
     from activedet.loop.runner import run
 
+    from activedet.loop.signals import signal_number, stop_on_signals
+
     cfg = load_config(args.config)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
         cfg.seed = args.seed
-    status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
+            status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt as e:
+        signum = signal_number(e)
+        print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
+              f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
+        return 128 + signum
     if args.json:
         print(json.dumps(status))
     else:
         print(_status_text(status))
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
+    if args.device:
+        words += ["--device", args.device]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    return shlex.join(words)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -53,6 +73,10 @@ def _status_text(status: dict[str, Any]) -> str:
         m = r["metrics"] or {}
         shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  {shown}")
+    quarantined = status.get("quarantined") or {}
+    if quarantined:
+        lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
+                     f"image id: {', '.join(sorted(quarantined, key=int))}")
     return "\n".join(lines)
 
 

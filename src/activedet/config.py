@@ -33,6 +33,7 @@ class DatasetConfig:
     reference: str | None = None
     images: str | None = None  # image root for COCO json files (default: next to the json)
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
+    bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
 
 
 @dataclass
@@ -99,6 +100,7 @@ _CHOICES = {
     ("task",): ("detection", "classification"),
     ("device",): ("auto", "cpu", "cuda"),
     ("loop", "unit"): ("images", "boxes"),
+    ("dataset", "bad_images"): ("error", "skip"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
 }

@@ -26,3 +26,15 @@ class StrategyError(ActivedetError):
 
 class ResumeError(ActivedetError):
     """A run directory cannot be resumed (missing, or made by a different config)."""
+
+
+class RunInUseError(ActivedetError):
+    """Another process holds the run directory's lock (one writer per run directory)."""
+
+
+class RunDirError(ActivedetError):
+    """The run directory cannot be written (disk full, read-only, permissions)."""
+
+
+class CheckpointError(ActivedetError):
+    """A recorded checkpoint is missing, truncated or does not match its recorded checksum."""
