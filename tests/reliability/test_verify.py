@@ -18,13 +18,6 @@ from activedet.loop.ledger import Ledger
 from tests.conftest import make_detection_dataset
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ACTIVEDET_CACHE_DIR", str(cache))
-    return cache
-
-
 def truncate(path: Path, keep: float = 0.5) -> None:
     """Cut a PNG short: the header (and so width/height) stays readable."""
     data = path.read_bytes()
