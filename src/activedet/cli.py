@@ -163,6 +163,21 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from activedet.doctor import diagnose
+
+    problems, checked = diagnose(args.config, progress=not args.quiet)
+    problems = [" ".join(p.split()) for p in problems]  # one line each
+    if args.json:
+        print(json.dumps({"config": args.config, "problems": problems, "checked": checked}))
+    elif problems:
+        for p in problems:
+            print(p)
+    else:
+        print(f"ok: {', '.join(checked)}")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="activedet",
@@ -183,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
     s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
+                       description="Load the config and every split, decode every image, check boxes, "
+                                   "classes across splits, the loop's budget, the availability of ImageNet "
+                                   "weights (nothing is downloaded) and the device. Prints one line per "
+                                   "problem and exits 1 when there is any, else one 'ok' line and 0.")
+    s.add_argument("config", help="experiment config (YAML)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--json", action="store_true", help='{"problems": [...], "checked": [...]}')
+    s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
     s.add_argument("run_dir")
