@@ -101,6 +101,17 @@ def test_skip_quarantines_bad_pool_images_and_status_lists_them(tmp_path: Path, 
     assert "quarantined 1 unreadable pool image" in out and "4" in out
     # a resume sees the same quarantine and finishes without re-doing anything
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet"]) == 0
+    capsys.readouterr()
+    # repaired since: the resumed run keeps the pool it started with
+    image_path(train, 4).write_bytes(image_path(train, 5).read_bytes())
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet", "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert list(resumed["quarantined"]) == ["4"] and resumed["rounds"] == status["rounds"]
+    # broken since: resuming would change the pool, so it is refused, naming the image
+    truncate(image_path(train, 6))
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train image id 6 became unreadable" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cache_skips_verified_files_until_they_change(tmp_path: Path, private_cache: Path, monkeypatch) -> None:
