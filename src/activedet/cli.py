@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,17 +24,35 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from activedet.config import load_config
     from activedet.loop.runner import run
 
+    from activedet.loop.signals import signal_number, stop_on_signals
+
     cfg = load_config(args.config)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
         cfg.seed = args.seed
-    status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
+            status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt as e:
+        signum = signal_number(e)
+        print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
+              f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
+        return 128 + signum
     if args.json:
         print(json.dumps(status))
     else:
         print(_status_text(status))
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
+    if args.device:
+        words += ["--device", args.device]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    return shlex.join(words)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -58,6 +78,10 @@ def _status_text(status: dict[str, Any]) -> str:
             notes.append(f"round {r['round']}: {note}")
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
                      f"{train:<26} {shown}")
+    quarantined = status.get("quarantined") or {}
+    if quarantined:
+        lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
+                     f"image id: {', '.join(sorted(quarantined, key=int))}")
     return "\n".join(lines + notes)
 
 
@@ -203,6 +227,21 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from activedet.doctor import diagnose
+
+    problems, checked = diagnose(args.config, progress=not args.quiet)
+    problems = [" ".join(p.split()) for p in problems]  # one line each
+    if args.json:
+        print(json.dumps({"config": args.config, "problems": problems, "checked": checked}))
+    elif problems:
+        for p in problems:
+            print(p)
+    else:
+        print(f"ok: {', '.join(checked)}")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="activedet",
@@ -223,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
     s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
+                       description="Load the config and every split, decode every image, check boxes, "
+                                   "classes across splits, the loop's budget, the availability of ImageNet "
+                                   "weights (nothing is downloaded) and the device. Prints one line per "
+                                   "problem and exits 1 when there is any, else one 'ok' line and 0.")
+    s.add_argument("config", help="experiment config (YAML)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--json", action="store_true", help='{"problems": [...], "checked": [...]}')
+    s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
     s.add_argument("run_dir")

@@ -8,6 +8,8 @@ code receives these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -34,6 +36,7 @@ class DatasetConfig:
     reference: str | None = None
     images: str | None = None  # image root for COCO json files (default: next to the json)
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
+    bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
 
 
 @dataclass
@@ -105,6 +108,7 @@ _CHOICES = {
     ("task",): ("detection", "classification"),
     ("device",): ("auto", "cpu", "cuda"),
     ("loop", "unit"): ("images", "boxes"),
+    ("dataset", "bad_images"): ("error", "skip"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
     ("train", "on_collapse"): ("retry", "stop", "warn"),
@@ -123,26 +127,48 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{where}.{key}' (known: {known})".replace("'.", "'"))
+            raise ConfigError(f"unknown config key '{where}.{_shown(key)}' (known: {known})".replace("'.", "'"))
         kwargs[key] = value
     obj = cls(**kwargs)
+    hints = typing.get_type_hints(cls)
     for name, f in fields.items():
-        _check_type(getattr(obj, name), f.default, f.default_factory, f"{where}.{name}".lstrip("."))
+        _check_type(getattr(obj, name), f.default, f.default_factory, f"{where}.{name}".lstrip("."),
+                    hints.get(name))
+        value = getattr(obj, name)
+        if name in _INT_KEYS and isinstance(value, float):  # 3.0 -> 3: range() and tensors need ints
+            setattr(obj, name, int(value))
     return obj
 
 
-def _check_type(value: Any, default: Any, factory: Any, where: str) -> None:
+def _shown(key: Any) -> str:
+    """A key as written when printable on one line, else its repr (``'a\\nb'``)."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
+def _optional_sample(hint: Any) -> Any:
+    """``str | None`` -> ``""``, ``float | None`` -> ``0.0``: a value of the key's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0]() if len(args) == 1 and args[0] in (str, int, float, bool) else None
+
+
+def _check_type(value: Any, default: Any, factory: Any, where: str, hint: Any = None) -> None:
     ref = default if default is not dataclasses.MISSING else (
         factory() if factory is not dataclasses.MISSING else None
     )
-    if ref is None or value is None:
+    if value is None:
+        if ref is not None and type(None) not in typing.get_args(hint):  # `float | None` may be null
+            raise ConfigError(f"config key '{where}' must not be null (default: {ref!r})")
         return
+    if ref is None:  # an optional key: its annotation says what it holds
+        ref = _optional_sample(hint)
+        if ref is None:
+            return
     if isinstance(ref, bool):
         ok = isinstance(value, bool)
     elif isinstance(ref, (int, float)):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and isinstance(ref, int) and not isinstance(ref, bool) and where.split(".")[-1] in _INT_KEYS:
-            ok = float(value).is_integer()
+        if ok and isinstance(ref, int) and where.split(".")[-1] in _INT_KEYS:
+            ok = isinstance(value, int) or value.is_integer()
     elif isinstance(ref, str):
         ok = isinstance(value, str)
     elif isinstance(ref, list):
@@ -165,7 +191,7 @@ def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
     top = {f.name for f in dataclasses.fields(ExperimentConfig)}
     for key in data:
         if key not in top:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(top))})")
+            raise ConfigError(f"unknown config key '{_shown(key)}' (known: {', '.join(sorted(top))})")
     strat_raw = data.pop("strategy", None) or {}
     if isinstance(strat_raw, str):
         strat_raw = {"name": strat_raw}
@@ -224,11 +250,42 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' = {cfg.train.lr!r} must be > 0")
     for s in cfg.train.lr_steps:
-        if not 0 < s <= 1:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
             raise ConfigError(f"config key 'train.lr_steps' entry {s!r} must be a fraction in (0, 1]")
+    _check_ranges(cfg)
     detector = cfg.model.arch in ("retinanet", "fcos", "faster_rcnn")
     if (cfg.task == "detection") != detector:
         raise ConfigError(f"config key 'model.arch' = {cfg.model.arch!r} does not fit task {cfg.task!r}")
+
+
+#: (section, key, lowest, highest, lowest allowed itself): numeric ranges a run relies on
+_RANGES = (
+    ("train", "warmup_iters", 0, None, True), ("train", "momentum", 0, None, True),
+    ("train", "weight_decay", 0, None, True), ("train", "grad_clip", 0, None, False),
+    ("model", "anchor_scale", 0, None, False), ("model", "score_thresh", 0, 1, True),
+    ("model", "detections_per_img", 1, None, True),
+)
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    """Every number finite (YAML's ``.nan``/``.inf`` pass ``<`` tests), seeds usable by
+    numpy, and the ranges of :data:`_RANGES`."""
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise ConfigError(f"config key 'seed' = {cfg.seed!r} must be in 0..2**32-1")
+    for section in ("dataset", "model", "train", "loop"):
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"config key '{section}.{f.name}' = {v!r} must be a finite number")
+    for section, key, low, high, closed in _RANGES:
+        v = getattr(getattr(cfg, section), key)
+        if v is None:
+            continue
+        if v < low or (v == low and not closed) or (high is not None and v > high):
+            span = f"{'[' if closed else '('}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+            raise ConfigError(f"config key '{section}.{key}' = {v!r} must be in {span}")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -240,6 +297,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config {path} is not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):

@@ -41,3 +41,15 @@ class TrainingCollapseError(TrainingError):
         super().__init__(reason)
         self.reason = reason
         self.history = list(history or [])
+
+
+class RunInUseError(ActivedetError):
+    """Another process holds the run directory's lock (one writer per run directory)."""
+
+
+class RunDirError(ActivedetError):
+    """The run directory cannot be written (disk full, read-only, permissions)."""
+
+
+class CheckpointError(ActivedetError):
+    """A recorded checkpoint is missing, truncated or does not match its recorded checksum."""

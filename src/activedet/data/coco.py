@@ -84,8 +84,8 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         x, y, w, h = (float(v) for v in bbox)
         width, height = sizes[iid]
         box = check_box([x, y, x + w, y + h], width, height, f"{here} (image id {iid})")
-        difficult = bool(ann.get("difficult", 0))
-        crowd = bool(ann.get("iscrowd", 0)) and not difficult
+        difficult = _flag(ann, "difficult", here)
+        crowd = _flag(ann, "iscrowd", here) and not difficult
         per_image[iid].append((box, label_of[cid], difficult, crowd))
 
     records = []
@@ -115,6 +115,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; absurdly deep nesting
+        raise DatasetError(f"{path}: malformed JSON: {' '.join(str(e).split())[:120]}") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a COCO file must hold a JSON object, got {type(data).__name__}")
     return data
@@ -135,12 +137,23 @@ def _entries(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]
 
 def _int_field(entry: dict[str, Any], key: str, here: str, where: str) -> int:
     value = entry.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         shown = repr({k: entry[k] for k in list(entry)[:4]})[:120]
         raise DatasetError(f"{here}: missing or non-integer '{key}' ({value!r}) in {shown}")
+    if not -2 ** 63 <= value < 2 ** 63:  # ids become int64 tensors (torchvision targets)
+        raise DatasetError(f"{here}: '{key}' {value} does not fit in 64 bits")
     return value
+
+
+def _flag(ann: dict[str, Any], key: str, here: str) -> bool:
+    """A 0/1 flag (``iscrowd``, ``difficult``); absent is 0. Anything else is an error, not
+    a truthy value: ``"0"`` read as true would silently drop a training box."""
+    value = ann.get(key, 0)
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return bool(value)
+    raise DatasetError(f"{here}: '{key}' must be 0 or 1, got {value!r}")
 
 
 def _image_size(im: dict[str, Any], iid: int, root: Path, where: str) -> tuple[int, int]:

@@ -174,7 +174,8 @@ def _parse_xml(xml_path: Path, here: str) -> tuple[str | None, tuple[int, int] |
     if w_txt is not None and h_txt is not None:
         try:
             w, h = int(float(w_txt)), int(float(h_txt))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'abc', 'nan', 'inf'
+
             raise DatasetError(f"{here}: bad <size> width={w_txt!r} height={h_txt!r}") from None
         size = (w, h) if w > 0 and h > 0 else None
     objects: list[_Object] = []

@@ -11,14 +11,17 @@ checkpoint is recorded, and *done* when its metrics are recorded.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from activedet.errors import ResumeError
+from activedet.errors import ResumeError, RunDirError
 from activedet.training.health import assess
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +46,24 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def _writes(method: F) -> F:
+    """A full disk or a read-only run directory (``sqlite3.OperationalError``, ``OSError``)
+    becomes a one-line :class:`RunDirError`; the transaction has rolled back, so the ledger
+    still ends at the last recorded step."""
+
+    @functools.wraps(method)
+    def guarded(self: "Ledger", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.OperationalError, OSError) as e:
+            reason = " ".join((getattr(e, "strerror", None) or str(e)).split())
+            raise RunDirError(f"cannot write the ledger {self.path}: {reason}; the step was not recorded "
+                              f"(the ledger ends at the last complete step): free space or make the run "
+                              f"directory writable, then continue with --resume") from None
+
+    return guarded  # type: ignore[return-value]
+
+
 class Ledger:
     """Read/write access to ``RUN_DIR/ledger.sqlite``."""
 
@@ -53,6 +74,10 @@ class Ledger:
         self.path = self.run_dir / self.FILENAME
         if not create and not self.path.is_file():
             raise ResumeError(f"no ledger at {self.path}")
+        self._open()
+
+    @_writes
+    def _open(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -78,6 +103,7 @@ class Ledger:
         self.close()
 
     # ------------------------------------------------------------------ meta
+    @_writes
     def set_meta(self, **values: Any) -> None:
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -87,6 +113,7 @@ class Ledger:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
 
     # ------------------------------------------------------------------ rounds
+    @_writes
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                   seconds: dict[str, float], scores: dict[int, float] | None) -> None:
         with self.conn:
@@ -102,6 +129,7 @@ class Ledger:
         merged = {**json.loads(row[0]), **seconds}
         return _dumps(merged)
 
+    @_writes
     def set_trained(self, round_: int, checkpoint: str, train_log: list[dict], seconds: dict[str, float],
                     health: dict[str, Any] | None = None) -> None:
         with self.conn:
@@ -110,6 +138,7 @@ class Ledger:
                 (checkpoint, _dumps(train_log), None if health is None else _dumps(health),
                  self._merge_seconds(round_, seconds), round_))
 
+    @_writes
     def set_metrics(self, round_: int, metrics: dict[str, Any], seconds: dict[str, float]) -> None:
         with self.conn:
             self.conn.execute("UPDATE rounds SET metrics = ?, seconds = ?, done_at = ? WHERE round = ?",
@@ -153,5 +182,6 @@ class Ledger:
             "pool_size": meta.get("pool_size"),
             "pool_boxes": meta.get("pool_boxes"),
             "unit": meta.get("unit", "images"),
+            "quarantined": meta.get("quarantined") or {},  # image id (str) -> why it was left out
             "rounds": rounds,
         }

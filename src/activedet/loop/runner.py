@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import hashlib
+import io
 import logging
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,8 +25,11 @@ import torch
 from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, DatasetError, ResumeError
+from activedet.data.verify import verify_images
+from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError
+from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
 from activedet.loop.ledger import Ledger
+from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
@@ -53,6 +57,7 @@ class Experiment:
     reference: Any | None
     strategy: Strategy
     pool: Pool
+    quarantined: dict[int, str] = field(default_factory=dict)  # unreadable pool images left out
 
 
 def _split_spec(cfg: ExperimentConfig, which: str) -> str | None:
@@ -70,9 +75,10 @@ def resolve(cfg: ExperimentConfig) -> Strategy:
     return strategy
 
 
-def prepare(cfg: ExperimentConfig) -> Experiment:
-    """Load and validate datasets, strategy and budgets; resolve ``cfg`` (strategy defaults,
-    ``model.image_size``) in place. Raises before touching disk."""
+def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
+    """Load and validate datasets, strategy and budgets, and decode every image (see
+    :mod:`activedet.data.verify`); resolve ``cfg`` (strategy defaults, ``model.image_size``)
+    in place. Raises before touching the run directory."""
     strategy = resolve(cfg)
     strategy.check_model(cfg.task, cfg.model.arch)
     opts = cfg.dataset.options
@@ -91,12 +97,26 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
     if test.class_names != train.class_names:
         raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
+    # the train split is the pool: `dataset.bad_images` applies; test and reference must be whole
+    quarantined = verify_images(train, "train", cfg.dataset.bad_images, progress)
+    verify_images(test, "test", "error", progress)
+    if reference is not None:
+        verify_images(reference, "reference", "error", progress)
     if cfg.model.image_size is None:
         cfg.model.image_size = auto_image_size(train)
-    pool = Pool.from_dataset(train)
-    pool.reference = reference
-    check_budgets(cfg.loop, pool)
-    return Experiment(cfg, train, test, reference, strategy, pool)
+    exp = Experiment(cfg, train, test, reference, strategy, Pool([]))
+    _quarantine(exp, quarantined)
+    check_budgets(cfg.loop, exp.pool)
+    return exp
+
+
+def _quarantine(exp: Experiment, bad: dict[int, str]) -> None:
+    """Leave the images ``bad`` out of the train split and the pool."""
+    exp.quarantined = dict(sorted(bad.items()))
+    if bad:
+        exp.train = exp.train.subset([i for i in exp.train.ids if i not in bad])
+    exp.pool = Pool.from_dataset(exp.train)
+    exp.pool.reference = exp.reference
 
 
 def auto_image_size(dataset: Any, largest: int = 800) -> int:
@@ -149,16 +169,33 @@ def _labeled_amount(pool: Pool, unit: str) -> int:
     return len(pool.labeled) if unit == "images" else pool.labeled_boxes
 
 
-def _save_checkpoint(adapter: Any, path: Path, round_: int) -> None:
-    tmp = path.with_suffix(".tmp")
+def _save_checkpoint(adapter: Any, path: Path, round_: int) -> str:
+    """Write the adapter's weights atomically (temp + fsync + rename); returns their sha256."""
+    buf = io.BytesIO()
     torch.save({"round": round_, "arch": adapter.arch, "variant": adapter.variant,
-                "model": adapter.state_dict()}, tmp)
-    os.replace(tmp, path)
+                "model": adapter.state_dict()}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data, "checkpoint")
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(adapter: Any, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    adapter.load_state_dict(state["model"])
+def load_checkpoint(adapter: Any, path: Path, sha256: str | None = None) -> None:
+    """Load a checkpoint into ``adapter``. A missing or unreadable file, or one whose
+    sha256 differs from ``sha256`` (as recorded when it was written), is a
+    :class:`CheckpointError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"checkpoint {path} is damaged ({len(data)} bytes; checksum differs from "
+                              f"the one recorded when it was written)")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        model = state["model"]
+    except Exception as e:  # truncated zip, unpickling errors, a wrong layout
+        raise CheckpointError(f"checkpoint {path} is damaged: {' '.join(str(e).split())[:160]}") from None
+    adapter.load_state_dict(model)
 
 
 def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
@@ -179,13 +216,22 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise ResumeError(f"{run_dir} was made with a different config ({shown}); "
                               "resume needs the same config")
+        recorded = {int(k): v for k, v in (meta.get("quarantined") or {}).items()}
+        new = sorted(set(exp.quarantined) - set(recorded))
+        if new:
+            ledger.close()
+            raise ResumeError(f"train image id {new[0]} became unreadable after {run_dir} started "
+                              f"({exp.quarantined[new[0]]}); restore it to resume the run")
+        if recorded != exp.quarantined:  # repaired since: the resumed run keeps the pool it started with
+            _quarantine(exp, recorded)
         return ledger
     ledger = Ledger(run_dir, create=True)
     ledger.set_meta(config_yaml=dump_config(cfg), config=resolved, config_resolved=True,
                     strategy=cfg.strategy.name, task=cfg.task,
                     seed=cfg.seed, unit=cfg.loop.unit, pool_size=len(exp.pool.ids),
                     pool_boxes=exp.pool.cost(exp.pool.ids), complete=False,
-                    train_source=exp.train.source or exp.train.name)
+                    train_source=exp.train.source or exp.train.name,
+                    quarantined={str(i): why for i, why in exp.quarantined.items()})
     return ledger
 
 
@@ -193,20 +239,21 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
     run_dir = Path(run_dir)
-    exp = prepare(cfg)  # bad input fails here, before the ledger exists
+    exp = prepare(cfg, progress)  # bad input and undecodable images fail here, before the ledger exists
     exp.strategy.progress = progress
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
-    ledger = open_ledger(run_dir, cfg, exp, resume)
-    if dataclasses.is_dataclass(getattr(adapter, "cfg", None)):  # e.g. an offline backbone fallback
-        ledger.set_meta(model_built=dataclasses.asdict(adapter.cfg))
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    try:
-        _cycle(exp, adapter, ledger, run_dir, progress, hooks)
-        ledger.set_meta(complete=True)
-        return ledger.status()
-    finally:
-        ledger.close()
+    with run_lock(run_dir, "simulate"):  # one writer per run directory
+        ledger = open_ledger(run_dir, cfg, exp, resume)
+        try:
+            if dataclasses.is_dataclass(getattr(adapter, "cfg", None)):  # e.g. an offline backbone fallback
+                ledger.set_meta(model_built=dataclasses.asdict(adapter.cfg))
+            make_dir(run_dir / "checkpoints")
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
+            _cycle(exp, adapter, ledger, run_dir, progress, hooks)
+            ledger.set_meta(complete=True)
+            return ledger.status()
+        finally:
+            ledger.close()
 
 
 def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progress: bool,
@@ -217,45 +264,65 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
     trainer = get_trainer(exp.strategy.trainer)
+    sums: dict[str, str] = dict(ledger.meta().get("checkpoint_sha256") or {})
     model_round = -1  # which round's model the adapter holds
+
+    def train(k: int) -> None:
+        """Train round k's model on rounds 0..k; save and record its checkpoint."""
+        nonlocal model_round
+        t0 = time.perf_counter()
+        fresh = cfg.loop.reinit or k == 0
+        if fresh:
+            adapter.reset(derive_seed(cfg.seed, k, "init"))
+        else:
+            hold(k - 1)
+        start_state = None if fresh else adapter.state_dict()
+
+        def restart(attempt: int) -> int:
+            """A collapsed round starts again: a re-initialised model (or the previous
+            round's, when the loop does not re-initialise) and a new training seed."""
+            if start_state is None:
+                adapter.reset(derive_seed(cfg.seed, k, "init", attempt))
+            else:
+                adapter.load_state_dict(start_state)
+            return derive_seed(cfg.seed, k, "train", attempt)
+
+        labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
+        unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
+        log.info("round %d: training on %d images (%d boxes)", k, len(labeled), pool.cost(labeled))
+        result = train_round(trainer, adapter, exp.train, labeled, unlabeled, cfg.train, exp.strategy.params,
+                             derive_seed(cfg.seed, k, "train"), progress, restart)
+        ckpt = f"checkpoints/round_{k:03d}.pt"
+        sums[ckpt] = _save_checkpoint(adapter, run_dir / ckpt, k)
+        ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained
+        ledger.set_trained(k, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
+        done[k]["checkpoint"] = ckpt
+        model_round = k
+
+    def hold(k: int) -> None:
+        """Make the adapter hold round k's model: load its checkpoint, or re-train the
+        round when the checkpoint is missing or damaged (e.g. truncated by a crash)."""
+        nonlocal model_round
+        if model_round == k:
+            return
+        ckpt = done[k]["checkpoint"]
+        try:
+            load_checkpoint(adapter, run_dir / ckpt, sums.get(ckpt))
+            model_round = k
+        except CheckpointError as e:
+            log.warning("%s; re-training round %d", e, k)
+            train(k)
+
     for r in range(cfg.loop.cycles + 1):
         row = done.get(r)
         if row is None:  # ---- select round r
-            if r > 0 and model_round != r - 1:
-                load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
-                model_round = r - 1
-            row = _select_round(exp, adapter, ledger, r, targets[r])
-            done[r] = row
+            if r > 0:
+                hold(r - 1)
+            row = done[r] = _select_round(exp, adapter, ledger, r, targets[r])
         if row.get("checkpoint") is None:  # ---- train on rounds 0..r
-            t0 = time.perf_counter()
-            fresh = cfg.loop.reinit or r == 0
-            if fresh:
-                adapter.reset(derive_seed(cfg.seed, r, "init"))
-            elif model_round != r - 1:
-                load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
-            start_state = None if fresh else adapter.state_dict()
-
-            def restart(attempt: int, r: int = r, start_state: Any = start_state) -> int:
-                """A collapsed round starts again: a re-initialised model (or the previous
-                round's, when the loop does not re-initialise) and a new training seed."""
-                if start_state is None:
-                    adapter.reset(derive_seed(cfg.seed, r, "init", attempt))
-                else:
-                    adapter.load_state_dict(start_state)
-                return derive_seed(cfg.seed, r, "train", attempt)
-
-            log.info("round %d: training on %d images (%d boxes)", r, len(pool.labeled), pool.labeled_boxes)
-            result = train_round(trainer, adapter, exp.train, list(pool.labeled), pool.unlabeled, cfg.train,
-                                 exp.strategy.params, derive_seed(cfg.seed, r, "train"), progress, restart)
-            ckpt = f"checkpoints/round_{r:03d}.pt"
-            _save_checkpoint(adapter, run_dir / ckpt, r)
-            ledger.set_trained(r, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
-            row["checkpoint"] = ckpt
-            model_round = r
+            train(r)
         if row.get("metrics") is None:  # ---- evaluate
-            if model_round != r:
-                load_checkpoint(adapter, run_dir / row["checkpoint"])
-                model_round = r
+            hold(r)
             t0 = time.perf_counter()
             metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
             ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})

@@ -68,6 +68,18 @@ def _load_weights(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def imagenet_weights_url(backbone: str) -> str:
+    """Where torchvision downloads ``backbone``'s ImageNet weights from."""
+    if backbone not in _BACKBONES:
+        raise ConfigError(f"unknown backbone '{backbone}' (known: {', '.join(_BACKBONES)})")
+    return _BACKBONES[backbone][1].url  # type: ignore[attr-defined]
+
+
+def hub_cache_path(backbone: str) -> Path:
+    """Where a download of ``backbone``'s ImageNet weights lands (the torch hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_weights_url(backbone)).name
+
+
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """ImageNet weights for ``backbone``: hub cache, packaged file, then download.
 
@@ -76,7 +88,7 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     if backbone not in _BACKBONES:
         raise ConfigError(f"unknown backbone '{backbone}' (known: {', '.join(_BACKBONES)})")
     _, weights, _, _ = _BACKBONES[backbone]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # type: ignore[attr-defined]
+    cached = hub_cache_path(backbone)
     if cached.is_file():
         return _load_weights(str(cached))
     packaged = packaged_weights_path(backbone)

@@ -1,0 +1,203 @@
+"""Decode every image of a split before a run commits to it.
+
+Loaders read only image headers (width/height), so a file cut short after its header
+loads fine and kills a run hours later when training first decodes it. :func:`verify_images`
+decodes each on-disk image of a dataset in parallel (threads: Pillow releases the GIL while
+it inflates), remembers files that decoded in a small SQLite cache keyed by
+``(absolute path, size, mtime_ns)`` so a resumed or repeated run pays only for new or
+changed files, and either raises (``policy="error"``) or returns the unreadable ids to
+quarantine (``policy="skip"``). In-memory images (built-in datasets) need no check.
+
+The cache lives in ``$ACTIVEDET_CACHE_DIR``, else ``$XDG_CACHE_HOME/activedet``, else
+``~/.cache/activedet``. It only ever speeds things up: when it cannot be opened or written,
+every image is simply decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from activedet.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ACTIVEDET_CACHE_DIR"
+POLICIES = ("error", "skip")
+#: Show a progress bar when at least this many images must be decoded.
+PROGRESS_MIN = 500
+
+Key = tuple[str, int, int]  # absolute path, size in bytes, mtime in ns
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """An image that cannot be decoded; ``message()`` is the one-line report."""
+
+    split: str
+    image_id: int
+    path: Path
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.split} split: cannot decode image {self.path} (image id {self.image_id}): {self.reason}"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "activedet"
+
+
+class VerifiedCache:
+    """The set of ``(path, size, mtime_ns)`` keys of files that decoded, in SQLite."""
+
+    FILENAME = "verified-images.sqlite"
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.path = (directory or cache_dir()) / self.FILENAME
+        self.conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=10)
+            self.conn.execute("CREATE TABLE IF NOT EXISTS verified "
+                              "(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL)")
+        except (OSError, sqlite3.Error) as e:
+            log.info("image verification cache %s unavailable (%s); decoding every image", self.path, e)
+            self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def known(self, keys: list[Key]) -> set[Key]:
+        """The subset of ``keys`` recorded as decoded (same path, size and mtime)."""
+        if self.conn is None or not keys:
+            return set()
+        want = set(keys)
+        found: set[Key] = set()
+        try:
+            paths = [k[0] for k in keys]
+            for start in range(0, len(paths), 500):
+                chunk = paths[start:start + 500]
+                rows = self.conn.execute(
+                    f"SELECT path, size, mtime_ns FROM verified WHERE path IN ({','.join('?' * len(chunk))})",
+                    chunk)
+                found.update(k for k in map(tuple, rows) if k in want)  # type: ignore[misc]
+        except sqlite3.Error as e:
+            log.info("image verification cache unreadable (%s)", e)
+            return set()
+        return found
+
+    def add(self, keys: Iterable[Key]) -> None:
+        if self.conn is None:
+            return
+        try:
+            with self.conn:
+                self.conn.executemany("INSERT OR REPLACE INTO verified VALUES (?, ?, ?)", list(keys))
+        except sqlite3.Error as e:  # disk full, read-only: the cache is an optimisation only
+            log.info("image verification cache not updated (%s)", e)
+
+
+def decode_error(path: Path) -> str | None:
+    """None when ``path`` decodes completely, else the reason in a few words."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width < 1 or im.height < 1:
+                return f"empty image ({im.width}x{im.height})"
+    except Exception as e:  # Pillow's plugins raise many types; any of them means unreadable
+        text = " ".join(str(e).split()) or type(e).__name__
+        return text[:200]
+    return None
+
+
+def _file_key(path: Path) -> Key | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), int(st.st_size), int(st.st_mtime_ns))
+
+
+def _on_disk(dataset: Any) -> list[tuple[int, Path]]:
+    out = []
+    for i in dataset.ids:
+        r = dataset.record(i)
+        if r.array is None and r.path is not None:
+            out.append((i, Path(r.path)))
+    return out
+
+
+def _workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) + 2))
+
+
+def find_unreadable(dataset: Any, split: str, progress: bool = True,
+                    cache: VerifiedCache | None = None) -> list[BadImage]:
+    """Decode every on-disk image of ``dataset`` not already in the cache; the unreadable
+    ones in image-id order."""
+    items = _on_disk(dataset)
+    if not items:
+        return []
+    own = cache is None
+    cache = cache or VerifiedCache()
+    try:
+        bad: list[BadImage] = []
+        keyed: list[tuple[int, Path, Key]] = []
+        for i, path in items:
+            key = _file_key(path)
+            if key is None:
+                bad.append(BadImage(split, i, path, "file not found"))
+            else:
+                keyed.append((i, path, key))
+        known = cache.known([k for *_, k in keyed])
+        todo = [t for t in keyed if t[2] not in known]
+        good: list[Key] = []
+        if todo:
+            pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="verify")
+            try:
+                results = pool.map(lambda t: decode_error(t[1]), todo)
+                bar = tqdm(results, total=len(todo), desc=f"verifying {split} images", unit="img",
+                           disable=not progress or len(todo) < PROGRESS_MIN, leave=False)
+                for (i, path, key), reason in zip(todo, bar):
+                    if reason is None:
+                        good.append(key)
+                    else:
+                        bad.append(BadImage(split, i, path, reason))
+            finally:  # Ctrl-C: drop queued work instead of decoding the rest first
+                pool.shutdown(wait=True, cancel_futures=True)
+            cache.add(good)
+        return sorted(bad, key=lambda b: b.image_id)
+    finally:
+        if own:
+            cache.close()
+
+
+def verify_images(dataset: Any, split: str, policy: str = "error", progress: bool = True) -> dict[int, str]:
+    """Decode every image of ``dataset``. ``policy="error"`` raises :class:`DatasetError`
+    naming the first unreadable file and its image id; ``"skip"`` returns
+    ``{image id: reason}`` of the unreadable ones (to quarantine)."""
+    if policy not in POLICIES:
+        raise ConfigError(f"bad_images policy {policy!r} is not one of {', '.join(POLICIES)}")
+    bad = find_unreadable(dataset, split, progress)
+    if bad and policy == "error":
+        more = f" (and {len(bad) - 1} more unreadable images)" if len(bad) > 1 else ""
+        raise DatasetError(bad[0].message() + more)
+    for b in bad:
+        log.warning("quarantined: %s", b.message())
+    return {b.image_id: f"{b.path}: {b.reason}" for b in bad}
+
+
+__all__ = ["BadImage", "VerifiedCache", "decode_error", "find_unreadable", "verify_images", "cache_dir"]

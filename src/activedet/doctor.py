@@ -1,0 +1,190 @@
+"""``activedet doctor CONFIG.yaml``: check a config and its data without training.
+
+Checks, each problem reported on one line (all of them, not only the first):
+
+- the config loads and validates; the strategy exists and fits the model;
+- every split loads (annotations parse, boxes lie inside their images, ids are unique);
+- every image of every split decodes (the same threaded, cached check ``simulate`` runs
+  before its first ledger row, :mod:`activedet.data.verify`);
+- boxes are finite with positive width and height; the splits have the same classes; each
+  class has at least one training box; the train split holds enough for ``loop``'s budget;
+- ImageNet weights (``model.pretrained``) are in the torch hub cache or a packaged copy,
+  or their URL answers (a ``HEAD`` request: nothing is downloaded);
+- the device asked for is present.
+
+:func:`diagnose` returns ``(problems, checked)``; the command prints the problems (or one
+``ok`` line listing what was checked) and exits 1 when there is any problem.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from activedet.errors import ActivedetError
+
+#: At most this many box problems are listed per split; the rest are counted.
+MAX_BOX_PROBLEMS = 20
+
+
+def probe_url(url: str, timeout: float = 5.0) -> str | None:
+    """None when ``url`` answers a ``HEAD`` request, else why not. Downloads nothing."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return " ".join(str(getattr(e, "reason", e)).split()) or type(e).__name__
+
+
+def diagnose(config_path: str | Path, progress: bool = False,
+             probe: Callable[[str], str | None] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, what was checked) for the config at ``config_path``; ``probe(url)``
+    tells whether a weights URL answers (default :func:`probe_url`)."""
+    from activedet.config import load_config
+    from activedet.loop.runner import _split_spec
+    from activedet.strategies.registry import build_strategy
+
+    try:
+        cfg = load_config(config_path)
+    except ActivedetError as e:
+        return [str(e)], []
+    problems: list[str] = []
+    checked = ["config"]
+    try:
+        build_strategy(cfg.strategy.name, cfg.strategy.params).check_model(cfg.task, cfg.model.arch)
+        checked.append(f"strategy {cfg.strategy.name}")
+    except ActivedetError as e:
+        problems.append(str(e))
+    splits = _load_splits(cfg, _split_spec, problems)
+    for which, ds in splits.items():
+        before = len(problems)
+        problems += _image_problems(ds, which, cfg.dataset.bad_images if which == "train" else "error", progress)
+        problems += _box_problems(ds, which)
+        if len(problems) == before:
+            checked.append(f"{which} {len(ds)} images")
+    problems += _split_problems(cfg, splits)
+    problems += _weight_problems(cfg, probe or probe_url, checked)
+    problems += _device_problems(cfg, checked)
+    return problems, checked
+
+
+def _load_splits(cfg: Any, split_spec: Callable, problems: list[str]) -> dict[str, Any]:
+    from activedet.data.loading import load_dataset
+
+    splits: dict[str, Any] = {}
+    for which in ("train", "test", "reference"):
+        spec = split_spec(cfg, which)
+        if spec is None:
+            if which == "test":
+                problems.append("config key 'dataset.test' is required (the evaluation split)")
+            continue
+        try:
+            splits[which] = load_dataset(spec, which, cfg.dataset.images, cfg.dataset.options)
+        except ActivedetError as e:
+            problems.append(f"{which} split: {e}")
+    return splits
+
+
+def _image_problems(ds: Any, which: str, policy: str, progress: bool) -> list[str]:
+    from activedet.data.verify import find_unreadable
+
+    note = " (dataset.bad_images: skip would quarantine it)" if policy == "skip" else ""
+    return [b.message() + note for b in find_unreadable(ds, which, progress)]
+
+
+def _box_problems(ds: Any, which: str) -> list[str]:
+    """Boxes the loaders let through that a run cannot use (in-memory datasets included)."""
+    if getattr(ds, "task", "detection") != "detection":
+        return []
+    out: list[str] = []
+    for i in ds.ids:
+        r = ds.record(i)
+        for k, (box, label) in enumerate(zip(np.asarray(r.boxes, np.float64).reshape(-1, 4), r.labels)):
+            x1, y1, x2, y2 = box
+            why = None
+            if not np.all(np.isfinite(box)):
+                why = "is not finite"
+            elif x2 <= x1 or y2 <= y1:
+                why = "has non-positive width/height"
+            elif x1 < 0 or y1 < 0 or x2 > r.width or y2 > r.height:
+                why = f"lies outside the {r.width}x{r.height} image"
+            elif not 1 <= int(label) <= ds.num_classes:
+                why = f"has label {int(label)} outside 1..{ds.num_classes}"
+            if why:
+                out.append(f"{which} split: image id {i} ({r.file_name}) box #{k} {box.tolist()} {why}")
+    if len(out) > MAX_BOX_PROBLEMS:
+        out = out[:MAX_BOX_PROBLEMS] + [f"{which} split: ... and {len(out) - MAX_BOX_PROBLEMS} more box problems"]
+    return out
+
+
+def _split_problems(cfg: Any, splits: dict[str, Any]) -> list[str]:
+    from activedet.data.pool import Pool
+    from activedet.loop.runner import check_budgets
+
+    out: list[str] = []
+    train = splits.get("train")
+    for which, ds in splits.items():
+        if len(ds) == 0:
+            out.append(f"{which} split: no images")
+        if ds.task != cfg.task:
+            out.append(f"{which} split is a {ds.task} dataset but task is '{cfg.task}'")
+        if train is not None and which != "train" and ds.class_names != train.class_names:
+            out.append(f"{which} split classes {ds.class_names} differ from train classes {train.class_names}")
+    if cfg.dataset.reference is not None and cfg.dataset.reference == cfg.dataset.test:
+        out.append("'dataset.reference' must not be the test split")
+    if train is None or len(train) == 0:
+        return out
+    if train.task == "detection":
+        counts = np.zeros(train.num_classes + 1, dtype=int)
+        for i in train.ids:
+            np.add.at(counts, np.asarray(train.record(i).labels, dtype=int), 1)
+        for c, name in enumerate(train.class_names, start=1):
+            if counts[c] == 0:
+                out.append(f"train split: class '{name}' has no boxes: a detector cannot learn it")
+    try:
+        check_budgets(cfg.loop, Pool.from_dataset(train))
+    except ActivedetError as e:
+        out.append(str(e))
+    return out
+
+
+def _weight_problems(cfg: Any, probe: Callable[[str], str | None], checked: list[str]) -> list[str]:
+    """Detectors with ``model.pretrained``: where the ImageNet backbone would come from."""
+    if cfg.task != "detection" or not cfg.model.pretrained:
+        return []
+    from activedet.models.detection import (FALLBACK_BACKBONE, hub_cache_path, imagenet_weights_url,
+                                            packaged_weights_path)
+
+    backbone = cfg.model.backbone
+    if hub_cache_path(backbone).is_file():
+        checked.append(f"{backbone} weights (hub cache)")
+        return []
+    if packaged_weights_path(backbone) is not None:
+        checked.append(f"{backbone} weights (packaged)")
+        return []
+    url = imagenet_weights_url(backbone)
+    why = probe(url)
+    if why is None:
+        checked.append(f"{backbone} weights (downloadable)")
+        return []
+    fallback = (f"a run would fall back to backbone '{FALLBACK_BACKBONE}'"
+                if packaged_weights_path(FALLBACK_BACKBONE) is not None else "a run would stop")
+    return [f"no ImageNet weights for backbone '{backbone}': not in {hub_cache_path(backbone)}, no packaged "
+            f"copy, and {url} is unreachable ({why}); {fallback}"]
+
+
+def _device_problems(cfg: Any, checked: list[str]) -> list[str]:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        return ["device 'cuda' is asked for but no CUDA device is available (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})"]
+    checked.append("device " + ("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"))
+    return []
+
+
+__all__ = ["diagnose", "probe_url"]
