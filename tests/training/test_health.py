@@ -219,3 +219,29 @@ def test_a_collapsed_round_is_retried_recorded_shown_and_reported(tmp_path, monk
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "training.png" in page and "round 1: recovered after 1 retry" in page
     assert (tmp_path / "rep" / "training.png").stat().st_size > 1000
+
+
+def test_a_nan_loss_stops_the_round_with_one_line_and_resume_trains_it(tmp_path, monkeypatch, capsys) -> None:
+    from activedet.cli import main
+    from activedet.loop import runner
+    from activedet.loop.ledger import Ledger
+    from tests.loop.test_runner import write_config
+
+    def nan_trainer(adapter, dataset, labeled, unlabeled, cfg, params, seed, progress):
+        def loss(x, y, epoch):
+            return {k: v * math.nan for k, v in adapter.train_loss(x, y).items()}
+        return train_epochs(adapter, dataset, labeled, cfg, seed, progress, loss)
+
+    cfg = write_config(tmp_path, cycles=1)
+    run_dir = tmp_path / "run"
+    real = runner.get_trainer
+    monkeypatch.setattr(runner, "get_trainer", lambda name: nan_trainer)
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "round 0: train epoch 1 training loss is not finite at iteration 0" in err[0], err
+    with Ledger(run_dir) as ledger:
+        assert [(r["round"], r["checkpoint"]) for r in ledger.rounds()] == [(0, None)]  # selected, not trained
+    monkeypatch.setattr(runner, "get_trainer", real)
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume"]) == 0
+    with Ledger(run_dir) as ledger:
+        assert all(r["metrics"] for r in ledger.rounds()) and len(ledger.rounds()) == 2

@@ -26,7 +26,7 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
-from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError
+from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, TrainingError
 from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
@@ -290,8 +290,11 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
         labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
         unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
         log.info("round %d: training on %d images (%d boxes)", k, len(labeled), pool.cost(labeled))
-        result = train_round(trainer, adapter, exp.train, labeled, unlabeled, cfg.train, exp.strategy.params,
-                             derive_seed(cfg.seed, k, "train"), progress, restart)
+        try:
+            result = train_round(trainer, adapter, exp.train, labeled, unlabeled, cfg.train, exp.strategy.params,
+                                 derive_seed(cfg.seed, k, "train"), progress, restart)
+        except TrainingError as e:  # the round stays untrained in the ledger: --resume trains it again
+            raise type(e)(f"round {k}: {e}") from None
         ckpt = f"checkpoints/round_{k:03d}.pt"
         sums[ckpt] = _save_checkpoint(adapter, run_dir / ckpt, k)
         ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained

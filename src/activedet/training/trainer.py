@@ -234,6 +234,7 @@ def train_round(trainer: Trainer, adapter: Any, dataset: Any, labeled: Sequence[
     result.health = {"unhealthy": verdict.unhealthy, "reason": verdict.reason, "attempts": attempts}
     return result
 
+
 #: trainer name -> "module:function"; strategies name the trainer they need
 _TRAINERS = {
     "plain": "activedet.training.trainer:train_plain",
