@@ -26,3 +26,7 @@ class StrategyError(ActivedetError):
 
 class ResumeError(ActivedetError):
     """A run directory cannot be resumed (missing, or made by a different config)."""
+
+
+class LabelingError(ActivedetError):
+    """A labeling project cannot take this step (a batch is pending, nothing to ingest)."""

@@ -198,7 +198,6 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
     done = {r["round"]: r for r in ledger.rounds()}
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
-    trainer = get_trainer(exp.strategy.trainer)
     model_round = -1  # which round's model the adapter holds
     for r in range(cfg.loop.cycles + 1):
         row = done.get(r)
@@ -210,14 +209,10 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             done[r] = row
         if row.get("checkpoint") is None:  # ---- train on rounds 0..r
             t0 = time.perf_counter()
-            seed_init = derive_seed(cfg.seed, r, "init")
-            if cfg.loop.reinit or r == 0:
-                adapter.reset(seed_init)
-            elif model_round != r - 1:
+            fresh = cfg.loop.reinit or r == 0
+            if not fresh and model_round != r - 1:
                 load_checkpoint(adapter, run_dir / done[r - 1]["checkpoint"])
-            log.info("round %d: training on %d images (%d boxes)", r, len(pool.labeled), pool.labeled_boxes)
-            result = trainer(adapter, exp.train, list(pool.labeled), pool.unlabeled, cfg.train,
-                             exp.strategy.params, derive_seed(cfg.seed, r, "train"), progress)
+            result = train_round(cfg, exp.strategy, adapter, exp.train, pool, r, fresh, progress)
             ckpt = f"checkpoints/round_{r:03d}.pt"
             _save_checkpoint(adapter, run_dir / ckpt, r)
             ledger.set_trained(r, ckpt, result.history, {"train": time.perf_counter() - t0})
@@ -237,23 +232,46 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
                 hook(status)
 
 
-def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
-    cfg, pool = exp.cfg, exp.pool
-    unit = cfg.loop.unit
-    budget = target - _labeled_amount(pool, unit)
-    rng = np.random.default_rng(derive_seed(cfg.seed, r, "select"))
+def train_round(cfg: ExperimentConfig, strategy: Strategy, adapter: Any, dataset: Any, pool: Pool, r: int,
+                fresh: bool, progress: bool) -> Any:
+    """Train ``adapter`` on ``pool.labeled`` (rounds 0..r) with round ``r``'s seeds; ``fresh``
+    re-initialises the model first (else training continues from the weights it holds).
+    Shared by ``simulate`` and ``select``: the same labeled ids in the same order give the
+    same model. Returns the trainer's ``TrainResult``."""
+    if fresh:
+        adapter.reset(derive_seed(cfg.seed, r, "init"))
+    log.info("round %d: training on %d images (%d boxes)", r, len(pool.labeled), pool.labeled_boxes)
+    trainer = get_trainer(strategy.trainer)
+    return trainer(adapter, dataset, list(pool.labeled), pool.unlabeled, cfg.train,
+                   strategy.params, derive_seed(cfg.seed, r, "train"), progress)
+
+
+def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
+                 seed: int) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
+    """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is a
+    seeded random draw, later rounds are ranked by ``strategy`` with the model in
+    ``adapter``. Shared by ``simulate`` and ``select``. Returns (chosen ids, per-image
+    scores or None, seconds per stage); ``pool`` is not modified."""
+    rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
     scores = None
     if r == 0:
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
-        ranked = exp.strategy.select(adapter, pool, n, rng)
-        scores = exp.strategy.last_scores
+        ranked = strategy.select(adapter, pool, n, rng)
+        scores = strategy.last_scores
     t1 = time.perf_counter()
     chosen = fit_budget(ranked, pool, unit, budget)
+    return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
+
+
+def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
+    cfg, pool = exp.cfg, exp.pool
+    unit = cfg.loop.unit
+    budget = target - _labeled_amount(pool, unit)
+    chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed)
     pool.add(chosen, r)
-    seconds = {"score": t1 - t0, "select": time.perf_counter() - t1}
     ledger.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
     return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
@@ -264,4 +282,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
 
 
-__all__ = ["run", "prepare", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint"]
+__all__ = ["run", "prepare", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint", "train_round",
+           "select_batch"]
