@@ -34,7 +34,7 @@ from activedet.labeling import store
 from activedet.labeling.batch import BatchImage, BatchSpec, predicted_boxes, write_round
 from activedet.labeling.dataset import project_dataset
 from activedet.labeling.parse import ProjectView, parse_export
-from activedet.labeling.sources import PoolListing, display_name, list_unlabeled
+from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.runner import (_save_checkpoint, auto_image_size, load_checkpoint, select_batch,
                                    train_round)
@@ -223,6 +223,12 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
     proj = _open(cfg, project_dir)
     try:
+        if opts.local_files_root is not None:
+            local = os.path.realpath(opts.local_files_root)
+            outside = next((p for p in proj.pool_ids.values() if not under(p, local)), None)
+            if outside is not None:
+                raise ConfigError(f"--local-files-root {opts.local_files_root}: pool image {outside} is not under it "
+                                  f"(Label Studio serves local files only below its document root)")
         if test is not None and test.class_names != proj.base.class_names:
             raise ConfigError(f"test split classes {test.class_names} differ from the labeled set's "
                               f"{proj.base.class_names}")

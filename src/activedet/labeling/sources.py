@@ -9,6 +9,9 @@
 - a text file with one image path per line (relative to the text file's folder; blank
   lines and lines starting with ``#`` are ignored).
 
+``root`` (what batch files and Label Studio URLs show paths relative to) is the folder, the
+COCO image root, or the deepest folder holding every listed path.
+
 Paths are made absolute and symlinks resolved, so an image already in the labeled set is
 recognised whatever path led to it. Nothing is decoded: a 100,000-image pool lists in
 seconds (one ``stat`` per file for the json and text forms, to report missing files).
@@ -46,13 +49,23 @@ def list_unlabeled(spec: str, images_root: str | None = None) -> PoolListing:
         raise DatasetError(f"dataset.unlabeled must be a path, got {spec!r}")
     path = Path(spec)
     if path.is_dir():
-        return _list_folder(spec, path)
+        return _unique(_list_folder(spec, path))
     if not path.is_file():
         raise DatasetError(f"unlabeled pool {spec!r} not found (expected an image folder, a COCO "
                            f".json without annotations, or a text file of image paths)")
     if path.suffix.lower() == ".json":
-        return _list_coco(spec, path, images_root)
-    return _list_text(spec, path)
+        return _unique(_list_coco(spec, path, images_root))
+    return _unique(_list_text(spec, path))
+
+
+def _unique(listing: PoolListing) -> PoolListing:
+    """Drop repeated paths (a symlink to a listed file, a line given twice); first wins."""
+    seen: set[str] = set()
+    keep = [k for k, p in enumerate(listing.paths) if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    if len(keep) == len(listing.paths):
+        return listing
+    ids = None if listing.ids is None else [listing.ids[k] for k in keep]
+    return PoolListing(listing.spec, [listing.paths[k] for k in keep], listing.root, ids)
 
 
 def _list_folder(spec: str, folder: Path) -> PoolListing:
@@ -97,7 +110,7 @@ def _list_coco(spec: str, path: Path, images_root: str | None) -> PoolListing:
             raise DatasetError(f"unlabeled pool {spec}: image id {iid}: file not found: {p}")
         paths.append(p)
         ids.append(iid)
-    return PoolListing(spec, paths, root, ids)
+    return PoolListing(spec, paths, root if all(under(p, root) for p in paths) else common_root(paths), ids)
 
 
 def _list_text(spec: str, path: Path) -> PoolListing:
@@ -117,7 +130,17 @@ def _list_text(spec: str, path: Path) -> PoolListing:
         paths.append(p)
     if not paths:
         raise DatasetError(f"unlabeled pool {spec} lists no image paths")
-    return PoolListing(spec, paths, root)
+    return PoolListing(spec, paths, common_root(paths))
+
+
+def under(path: str, root: str) -> bool:
+    """True when ``path`` lies inside folder ``root`` (both absolute, normalised)."""
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def common_root(paths: list[str]) -> str:
+    """The deepest folder holding every path."""
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else os.sep
 
 
 def display_name(path: str, root: str) -> str:
