@@ -269,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-url-prefix", metavar="P",
                    help="Label Studio image URLs: P + the path relative to the pool folder")
     s.add_argument("--local-files-root", metavar="R",
-                   help="Label Studio local-files URLs relative to R (default: the pool folder); serve with "
-                        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R")
+                   help="Label Studio local-files URLs relative to R (default: the folder holding the pool "
+                        "folder); serve with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R and a Local files storage on the pool folder")
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")

@@ -88,7 +88,7 @@ def test_labelstudio_foreign_project_and_unknown_image(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="image id 99 is not in any batch"):
         parse_export(write(tmp_path, [task(99, [ann([])])]), view())
     # without activedet data, tasks are matched by the image URL's file
-    t = {"id": 5, "data": {"image": "/data/local-files/?d=b/y.png"}, "annotations": [ann([rect(0, 0, 10, 10)])]}
+    t = {"id": 5, "data": {"image": "/data/local-files/?d=pool/b/y.png"}, "annotations": [ann([rect(0, 0, 10, 10)])]}
     assert parse_export(write(tmp_path, [t]), view()).items[0].image_id == 8
     t["data"]["image"] = "http://host/images/nope.png"
     with pytest.raises(DatasetError, match="'/images/nope.png' is not in any batch"):
@@ -156,7 +156,7 @@ def test_labelstudio_tasks_round_trip_through_the_parser(tmp_path: Path) -> None
                     boxes=np.array([[10, 20, 50, 60], [0, 0, 5, 5]], np.float32),
                     box_scores=np.array([0.9, 0.2], np.float32), box_labels=np.array([2, 1]))
     tasks = labelstudio_tasks([im], spec)
-    assert tasks[0]["data"]["image"] == "/data/local-files/?d=a/x.png"
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=pool/a/x.png"  # relative to the pool's parent
     pred = tasks[0]["predictions"][0]
     assert pred["model_version"] == "entropy-round003" and pred["score"] == pytest.approx(0.7)
     assert len(pred["result"]) == 1  # the 0.2 detection is below the pre-annotation threshold

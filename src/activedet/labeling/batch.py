@@ -79,20 +79,27 @@ def image_url(path: str, spec: BatchSpec) -> str:
 
     ``image_url_prefix``: prefix + the path relative to the pool root. Otherwise Label
     Studio's local-files form ``/data/local-files/?d=REL`` with REL relative to
-    ``local_files_root`` (default: the pool root), to be served with
-    ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
-    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = that root.
+    ``local_files_root`` (default: the folder holding the pool folder), to be served with
+    ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true``,
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = that root and, in the Label Studio project,
+    a *Local files* source storage whose path is the pool folder (Label Studio serves a
+    file only from a storage folder strictly below the document root).
     """
     if spec.image_url_prefix is not None:
         rel = _rel(path, spec.pool_root) or Path(path).name
         prefix = spec.image_url_prefix if spec.image_url_prefix.endswith("/") else spec.image_url_prefix + "/"
         return prefix + quote(rel)
-    root = spec.local_files_root if spec.local_files_root is not None else spec.pool_root
+    root = spec.local_files_root if spec.local_files_root is not None else default_local_root(spec.pool_root)
     rel = _rel(path, os.path.realpath(root))
     if rel is None:
         raise ConfigError(f"image {path} is not under the local-files root {root}; pass --local-files-root "
                           f"with a folder that holds every pool image, or --image-url-prefix")
     return "/data/local-files/?d=" + quote(rel)
+
+
+def default_local_root(pool_root: str) -> str:
+    """Label Studio's document root for a pool folder: the folder that holds it."""
+    return os.path.dirname(os.path.realpath(pool_root).rstrip(os.sep)) or os.sep
 
 
 def _rel(path: str, root: str) -> str | None:

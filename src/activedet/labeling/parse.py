@@ -113,7 +113,12 @@ class _Matcher:
                 hit = self.by_path.get(os.path.realpath(c))
                 if hit is not None:
                     return hit
-        hit = self.by_name.get(Path(name).as_posix())
+        parts = Path(name).parts
+        hit = None
+        for k in range(len(parts)):  # "images/a/x.png" matches the pool name "a/x.png"
+            hit = self.by_name.get("/".join(parts[k:]))
+            if hit is not None:
+                break
         if hit is None:
             hit = self.by_base.get(os.path.basename(name))
         if hit is None:

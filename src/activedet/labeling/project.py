@@ -31,7 +31,7 @@ from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhaustedError
 from activedet.labeling import store
-from activedet.labeling.batch import BatchImage, BatchSpec, predicted_boxes, write_round
+from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
 from activedet.labeling.dataset import project_dataset
 from activedet.labeling.parse import ProjectView, parse_export
 from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
@@ -223,12 +223,16 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
     proj = _open(cfg, project_dir)
     try:
-        if opts.local_files_root is not None:
-            local = os.path.realpath(opts.local_files_root)
-            outside = next((p for p in proj.pool_ids.values() if not under(p, local)), None)
+        if opts.image_url_prefix is None:  # Label Studio serves files from storage folders below its root
+            given = opts.local_files_root is not None
+            local = os.path.realpath(opts.local_files_root) if given else default_local_root(proj.listing.root)
+            outside = next((p for p in proj.pool_ids.values() if not under(os.path.dirname(p), local)), None)
             if outside is not None:
-                raise ConfigError(f"--local-files-root {opts.local_files_root}: pool image {outside} is not under it "
-                                  f"(Label Studio serves local files only below its document root)")
+                raise ConfigError(
+                    f"{'--local-files-root ' + str(opts.local_files_root) if given else 'the default local-files root ' + local}"
+                    f": pool image {outside} is not in a folder below it (Label Studio serves local files only "
+                    f"from storage folders strictly below its document root); pass --local-files-root with a "
+                    f"parent of the pool folder, or --image-url-prefix")
         if test is not None and test.class_names != proj.base.class_names:
             raise ConfigError(f"test split classes {test.class_names} differ from the labeled set's "
                               f"{proj.base.class_names}")
