@@ -114,7 +114,8 @@ def write_csv(images: Sequence[BatchImage], spec: BatchSpec, out: Path) -> None:
         if spec.task == "detection":
             w.writerow(["rank", "image_id", "path", "score", "predicted_boxes"])
             for im in images:
-                w.writerow([im.rank, im.image_id, im.path, _fmt(im.score), predicted_boxes(im, spec)])
+                w.writerow([im.rank, im.image_id, im.path, _fmt(im.score),
+                            "" if im.score is None else predicted_boxes(im, spec)])
         else:
             w.writerow(["rank", "image_id", "path", "score", "predicted_class", "class_score"])
             for im in images:
