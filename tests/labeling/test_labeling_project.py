@@ -93,6 +93,14 @@ def test_select_ingest_select_on_trees(tmp_path: Path, trees_files: Path, capsys
     assert second["round"] == 2 and second["trained"] and len(batch2) == 5
     assert not set(batch2) & (set(batch1) | set(ids[:8]))
 
+    # labels of a closed round are not silently rewritten by a later export
+    changed = json.loads(export.read_text())
+    changed["annotations"][0]["bbox"][2] += 3.0
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    capsys.readouterr()
+    assert main(["ingest", "--project", str(project), str(tmp_path / "changed.json")]) == 2
+    assert "labeled differently in round 1, which is closed" in capsys.readouterr().err
+
 
 def test_select_matches_simulate_and_survives_kill_9(tmp_path: Path, trees_files: Path, capsys) -> None:
     """The same seed and labeled set give simulate's round-1 batch, even when select is
