@@ -23,7 +23,7 @@ def run(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_classification_select_ingest_select(tmp_path: Path, capsys) -> None:
+def test_classification_select_ingest_select(tmp_path: Path, capsys, monkeypatch) -> None:
     digits = load_builtin("digits", "train", {"size": 16})
     by_class: dict[int, list[int]] = {}
     for i in digits.ids:
@@ -39,11 +39,12 @@ def test_classification_select_ingest_select(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
         "task": "classification", "device": "cpu", "seed": 2,
-        "dataset": {"train": str(tmp_path / "labeled"), "unlabeled": str(tmp_path / "pool")},
+        "dataset": {"train": "labeled", "unlabeled": "pool"},  # relative to where select runs
         "model": {"arch": "small_cnn", "image_size": 16},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "hflip": False},
         "strategy": {"name": "margin"}}))
     project = tmp_path / "project"
+    monkeypatch.chdir(tmp_path)
     first = run(capsys, "select", str(cfg), "--project", str(project), "--budget", "8", "--quiet")
     out = Path(first["dir"])
     rows = list(csv.DictReader((out / "batch.csv").open()))
@@ -62,6 +63,8 @@ def test_classification_select_ingest_select(tmp_path: Path, capsys) -> None:
     res = run(capsys, "ingest", "--project", str(project), str(tmp_path / "export.json"))
     assert res["added"] == 7 and res["remaining"] == 1 and res["labeled_images"] == len(labeled) + 7
 
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the project remembers absolute paths
     run(capsys, "export", "--project", str(project), str(tmp_path / "all.json"))
     coco = json.loads((tmp_path / "all.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -69,6 +72,7 @@ def test_classification_select_ingest_select(tmp_path: Path, capsys) -> None:
     got = {files[a["image_id"]]: names[a["category_id"]] for a in coco["annotations"] if files[a["image_id"]] in truth}
     assert len(coco["images"]) == len(labeled) + 7 and got == {f: truth[f] for f in got} and len(got) == 7
 
+    monkeypatch.chdir(tmp_path)
     second = run(capsys, "select", str(cfg), "--project", str(project), "--budget", "8", "--quiet", "--replace")
     done = {t["data"]["activedet_image_id"] for t in tasks[1:]}
     assert second["round"] == 2 and not {r["image_id"] for r in second["batch"]} & done

@@ -57,6 +57,8 @@ def test_select_ingest_select_on_trees(tmp_path: Path, trees_files: Path, capsys
     assert [t["predictions"][0]["model_version"] for t in tasks] == ["entropy-round001"] * 6
     assert '<Label value="tree"/>' in (out / "labelstudio" / "config.xml").read_text()
     assert cli_json(capsys, "status", str(project))["labeling"]["pending_round"] == 1
+    assert main(["status", str(project)]) == 0
+    assert "PENDING: 0 of 6 labeled" in capsys.readouterr().out
 
     # a second select while round 1 is pending is refused and says how to proceed
     capsys.readouterr()

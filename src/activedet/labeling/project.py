@@ -107,9 +107,17 @@ def _file_order(dataset: Any) -> list[int]:
     return list(records) if isinstance(records, dict) else list(dataset.ids)
 
 
+def _absolute(spec: str | None) -> str | None:
+    """A dataset spec with its path made absolute (``builtin:`` and ``voc:`` specs as given),
+    so a project can be used from any working directory."""
+    if spec is None or spec.startswith("builtin:") or spec[:4].lower() == "voc:":
+        return spec
+    return os.path.realpath(spec)
+
+
 def _project_meta(cfg: ExperimentConfig, base: Any, listing: PoolListing, uid: str) -> dict[str, Any]:
-    return {"uid": uid, "train": cfg.dataset.train, "images": cfg.dataset.images,
-            "options": cfg.dataset.options, "unlabeled": cfg.dataset.unlabeled, "task": cfg.task,
+    return {"uid": uid, "train": _absolute(cfg.dataset.train), "images": _absolute(cfg.dataset.images),
+            "options": cfg.dataset.options, "unlabeled": _absolute(cfg.dataset.unlabeled), "task": cfg.task,
             "class_names": list(base.class_names), "root": listing.root,
             "base_images": len(base), "base_boxes": sum(base.num_boxes(i) for i in base.ids)}
 
