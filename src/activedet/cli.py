@@ -108,7 +108,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from activedet.labeling.project import ingest
+    from activedet.labeling.ingest import ingest
 
     res = ingest(args.project, args.file)
     if args.json:
@@ -133,7 +133,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from activedet.labeling.project import export_project
+    from activedet.labeling.export import export_project
 
     counts = export_project(args.project, args.out, args.format)
     print(json.dumps(counts) if args.json else

@@ -8,6 +8,8 @@ replaced by a person; training and selection are the same code as ``simulate``
 (:func:`activedet.loop.runner.train_round`, :func:`activedet.loop.runner.select_batch`).
 """
 
-from activedet.labeling.project import export_project, ingest, select
+from activedet.labeling.export import export_project
+from activedet.labeling.ingest import ingest
+from activedet.labeling.project import select
 
 __all__ = ["select", "ingest", "export_project"]

@@ -86,6 +86,12 @@ class ProjectClassificationDataset(_ProjectMixin, ClassificationDataset):
         return 1
 
 
+def file_order(dataset: Any) -> list[int]:
+    """Image ids in the order the labeled file lists them (the training order of round 0)."""
+    records = getattr(dataset, "_records", None)
+    return list(records) if isinstance(records, dict) else list(dataset.ids)
+
+
 def _relative(path: str, root: str) -> str:
     rel = os.path.relpath(path, root)
     return Path(path).as_posix() if rel.startswith("..") else Path(rel).as_posix()

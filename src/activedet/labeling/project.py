@@ -18,22 +18,20 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from activedet.config import ExperimentConfig, StrategyConfig, dump_config
-from activedet.data.base import ImageRecord, image_size
+from activedet.data.base import ImageRecord
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhaustedError
+from activedet.errors import ConfigError, LabelingError, PoolExhaustedError
 from activedet.labeling import store
 from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
-from activedet.labeling.dataset import project_dataset
-from activedet.labeling.parse import ProjectView, parse_export
+from activedet.labeling.dataset import file_order, project_dataset
 from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.runner import (_save_checkpoint, auto_image_size, load_checkpoint, select_batch,
@@ -65,20 +63,6 @@ class SelectResult:
     pool_left: int = 0
 
 
-@dataclass
-class IngestResult:
-    round: int | None
-    added: int
-    updated: int
-    unchanged: int
-    boxes: int  # boxes in the added and updated images
-    skipped: list[str] = field(default_factory=list)
-    unannotated: list[str] = field(default_factory=list)
-    remaining: int = 0  # images of the pending batch still unlabeled
-    labeled_images: int = 0
-    labeled_boxes: int = 0
-
-
 # ============================================================================ opening
 @dataclass
 class _Project:
@@ -99,12 +83,6 @@ def _load_base(cfg: ExperimentConfig) -> Any:
     if base.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {base.task} dataset but task is '{cfg.task}'")
     return base
-
-
-def _file_order(dataset: Any) -> list[int]:
-    """Image ids in the order the labeled file lists them (the training order of round 0)."""
-    records = getattr(dataset, "_records", None)
-    return list(records) if isinstance(records, dict) else list(dataset.ids)
 
 
 def _absolute(spec: str | None) -> str | None:
@@ -142,7 +120,7 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
                 if old.get(key) != want[key]:
                     raise LabelingError(f"project {project_dir} was made with {key} = {old.get(key)!r}; the "
                                         f"config says {want[key]!r} (use the project's config, or a new --project)")
-        base_order = _file_order(base)
+        base_order = file_order(base)
         labeled_paths = {os.path.realpath(r.path) for r in (base.record(i) for i in base_order) if r.path is not None}
         known = store.image_ids(ledger.conn)
         taken = set(base_order) | set(known.values())
@@ -386,149 +364,3 @@ def _describe(chosen: list[int], scores: dict[int, float] | None, dataset: Any, 
             im.class_score = float(inf.scores[0])
         images.append(im)
     return images
-
-
-# ============================================================================ ingest
-def _open_existing(project_dir: Path) -> tuple[Ledger, dict[str, Any]]:
-    if not (project_dir / Ledger.FILENAME).is_file():
-        raise LabelingError(f"no labeling project at {project_dir} (start one with `activedet select CONFIG.yaml "
-                            f"--project {project_dir} --budget N`)")
-    ledger = Ledger(project_dir)
-    meta = ledger.meta()
-    if "project" not in meta:
-        ledger.close()
-        raise LabelingError(f"{project_dir} holds a simulate run, not a labeling project")
-    store.ensure_schema(ledger.conn)
-    return ledger, meta
-
-
-def ingest(project_dir: str | Path, file: str | Path) -> IngestResult:
-    """Merge a Label Studio JSON export or a COCO file into the labeled set (see
-    :mod:`activedet.labeling.parse` for the rules). All-or-nothing; idempotent."""
-    project_dir, file = Path(project_dir), Path(file)
-    ledger, meta = _open_existing(project_dir)
-    try:
-        return _ingest(ledger, meta, file)
-    finally:
-        ledger.close()
-
-
-def _ingest(ledger: Ledger, meta: dict[str, Any], file: Path) -> IngestResult:
-    conn, proj = ledger.conn, meta["project"]
-    batches = store.batch(conn)
-    paths = {b.image_id: b.path for b in batches}
-    names = {i: display_name(p, proj["root"]) for i, p in paths.items()}
-    sizes: dict[int, tuple[int, int]] = {}
-
-    def size_of(image_id: int) -> tuple[int, int]:
-        if image_id not in sizes:
-            sizes[image_id] = image_size(Path(paths[image_id]), f"{file}: image {names[image_id]}")
-        return sizes[image_id]
-
-    view = ProjectView(proj["uid"], proj["task"], list(proj["class_names"]), paths, names, size_of)
-    parsed = parse_export(file, view)
-    pending = (meta.get("labeling") or {}).get("pending_round")
-    in_pending = {b.image_id: b for b in batches if b.round == pending}
-    existing = {row.image_id: row for row in store.labels(conn)}
-    writes: list[store.LabelRow] = []
-    added = updated = unchanged = boxes = 0
-    for item in parsed.items:
-        old = existing.get(item.image_id)
-        if old is not None and (old.boxes, old.labels) == (item.boxes, item.labels):
-            unchanged += 1
-            continue
-        if old is not None and old.round != pending:
-            raise DatasetError(f"{item.where}: labeled differently in round {old.round}, which is closed "
-                               f"(labels of a closed round are not changed)")
-        if item.image_id not in in_pending:
-            where = f"round {pending}" if pending is not None else "no round is pending"
-            raise DatasetError(f"{item.where}: image is not in the pending batch ({where})")
-        b = in_pending[item.image_id]
-        w, h = size_of(item.image_id)
-        writes.append(store.LabelRow(item.image_id, b.round, b.rank, b.path, w, h, item.boxes, item.labels,
-                                     str(file)))
-        boxes += len(item.boxes)
-        if old is None:
-            added += 1
-        else:
-            updated += 1
-    final = {**existing, **{w.image_id: w for w in writes}}
-    total_images = proj["base_images"] + len(final)
-    total_boxes = proj["base_boxes"] + sum(len(row.boxes) if proj["task"] == "detection" else 1 for row in final.values())
-    remaining = len([i for i in in_pending if i not in final])
-    if writes:
-        sha = hashlib.sha256(file.read_bytes()).hexdigest()
-        with conn:  # one transaction: labels, ledger counts and pending state together
-            for row in writes:
-                store.put_label(conn, row)
-            store.set_labeled_counts(conn, pending, total_images, total_boxes)
-            lab = dict(meta.get("labeling") or {})
-            lab.update(labeled=len(in_pending) - remaining, pending_round=pending if remaining else None)
-            ledger.put_meta(labeling=lab, pool_boxes=total_boxes)
-            store.log_ingest(conn, str(file), sha, pending, added, updated, boxes)
-    return IngestResult(pending, added, updated, unchanged, boxes, parsed.skipped, parsed.unannotated,
-                        remaining, total_images, total_boxes)
-
-
-# ============================================================================ export
-def export_project(project_dir: str | Path, out: str | Path, fmt: str = "coco") -> dict[str, int]:
-    """The whole labeled set (round 0 + every ingested image) as one COCO file.
-
-    ``file_name`` is relative to ``out``'s folder (absolute when on another drive), every
-    image carries ``activedet_round``; in-memory images (built-in datasets) are written as
-    PNG under ``OUT_images/``. Classification: one annotation per image without ``bbox``.
-    Returns counts.
-    """
-    if fmt != "coco":
-        raise ConfigError(f"--format {fmt!r} is not supported (known: coco)")
-    project_dir, out = Path(project_dir), Path(out)
-    ledger, meta = _open_existing(project_dir)
-    try:
-        labels = store.labels(ledger.conn)
-    finally:
-        ledger.close()
-    proj = meta["project"]
-    base = load_dataset(proj["train"], "train", proj.get("images"), proj.get("options") or {})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    names = list(proj["class_names"])
-    images, anns = [], []
-    mem_dir = out.parent / f"{out.stem}_images"
-
-    def file_name(path: Path | None, image_id: int, array: Any) -> str:
-        if path is None:
-            mem_dir.mkdir(exist_ok=True)
-            path = mem_dir / f"{image_id:06d}.png"
-            Image.fromarray(np.ascontiguousarray(array)).save(path)
-        try:
-            return Path(os.path.relpath(os.path.realpath(path), os.path.realpath(out.parent))).as_posix()
-        except ValueError:  # another drive (Windows)
-            return Path(os.path.realpath(path)).as_posix()
-
-    def add(image_id: int, path: Path | None, array: Any, width: int, height: int, round_: int,
-            boxes: Any, labels: Any, difficult: Any = None) -> None:
-        images.append({"id": int(image_id), "file_name": file_name(path, image_id, array), "width": int(width),
-                       "height": int(height), "activedet_round": int(round_)})
-        if proj["task"] == "classification":
-            anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(labels[0]) + 1})
-            return
-        for k, (box, lab) in enumerate(zip(boxes, labels)):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            ann = {"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(lab),
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-            if difficult is not None and bool(difficult[k]):
-                ann.update(iscrowd=1, ignore=1, difficult=1)
-            anns.append(ann)
-
-    for i in _file_order(base):
-        r = base.record(i)
-        labs = [r.label] if proj["task"] == "classification" else r.labels
-        add(i, r.path, r.array, r.width, r.height, 0, r.boxes, labs, r.difficult)
-    for row in labels:
-        add(row.image_id, Path(row.path), None, row.width, row.height, row.round, row.boxes, row.labels)
-    coco = {"info": {"description": "activedet labeled set", "activedet_project": proj["uid"]},
-            "images": images, "annotations": anns,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, out)
-    return {"images": len(images), "annotations": len(anns), "ingested": len(labels)}
