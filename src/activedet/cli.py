@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", required=True, type=int, help="how many images (or boxes, see --unit) to select")
     s.add_argument("--strategy", help="strategy name (default: the config's strategy)")
     s.add_argument("--unit", choices=["images", "boxes"], default="images",
-                   help="budget unit; boxes: predicted boxes per image (detections >= --prelabel-score)")
+                   help="budget unit; boxes: predicted boxes per image (detections >= --prelabel-score, "
+                        "at least 1)")
     s.add_argument("--replace", action="store_true",
                    help="drop the unlabeled images of the pending batch and select again")
     s.add_argument("--image-url-prefix", metavar="P",

@@ -95,6 +95,13 @@ def test_select_ingest_select_on_trees(tmp_path: Path, trees_files: Path, capsys
     assert second["round"] == 2 and second["trained"] and len(batch2) == 5
     assert not set(batch2) & (set(batch1) | set(ids[:8]))
 
+    # a budget in boxes: images are taken in rank order while their predicted boxes fit
+    boxes = select(capsys, cfg, project, 3, "--replace", "--unit", "boxes")
+    rows = list(csv.DictReader((Path(boxes["dir"]) / "batch.csv").open()))
+    assert boxes["round"] == 2 and not boxes["trained"] and 1 <= len(rows) <= 3
+    assert sum(max(1, int(r["predicted_boxes"])) for r in rows) <= 3
+    assert [r["image_id"] for r in boxes["batch"]] == batch2[:len(rows)]  # the same ranking
+
     # labels of a closed round are not silently rewritten by a later export
     changed = json.loads(export.read_text())
     changed["annotations"][0]["bbox"][2] += 3.0

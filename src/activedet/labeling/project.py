@@ -163,7 +163,8 @@ def _ingested_record(row: store.LabelRow, task: str, root: str) -> ImageRecord:
 
 class _PredictedCosts(dict):
     """Box costs: known for labeled images; for pool images, the model's detections scoring
-    at least ``thresh`` (computed on first use, so only the images ``fit_budget`` walks)."""
+    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
+    computed on first use, so only for the images ``fit_budget`` walks."""
 
     def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
         super().__init__(known)
@@ -171,7 +172,7 @@ class _PredictedCosts(dict):
 
     def __missing__(self, image_id: int) -> int:
         inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
-        value = int((inf.scores >= self.thresh).sum())
+        value = max(1, int((inf.scores >= self.thresh).sum()))
         self[image_id] = value
         return value
 
