@@ -211,3 +211,14 @@ def test_bad_project_input_exits_2_with_one_line(tmp_path: Path, trees_files: Pa
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "p" / "ledger.sqlite").exists()
+
+    # an unreadable pool image is named when the pool is scored; no batch is recorded
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    names = {im["id"]: im["file_name"] for im in gt(trees_files)["images"]}
+    (tmp_path / "pool.txt").write_text(f"{trees_files / 'all' / names[ids[5]]}\nbroken.png\n")
+    capsys.readouterr()
+    assert main(["select", str(missing), "--project", str(tmp_path / "p"), "--budget", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read image" in err and "broken.png" in err and len(err.splitlines()) == 1
+    with Ledger(tmp_path / "p") as ledger:
+        assert (ledger.meta().get("labeling") or {}).get("pending_round") is None
