@@ -4,7 +4,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-v1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup clean
+# Label Studio lives in its own venv so it can never change the torch install above.
+LS_VENV  := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23
+
+.PHONY: demo test test-integration setup clean
 
 setup: $(STAMP)
 
@@ -30,6 +34,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q 'label-studio>=1.23,<1.24'
+	touch $(LS_STAMP)
+
+# A real Label Studio server on 127.0.0.1: select -> import -> annotate -> export -> ingest -> select.
+test-integration: $(STAMP) $(LS_STAMP)
+	ACTIVEDET_LABEL_STUDIO=$(LS_VENV)/bin/label-studio $(PY) -m pytest -m integration -s tests/labeling
 
 clean:
 	rm -rf demo .pytest_cache

@@ -65,6 +65,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_text(status: dict[str, Any]) -> str:
+    lab = status.get("labeling")
+    if lab is not None:
+        return _project_status_text(status, lab)
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
              f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
              f"/ {status['pool_boxes']} boxes"]
@@ -102,6 +105,89 @@ def _training_cell(round_: dict[str, Any]) -> tuple[str, str | None]:
     if last:
         return f"{curve} retried {last}x", f"retried {last}x after: " + "; ".join(reasons)
     return f"{curve} ok", None
+
+
+# ------------------------------------------------------------------ labeling projects
+def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
+    pending = lab.get("pending_round")
+    lines = [f"project {status['run_dir']}: {status['pool_size']} images (labeled and unlabeled), "
+             f"last strategy {status['strategy']}"]
+    lines.append(f"{'round':>5} {'batch':>6} {'images':>7} {'boxes':>7}  state / metrics")
+    for r in status["rounds"]:
+        m = r["metrics"] or {}
+        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m)
+        if r["round"] == pending:
+            shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
+        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
+                     f"{shown or '-'}")
+    if pending is not None:
+        lines.append(f"round {pending} is pending: label {lab.get('dir')}, then `activedet ingest --project "
+                     f"{status['run_dir']} EXPORT.json`")
+    return "\n".join(lines)
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from activedet.config import load_config
+    from activedet.labeling.project import SelectOptions, select
+
+    cfg = load_config(args.config)
+    if args.device:
+        cfg.device = args.device
+    opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
+                         image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
+                         prelabel_score=args.prelabel_score)
+    res = select(cfg, args.project, opts, progress=not args.quiet)
+    rows = [{"rank": im.rank, "image_id": im.image_id, "path": im.path, "score": im.score} for im in res.images]
+    if args.json:
+        print(json.dumps({"round": res.round, "dir": str(res.out_dir), "files": [str(f) for f in res.files],
+                          "trained": res.trained, "metrics": res.metrics, "dropped": res.dropped,
+                          "pool_left": res.pool_left, "batch": rows}))
+        return 0
+    if res.dropped:
+        print(f"dropped {res.dropped} unlabeled images of the replaced batch (back in the pool)")
+    model = "no model yet: random draw" if res.round == 0 else (
+        "model trained" if res.trained else "model reused (labeled set unchanged)")
+    print(f"round {res.round}: selected {len(res.images)} images ({model}); {res.pool_left} left in the pool")
+    for f in res.files:
+        print(f"  {f}")
+    print(f"next: label them (Label Studio: import {res.out_dir / 'labelstudio' / 'tasks.json'}), then "
+          f"`activedet ingest --project {args.project} EXPORT.json`")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from activedet.labeling.ingest import ingest
+
+    res = ingest(args.project, args.file)
+    if args.json:
+        print(json.dumps({"round": res.round, "added": res.added, "updated": res.updated,
+                          "unchanged": res.unchanged, "boxes": res.boxes, "skipped": res.skipped,
+                          "unannotated": res.unannotated, "remaining": res.remaining,
+                          "labeled_images": res.labeled_images, "labeled_boxes": res.labeled_boxes}))
+        return 0
+    print(f"ingested {args.file}: {res.added} images added, {res.updated} updated, {res.unchanged} unchanged "
+          f"({res.boxes} boxes); labeled set now {res.labeled_images} images / {res.labeled_boxes} boxes")
+    for what, items in (("skipped (cancelled)", res.skipped), ("not annotated yet", res.unannotated)):
+        if items:
+            print(f"  {len(items)} {what}: " + "; ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
+    if res.round is None:
+        print("no round is pending: run `activedet select` for the next batch")
+    elif res.remaining:
+        print(f"partial batch: {res.remaining} images of round {res.round} are still pending; ingest them "
+              f"later, or `activedet select ... --replace` to drop them")
+    else:
+        print(f"round {res.round} complete: run `activedet select` for the next batch")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from activedet.labeling.export import export_project
+
+    counts = export_project(args.project, args.out, args.format)
+    print(json.dumps(counts) if args.json else
+          f"wrote {args.out}: {counts['images']} images, {counts['annotations']} annotations "
+          f"({counts['ingested']} images ingested by this project)")
+    return 0
 
 
 def run_labels(names: Sequence[str], settings: Sequence[dict[str, Any]]) -> list[str]:
@@ -277,6 +363,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="machine-readable status")
     s.set_defaults(func=_cmd_status)
+
+    s = sub.add_parser("select", help="score a real pool and write the next batch to label",
+                       description="Train on the labeled set (dataset.train plus everything ingested; "
+                                   "the checkpoint is reused when it did not change), rank the images of "
+                                   "dataset.unlabeled with the strategy and write DIR/rounds/NNN/: "
+                                   "batch.csv, batch.coco.json (the model's detections as pre-annotations) "
+                                   "and labelstudio/tasks.json + config.xml. The round stays pending "
+                                   "until its labels are ingested.")
+    s.add_argument("config", help="experiment config (YAML) with dataset.train and dataset.unlabeled")
+    s.add_argument("--project", required=True, help="project directory (created on first use)")
+    s.add_argument("--budget", required=True, type=int, help="how many images (or boxes, see --unit) to select")
+    s.add_argument("--strategy", help="strategy name (default: the config's strategy)")
+    s.add_argument("--unit", choices=["images", "boxes"], default="images",
+                   help="budget unit; boxes: predicted boxes per image (detections >= --prelabel-score, "
+                        "at least 1)")
+    s.add_argument("--replace", action="store_true",
+                   help="drop the unlabeled images of the pending batch and select again")
+    s.add_argument("--image-url-prefix", metavar="P",
+                   help="Label Studio image URLs: P + the path relative to the pool folder")
+    s.add_argument("--local-files-root", metavar="R",
+                   help="Label Studio local-files URLs relative to R (default: the folder holding the pool "
+                        "folder); serve with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R and a Local files storage on the pool folder")
+    s.add_argument("--prelabel-score", type=float, default=0.5,
+                   help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
+    s.set_defaults(func=_cmd_select)
+
+    s = sub.add_parser("ingest", help="merge labels (Label Studio JSON export or COCO) into the labeled set",
+                       description="Validate FILE against the pending batch and merge it into the labeled "
+                                   "set in one transaction. Label Studio: per task the latest non-cancelled "
+                                   "annotation counts; cancelled/skipped tasks are not counted. COCO: every "
+                                   "listed image is labeled (no annotations = an empty image). Ingesting the "
+                                   "same file twice changes nothing; a partial batch stays pending.")
+    s.add_argument("--project", required=True, help="project directory")
+    s.add_argument("file", help="Label Studio JSON export, or a COCO json (CVAT, Label Studio COCO, ...)")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
+    s.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("export", help="the whole labeled set of a project as one COCO file")
+    s.add_argument("--project", required=True, help="project directory")
+    s.add_argument("--format", choices=["coco"], default="coco")
+    s.add_argument("out", metavar="OUT.json")
+    s.add_argument("--json", action="store_true", help="print counts as JSON")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("report", help="curves (AP vs images, AP vs boxes), tables and an HTML page")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -35,6 +35,8 @@ class DatasetConfig:
     test: str | None = None
     reference: str | None = None
     images: str | None = None  # image root for COCO json files (default: next to the json)
+    unlabeled: str | None = None  # select/ingest only: the real pool (image folder, COCO json
+    # without annotations, or a text file of paths); `train` is then the labeled set
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
     bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
 

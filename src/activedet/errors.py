@@ -53,3 +53,7 @@ class RunDirError(ActivedetError):
 
 class CheckpointError(ActivedetError):
     """A recorded checkpoint is missing, truncated or does not match its recorded checksum."""
+
+
+class LabelingError(ActivedetError):
+    """A labeling project cannot take this step (a batch is pending, nothing to ingest)."""

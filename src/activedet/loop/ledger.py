@@ -106,8 +106,12 @@ class Ledger:
     @_writes
     def set_meta(self, **values: Any) -> None:
         with self.conn:
-            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                  [(k, _dumps(v)) for k, v in values.items()])
+            self.put_meta(**values)
+
+    def put_meta(self, **values: Any) -> None:
+        """:meth:`set_meta` without committing (for a caller's own ``with ledger.conn:``)."""
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [(k, _dumps(v)) for k, v in values.items()])
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
@@ -117,12 +121,17 @@ class Ledger:
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                   seconds: dict[str, float], scores: dict[int, float] | None) -> None:
         with self.conn:
-            self.conn.execute(
-                "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scores, "
-                "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (round_, _dumps([int(i) for i in selected]), labeled_images, labeled_boxes,
-                 _dumps(seconds), None if scores is None else _dumps({str(k): float(v) for k, v in scores.items()}),
-                 time.time()))
+            self.insert_round(round_, selected, labeled_images, labeled_boxes, seconds, scores)
+
+    def insert_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
+                     seconds: dict[str, float], scores: dict[int, float] | None) -> None:
+        """:meth:`add_round` without committing (for a caller's own ``with ledger.conn:``)."""
+        self.conn.execute(
+            "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scores, "
+            "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (round_, _dumps([int(i) for i in selected]), labeled_images, labeled_boxes,
+             _dumps(seconds), None if scores is None else _dumps({str(k): float(v) for k, v in scores.items()}),
+             time.time()))
 
     def _merge_seconds(self, round_: int, seconds: dict[str, float]) -> str:
         row = self.conn.execute("SELECT seconds FROM rounds WHERE round = ?", (round_,)).fetchone()
@@ -184,4 +193,5 @@ class Ledger:
             "unit": meta.get("unit", "images"),
             "quarantined": meta.get("quarantined") or {},  # image id (str) -> why it was left out
             "rounds": rounds,
+            "labeling": meta.get("labeling"),  # labeling projects: the pending batch, else None
         }

@@ -33,7 +33,7 @@ from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
-from activedet.training.trainer import get_trainer, train_round
+from activedet.training.trainer import TrainResult, get_trainer, train_round
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,6 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
     done = {r["round"]: r for r in ledger.rounds()}
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
-    trainer = get_trainer(exp.strategy.trainer)
     sums: dict[str, str] = dict(ledger.meta().get("checkpoint_sha256") or {})
     model_round = -1  # which round's model the adapter holds
 
@@ -272,29 +271,11 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
         nonlocal model_round
         t0 = time.perf_counter()
         fresh = cfg.loop.reinit or k == 0
-        if fresh:
-            adapter.reset(derive_seed(cfg.seed, k, "init"))
-        else:
+        if not fresh:
             hold(k - 1)
-        start_state = None if fresh else adapter.state_dict()
-
-        def restart(attempt: int) -> int:
-            """A collapsed round starts again: a re-initialised model (or the previous
-            round's, when the loop does not re-initialise) and a new training seed."""
-            if start_state is None:
-                adapter.reset(derive_seed(cfg.seed, k, "init", attempt))
-            else:
-                adapter.load_state_dict(start_state)
-            return derive_seed(cfg.seed, k, "train", attempt)
-
         labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
         unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
-        log.info("round %d: training on %d images (%d boxes)", k, len(labeled), pool.cost(labeled))
-        try:
-            result = train_round(trainer, adapter, exp.train, labeled, unlabeled, cfg.train, exp.strategy.params,
-                                 derive_seed(cfg.seed, k, "train"), progress, restart)
-        except TrainingError as e:  # the round stays untrained in the ledger: --resume trains it again
-            raise type(e)(f"round {k}: {e}") from None
+        result = train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh, progress, labeled, unlabeled)
         ckpt = f"checkpoints/round_{k:03d}.pt"
         sums[ckpt] = _save_checkpoint(adapter, run_dir / ckpt, k)
         ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained
@@ -336,23 +317,67 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
                 hook(status)
 
 
-def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
-    cfg, pool = exp.cfg, exp.pool
-    unit = cfg.loop.unit
-    budget = target - _labeled_amount(pool, unit)
-    rng = np.random.default_rng(derive_seed(cfg.seed, r, "select"))
+def train_model(cfg: ExperimentConfig, strategy: Strategy, adapter: Any, dataset: Any, pool: Pool, r: int,
+                fresh: bool, progress: bool, labeled: Sequence[int] | None = None,
+                unlabeled: Sequence[int] | None = None) -> TrainResult:
+    """Train ``adapter`` for round ``r`` with round ``r``'s seeds on ``labeled`` (default:
+    ``pool.labeled``, in its order) with ``unlabeled`` (default: ``pool.unlabeled``) for the
+    strategies that train on it; ``fresh`` re-initialises the model first (else training
+    continues from the weights it holds). Shared by ``simulate`` and ``select``: the same
+    labeled ids in the same order give the same model.
+
+    Training health is judged and a collapsed round handled per ``train.on_collapse``
+    (:func:`~activedet.training.trainer.train_round`): a retry re-initialises with a seed
+    derived from ``(seed, r, attempt)``, or, without ``fresh``, restarts from the weights
+    held now. A :class:`TrainingError` names round ``r``; the caller records nothing, so
+    ``--resume`` trains the round again."""
+    labeled = list(pool.labeled) if labeled is None else list(labeled)
+    unlabeled = pool.unlabeled if unlabeled is None else unlabeled
+    if fresh:
+        adapter.reset(derive_seed(cfg.seed, r, "init"))
+    start_state = None if fresh else adapter.state_dict()
+
+    def restart(attempt: int) -> int:
+        if start_state is None:
+            adapter.reset(derive_seed(cfg.seed, r, "init", attempt))
+        else:
+            adapter.load_state_dict(start_state)
+        return derive_seed(cfg.seed, r, "train", attempt)
+
+    log.info("round %d: training on %d images (%d boxes)", r, len(labeled), pool.cost(labeled))
+    try:
+        return train_round(get_trainer(strategy.trainer), adapter, dataset, labeled, unlabeled, cfg.train,
+                           strategy.params, derive_seed(cfg.seed, r, "train"), progress, restart)
+    except TrainingError as e:
+        raise type(e)(f"round {r}: {e}") from None
+
+
+def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
+                 seed: int) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
+    """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is a
+    seeded random draw, later rounds are ranked by ``strategy`` with the model in
+    ``adapter``. Shared by ``simulate`` and ``select``. Returns (chosen ids, per-image
+    scores or None, seconds per stage); ``pool`` is not modified."""
+    rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
     scores = None
     if r == 0:
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
-        ranked = exp.strategy.select(adapter, pool, n, rng)
-        scores = exp.strategy.last_scores
+        ranked = strategy.select(adapter, pool, n, rng)
+        scores = strategy.last_scores
     t1 = time.perf_counter()
     chosen = fit_budget(ranked, pool, unit, budget)
+    return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
+
+
+def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
+    cfg, pool = exp.cfg, exp.pool
+    unit = cfg.loop.unit
+    budget = target - _labeled_amount(pool, unit)
+    chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed)
     pool.add(chosen, r)
-    seconds = {"score": t1 - t0, "select": time.perf_counter() - t1}
     ledger.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
     return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
@@ -363,4 +388,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
 
 
-__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint"]
+__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+           "train_model", "select_batch"]

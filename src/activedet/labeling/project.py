@@ -1,0 +1,369 @@
+"""A labeling project: ``select`` → (people label) → ``ingest`` → ``select`` ...
+
+The project directory is a run directory: ``ledger.sqlite`` (the same ledger as
+``simulate``, plus the tables of :mod:`activedet.labeling.store`), ``checkpoints/`` and
+``rounds/NNN/`` with each round's batch files.
+
+Rounds follow ``simulate``: round 0 is the labeled set of ``dataset.train`` (or, when it
+holds no image, a seeded random batch from the pool); round r >= 1 is selected with the
+model trained on rounds 0..r-1, with the same seeds, the same training order and the same
+selection code (:func:`activedet.loop.runner.train_model`, :func:`select_batch`), so a
+simulated round and a real one select the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activedet.config import ExperimentConfig, StrategyConfig, dump_config
+from activedet.data.base import ImageRecord
+from activedet.data.loading import load_dataset
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError, LabelingError, PoolExhaustedError
+from activedet.labeling import store
+from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
+from activedet.labeling.dataset import file_order, project_dataset
+from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
+from activedet.loop.ledger import Ledger
+from activedet.loop.lock import run_lock
+from activedet.loop.runner import (_save_checkpoint, auto_image_size, load_checkpoint, select_batch,
+                                   train_model)
+from activedet.models.factory import build_adapter
+from activedet.strategies.registry import build_strategy
+
+
+@dataclass
+class SelectOptions:
+    budget: int
+    strategy: str | None = None  # overrides the config's strategy (its settings are then defaults)
+    unit: str = "images"  # images | boxes (boxes: the model's predicted box count is the cost)
+    replace: bool = False
+    image_url_prefix: str | None = None
+    local_files_root: str | None = None
+    prelabel_score: float = 0.5
+
+
+@dataclass
+class SelectResult:
+    round: int
+    out_dir: Path
+    images: list[BatchImage]
+    files: list[Path]
+    trained: bool  # False when the round's checkpoint was reused
+    metrics: dict[str, Any] | None
+    dropped: int = 0  # unlabeled images of a replaced batch returned to the pool
+    pool_left: int = 0
+
+
+# ============================================================================ opening
+@dataclass
+class _Project:
+    ledger: Ledger
+    meta: dict[str, Any]
+    base: Any  # the labeled set of dataset.train (round 0)
+    base_order: list[int]
+    listing: PoolListing
+    pool_ids: dict[int, str]  # pool image id -> path (listed now, or ingested earlier)
+    labels: list[store.LabelRow]
+
+
+def _load_base(cfg: ExperimentConfig) -> Any:
+    if cfg.dataset.train is None:
+        raise ConfigError("config key 'dataset.train' is required: the labeled set (to start from no "
+                          "labels, a COCO file with your categories and an empty 'images' list)")
+    base = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, cfg.dataset.options)
+    if base.task != cfg.task:
+        raise ConfigError(f"dataset '{cfg.dataset.train}' is a {base.task} dataset but task is '{cfg.task}'")
+    return base
+
+
+def _absolute(spec: str | None) -> str | None:
+    """A dataset spec with its path made absolute (``builtin:`` and ``voc:`` specs as given),
+    so a project can be used from any working directory."""
+    if spec is None or spec.startswith("builtin:") or spec[:4].lower() == "voc:":
+        return spec
+    return os.path.realpath(spec)
+
+
+def _project_meta(cfg: ExperimentConfig, base: Any, listing: PoolListing, uid: str) -> dict[str, Any]:
+    return {"uid": uid, "train": _absolute(cfg.dataset.train), "images": _absolute(cfg.dataset.images),
+            "options": cfg.dataset.options, "unlabeled": _absolute(cfg.dataset.unlabeled), "task": cfg.task,
+            "class_names": list(base.class_names), "root": listing.root,
+            "base_images": len(base), "base_boxes": sum(base.num_boxes(i) for i in base.ids)}
+
+
+def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
+    if cfg.dataset.unlabeled is None:
+        raise ConfigError("config key 'dataset.unlabeled' is required by select: the images to label "
+                          "(an image folder, a COCO json without annotations, or a text file of paths)")
+    base = _load_base(cfg)
+    listing = list_unlabeled(cfg.dataset.unlabeled)
+    existed = (project_dir / Ledger.FILENAME).is_file()
+    ledger = Ledger(project_dir, create=True)
+    try:
+        store.ensure_schema(ledger.conn)
+        meta = ledger.meta()
+        if existed and "project" not in meta:
+            raise LabelingError(f"{project_dir} holds a simulate run, not a labeling project; choose another --project")
+        want = _project_meta(cfg, base, listing, meta.get("project", {}).get("uid", uuid.uuid4().hex[:12]))
+        if "project" in meta:
+            old = meta["project"]
+            for key in ("train", "unlabeled", "task", "class_names"):
+                if old.get(key) != want[key]:
+                    raise LabelingError(f"project {project_dir} was made with {key} = {old.get(key)!r}; the "
+                                        f"config says {want[key]!r} (use the project's config, or a new --project)")
+        base_order = file_order(base)
+        labeled_paths = {os.path.realpath(r.path) for r in (base.record(i) for i in base_order) if r.path is not None}
+        known = store.image_ids(ledger.conn)
+        taken = set(base_order) | set(known.values())
+        next_id = max(taken | set(listing.ids or []) | {0}) + 1
+        new: dict[str, int] = {}
+        for k, path in enumerate(listing.paths):
+            if path in labeled_paths or path in known or path in new:
+                continue
+            want_id = listing.ids[k] if listing.ids is not None else None
+            if want_id is not None and want_id not in taken:
+                new[path] = want_id
+            else:
+                while next_id in taken:
+                    next_id += 1
+                new[path] = next_id
+            taken.add(new[path])
+        labels = store.labels(ledger.conn)
+        with ledger.conn:
+            store.add_images(ledger.conn, new)
+            ledger.put_meta(project=want)
+        known.update(new)
+        listed = set(listing.paths)
+        pool_ids = {i: p for p, i in known.items() if p in listed and p not in labeled_paths}
+        for row in labels:  # ingested images stay in the project even if gone from the listing
+            pool_ids[row.image_id] = row.path
+        return _Project(ledger, ledger.meta(), base, base_order, listing, pool_ids, labels)
+    except BaseException:
+        ledger.close()
+        raise
+
+
+def _ingested_record(row: store.LabelRow, task: str, root: str) -> ImageRecord:
+    if task == "classification":
+        return ImageRecord(id=row.image_id, file_name=display_name(row.path, root), width=row.width,
+                           height=row.height, path=Path(row.path), label=int(row.labels[0]))
+    return ImageRecord(id=row.image_id, file_name=display_name(row.path, root), width=row.width,
+                       height=row.height, boxes=np.asarray(row.boxes, np.float32).reshape(-1, 4),
+                       labels=np.asarray(row.labels, np.int64), path=Path(row.path))
+
+
+class _PredictedCosts(dict):
+    """Box costs: known for labeled images; for pool images, the model's detections scoring
+    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
+    computed on first use, so only for the images ``fit_budget`` walks."""
+
+    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
+        super().__init__(known)
+        self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
+
+    def __missing__(self, image_id: int) -> int:
+        inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
+        value = max(1, int((inf.scores >= self.thresh).sum()))
+        self[image_id] = value
+        return value
+
+
+def _fingerprint(cfg: ExperimentConfig, dataset: Any, labeled: list[int]) -> str:
+    """What a checkpoint depends on: the resolved config and every labeled image's labels."""
+    h = hashlib.sha256(dump_config(cfg).encode())
+    for i in labeled:
+        r = dataset.record(i)
+        h.update(json.dumps([i, r.file_name, r.label, np.asarray(r.boxes).round(3).tolist(),
+                             np.asarray(r.labels).tolist()]).encode())
+    return h.hexdigest()
+
+
+# ============================================================================ select
+def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
+           progress: bool = True) -> SelectResult:
+    """Train on the labeled set (or reuse the checkpoint), rank the pool, write the batch."""
+    project_dir = Path(project_dir)
+    if isinstance(opts.budget, bool) or not isinstance(opts.budget, int) or opts.budget < 1:
+        raise ConfigError(f"--budget must be a positive integer, got {opts.budget!r}")
+    if opts.unit not in ("images", "boxes"):
+        raise ConfigError(f"--unit {opts.unit!r} is not one of images, boxes")
+    if opts.image_url_prefix is not None and opts.local_files_root is not None:
+        raise ConfigError("pass either --image-url-prefix or --local-files-root, not both")
+    if not 0 <= opts.prelabel_score <= 1:
+        raise ConfigError(f"--prelabel-score {opts.prelabel_score!r} must be in [0, 1]")
+    if opts.strategy is not None and opts.strategy != cfg.strategy.name:
+        cfg.strategy = StrategyConfig(name=opts.strategy, params={})
+    strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+    strategy.check_model(cfg.task, cfg.model.arch)
+    strategy.progress = progress
+    test = None
+    if cfg.dataset.test is not None:
+        test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
+    with run_lock(project_dir, "select"):  # one writer per project directory
+        proj = _open(cfg, project_dir)
+        try:
+            if opts.image_url_prefix is None:  # Label Studio serves files from storage folders below its root
+                given = opts.local_files_root is not None
+                local = os.path.realpath(opts.local_files_root) if given else default_local_root(proj.listing.root)
+                outside = next((p for p in proj.pool_ids.values() if not under(os.path.dirname(p), local)), None)
+                if outside is not None:
+                    raise ConfigError(
+                        f"{'--local-files-root ' + str(opts.local_files_root) if given else 'the default local-files root ' + local}"
+                        f": pool image {outside} is not in a folder below it (Label Studio serves local files only "
+                        f"from storage folders strictly below its document root); pass --local-files-root with a "
+                        f"parent of the pool folder, or --image-url-prefix")
+            if test is not None and test.class_names != proj.base.class_names:
+                raise ConfigError(f"test split classes {test.class_names} differ from the labeled set's "
+                                  f"{proj.base.class_names}")
+            return _select(cfg, project_dir, opts, strategy, test, proj, progress)
+        finally:
+            proj.ledger.close()
+
+
+def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strategy: Any, test: Any,
+            proj: _Project, progress: bool) -> SelectResult:
+    ledger, conn = proj.ledger, proj.ledger.conn
+    rounds = {row["round"]: row for row in ledger.rounds()}
+    pending = (proj.meta.get("labeling") or {}).get("pending_round")
+    drop_round: int | None = None
+    dropped = 0
+    if pending is not None:
+        batch_ids = [b.image_id for b in store.batch(conn, pending)]
+        done = {row.image_id for row in proj.labels if row.round == pending}
+        if not opts.replace:
+            raise LabelingError(
+                f"round {pending} is pending ({len(done)} of {len(batch_ids)} images labeled): ingest the "
+                f"labels with `activedet ingest --project {project_dir} EXPORT.json`, or pass --replace to "
+                f"drop its {len(batch_ids) - len(done)} unlabeled images and select again")
+        dropped = len(batch_ids) - len(done)
+        r = pending if not done else pending + 1
+        drop_round = pending if not done else None
+    else:
+        r = max(rounds) + 1 if rounds else (1 if proj.base_order else 0)
+
+    # ---- the labeled set (rounds 0..r-1) and the pool
+    task, root = cfg.task, proj.listing.root
+    extra = {row.image_id: _ingested_record(row, task, root) for row in proj.labels}
+    pool_paths = {i: p for i, p in proj.pool_ids.items() if i not in extra}
+    dataset = project_dataset(task, proj.base.class_names, proj.base, extra, pool_paths, root)
+    costs = {i: proj.base.num_boxes(i) for i in proj.base_order}
+    costs.update({i: (1 if task == "classification" else len(rec.labels)) for i, rec in extra.items()})
+    pool = Pool(list(proj.base_order) + list(extra) + list(pool_paths), costs, dataset)
+    if proj.base_order and not rounds:  # round 0: the labeled set the project starts from
+        with conn:
+            ledger.insert_round(0, proj.base_order, len(proj.base_order), sum(costs[i] for i in proj.base_order),
+                                {}, None)
+        rounds = {row["round"]: row for row in ledger.rounds()}
+    pool.add(proj.base_order, 0)
+    for rd in sorted({row.round for row in proj.labels}):
+        pool.add([row.image_id for row in proj.labels if row.round == rd], rd)
+    if not pool.unlabeled:
+        raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
+
+    # ---- the model trained on rounds 0..r-1 (reused when nothing changed)
+    trained, metrics, adapter = False, None, None
+    if r > 0:
+        if not pool.labeled:
+            raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
+        if cfg.model.image_size is None:
+            cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
+        adapter = build_adapter(cfg, len(proj.base.class_names), strategy)
+        (project_dir / "checkpoints").mkdir(exist_ok=True)
+        prev = r - 1
+        ckpt = f"checkpoints/round_{prev:03d}.pt"
+        fp = _fingerprint(cfg, dataset, list(pool.labeled))
+        row = rounds[prev]
+        if row.get("checkpoint") and store.fingerprint(conn, prev) == fp and (project_dir / ckpt).is_file():
+            load_checkpoint(adapter, project_dir / ckpt)
+            metrics = row.get("metrics")
+        else:
+            with conn:
+                conn.execute("DELETE FROM project_models WHERE round = ?", (prev,))
+            t0 = time.perf_counter()
+            fresh = cfg.loop.reinit or prev == 0
+            before = rounds.get(prev - 1, {}).get("checkpoint")
+            if not fresh and before and (project_dir / before).is_file():
+                load_checkpoint(adapter, project_dir / before)
+            else:
+                fresh = True
+            result = train_model(cfg, strategy, adapter, dataset, pool, prev, fresh, progress)
+            _save_checkpoint(adapter, project_dir / ckpt, prev)
+            ledger.set_trained(prev, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
+            with conn:
+                store.set_fingerprint(conn, prev, fp)
+            trained = True
+        if test is not None and (trained or metrics is None):
+            t0 = time.perf_counter()
+            metrics = adapter.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
+            ledger.set_metrics(prev, metrics, {"evaluate": time.perf_counter() - t0})
+        if opts.unit == "boxes" and task == "detection":
+            pool.costs = _PredictedCosts(pool.costs, adapter, dataset, opts.prelabel_score)
+    elif opts.unit == "boxes":
+        raise ConfigError("--unit boxes needs a model to predict box counts; the first batch of a project "
+                          "without labels is drawn at random: use --unit images")
+    if opts.unit == "images" and opts.budget > len(pool.unlabeled):
+        raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
+    unit = "images" if task == "classification" else opts.unit
+
+    # ---- select (the simulate code path) and describe the batch
+    chosen, scores, seconds = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed)
+    if not chosen:
+        raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
+    spec = BatchSpec(proj.meta["project"]["uid"], r, cfg.strategy.name if r > 0 else "random", task,
+                     list(proj.base.class_names), opts.prelabel_score, opts.image_url_prefix,
+                     opts.local_files_root, root)
+    images = _describe(chosen, scores, dataset, adapter, cfg, r)
+    out_dir = project_dir / "rounds" / f"{r:03d}"
+    out_dir.parent.mkdir(exist_ok=True)
+    files = write_round(images, spec, out_dir)
+    rows = [store.BatchRow(r, im.rank, im.image_id, im.path, im.score,
+                           predicted_boxes(im, spec) if adapter is not None else None) for im in images]
+    with conn:  # one transaction: the round, its batch and the pending state
+        if drop_round is not None:
+            store.delete_round(conn, drop_round)
+        ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
+        store.insert_batch(conn, rows)
+        ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
+                                  "strategy": spec.strategy, "dir": str(out_dir)},
+                        strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
+                        pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
+                        config_yaml=dump_config(cfg), config=cfg.to_dict(),
+                        train_source=cfg.dataset.train)
+    return SelectResult(r, out_dir, images, files, trained, metrics, dropped, len(pool.unlabeled) - len(chosen))
+
+
+def _describe(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,
+              cfg: ExperimentConfig, r: int) -> list[BatchImage]:
+    """One :class:`BatchImage` per chosen id: size, score and the model's predictions."""
+    preds: dict[int, Any] = {}
+    if adapter is not None:
+        if adapter.task == "detection":
+            infs = adapter.infer(dataset, chosen, cfg.train.eval_batch_size, keep_anchors=False)
+        else:
+            infs = adapter.infer(dataset, chosen, cfg.train.eval_batch_size)
+        preds = {inf.image_id: inf for inf in infs}
+    images = []
+    for rank, i in enumerate(chosen, 1):
+        rec = dataset.record(i)
+        score = None if adapter is None else float((scores or {}).get(i, 0.0))
+        im = BatchImage(rank, i, str(rec.path), rec.file_name, rec.width, rec.height, score)
+        inf = preds.get(i)
+        if inf is not None and adapter.task == "detection":
+            im.boxes = inf.boxes.numpy().astype(np.float32).reshape(-1, 4)
+            im.box_scores = inf.scores.numpy().astype(np.float32)
+            im.box_labels = inf.labels.numpy().astype(np.int64)
+        elif inf is not None:
+            im.predicted_class = int(inf.labels[0])
+            im.class_score = float(inf.scores[0])
+        images.append(im)
+    return images
