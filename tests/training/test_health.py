@@ -77,6 +77,7 @@ def test_dead_branch_needs_patience_epochs_at_the_degenerate_value() -> None:
     assert "bbox_regression" in str(dead_branch(_rows([0.7, 1.0, 1.0, 1.0])).reason)
     assert not dead_branch(_rows([1.0, 1.0])).unhealthy                # too early to say
     assert not dead_branch(_rows([1.0, 1.0, 0.98])).unhealthy          # it moved: alive
+    assert dead_branch(_rows([1.0, 1.0, 1.0, 0.9, 0.6])).unhealthy     # revived late: a half-trained round
     assert not dead_branch(_rows([1.0, 1.0, 1.0], term="bbox_ctrness")).unhealthy
     assert not dead_branch(_rows([1.0, 1.0, 1.0], stage="max")).unhealthy  # MIAL unlabeled stages
 

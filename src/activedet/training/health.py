@@ -59,15 +59,19 @@ def training_curve(history: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def dead_branch(history: Sequence[Mapping[str, Any]], patience: int = 3) -> Health:
-    """A loss term at its degenerate value for the last ``patience`` labeled epochs."""
+    """A loss term at its degenerate value for ``patience`` labeled epochs in a row,
+    anywhere in ``history``: the trainer checks after every epoch, so it sees the first
+    such run at the end of the history so far; judged afterwards, a branch that was dead
+    for a while and then revived left a half-trained round."""
     rows = _labeled_rows(history)
-    if len(rows) < patience:
-        return HEALTHY
     for term, value in DEGENERATE.items():
-        tail = [r.get(term) for r in rows[-patience:]]
-        if all(isinstance(v, (int, float)) and abs(v - value) < DEGENERATE_TOL for v in tail):
-            return Health(True, f"{term} stuck at {tail[-1]:.3f} (degenerate value {value:g}) for "
-                                f"{patience} epochs: the branch is dead")
+        run = 0
+        for r in rows:
+            v = r.get(term)
+            run = run + 1 if isinstance(v, (int, float)) and abs(v - value) < DEGENERATE_TOL else 0
+            if run >= patience:
+                return Health(True, f"{term} stuck at {v:.3f} (degenerate value {value:g}) for "
+                                    f"{patience} epochs: the branch is dead")
     return HEALTHY
 
 
