@@ -9,10 +9,12 @@ verdict recorded in the ledger (each attempt judged by
 applied to the recorded per-epoch log.
 
     python benchmarks/training_health.py configs/demo_shapes_random.yaml --seeds 10 \
-        --out /tmp/health [--set train.warmup=0] [--keep-strategy]
+        --out /tmp/health [--set model.box_prior=null] [--keep-strategy] [--existing]
 
-Prints, per config and round: labeled images, rounds flagged unhealthy, AP50 mean ± std
-across seeds; writes ``OUT/summary.json``. Runs already in OUT are reused (``--resume``).
+Prints, per seed, AP50 per round (``!``: unhealthy, ``r``: one retry), then per config and
+round: labeled images, rounds flagged unhealthy, rounds that needed a retry, AP50 mean ±
+std and min across seeds; writes ``OUT/summary.json``. Runs already in OUT are resumed;
+``--existing`` only summarises them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def _override(data: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-def run_one(config: Path, seed: int, out: Path, sets: list[str], keep_strategy: bool) -> dict[str, Any]:
+def run_one(config: Path, seed: int, out: Path, sets: list[str], keep_strategy: bool,
+            existing: bool = False) -> dict[str, Any]:
+    """Run (or resume) one seed; ``existing``: only read the run already in ``out``."""
     data = yaml.safe_load(config.read_text())
     data["seed"] = seed
     if not keep_strategy:
@@ -54,7 +58,8 @@ def run_one(config: Path, seed: int, out: Path, sets: list[str], keep_strategy: 
     cfg = config_from_dict(data)
     run_dir = out / f"{config.stem}-seed{seed}"
     t0 = time.perf_counter()
-    run(cfg, run_dir, resume=(run_dir / Ledger.FILENAME).exists(), progress=False)
+    if not existing:
+        run(cfg, run_dir, resume=(run_dir / Ledger.FILENAME).exists(), progress=False)
     with Ledger(run_dir) as ledger:
         rounds = ledger.rounds()
     rows = []
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a config key, e.g. --set train.warmup=0 (repeatable)")
     ap.add_argument("--keep-strategy", action="store_true", help="keep the config's strategy (default: random)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--existing", action="store_true",
+                    help="train nothing: summarise the runs already in --out (seeds that are missing are skipped)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for config in args.configs:
         for seed in range(args.seeds):
-            res = run_one(config, seed, args.out, args.set, args.keep_strategy)
+            if args.existing and not (args.out / f"{config.stem}-seed{seed}" / Ledger.FILENAME).exists():
+                continue
+            res = run_one(config, seed, args.out, args.set, args.keep_strategy, args.existing)
             results.append(res)
-            aps = " ".join(f"{100 * (x['AP50'] or 0):.1f}{'!' if x['unhealthy'] else ''}" for x in res["rounds"])
+            aps = " ".join(f"{100 * (x['AP50'] or 0):.1f}{'!' if x['unhealthy'] else ''}{'r' * x['retries']}"
+                           for x in res["rounds"])
             print(f"{config.name} seed {seed}: AP50 {aps}  ({res['seconds']:.0f} s)", flush=True)
     (args.out / "summary.json").write_text(json.dumps({"sets": args.set, "results": results}, indent=1))
     print("\n".join(summarise(results)))
