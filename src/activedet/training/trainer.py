@@ -150,6 +150,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
         it = 0
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
+            seen = 0  # images whose losses are in ``sums`` (skipped batches are not)
             for batch in batches(labeled, cfg.batch_size, gen):
                 lr = cfg.lr * lr_factor(it, total_iters, cfg)
                 for g in opt.param_groups:
@@ -166,11 +167,12 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
                 result.images += len(batch)
+                seen += len(batch)
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             result.history.append({"stage": "train", "epoch": epoch + 1,
-                                   **{k: v / len(labeled) for k, v in sums.items()}})
+                                   **{k: v / max(1, seen) for k, v in sums.items()}})
             stop_if_dead(result.history, cfg)
         bar.close()
     result.seconds = time.perf_counter() - start
