@@ -145,6 +145,13 @@ def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int) -> lis
     return out
 
 
+def expected_images(pool: Pool, boxes: int) -> int:
+    """About how many images a budget of ``boxes`` buys: at the labeled set's mean boxes
+    per image (at least 1), so no unlabeled image's box count is looked at."""
+    per_image = max(1.0, pool.labeled_boxes / max(1, len(pool.labeled)))
+    return max(1, int(round(boxes / per_image)))
+
+
 def _labeled_amount(pool: Pool, unit: str) -> int:
     return len(pool.labeled) if unit == "images" else pool.labeled_boxes
 
@@ -277,7 +284,8 @@ def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target:
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
-        ranked = exp.strategy.select(adapter, pool, n, rng)
+        take = budget if unit == "images" else expected_images(pool, budget)
+        ranked = exp.strategy.select(adapter, pool, n, rng, batch=take)
         scores = exp.strategy.last_scores
     t1 = time.perf_counter()
     chosen = fit_budget(ranked, pool, unit, budget)
