@@ -149,7 +149,8 @@ def test_every_ranking_strategy_declares_the_batch_keys() -> None:
     for name in ranking:
         keys = {d.key for d in available()[name].settings_type.declared()}
         assert {"batch", "preselect", "cost_aware"} <= keys, name
-        assert build_strategy(name, {}).params["batch"] == "topk"
+        # topk (the papers) everywhere but isal, whose default is measured (its settings' provenance)
+        assert build_strategy(name, {}).params["batch"] == ("class_balanced" if name == "isal" else "topk")
 
 
 def test_expected_images_uses_labeled_boxes_per_image() -> None:
@@ -157,3 +158,20 @@ def test_expected_images_uses_labeled_boxes_per_image() -> None:
     assert expected_images(pool, 7) == 7
     pool.add([2, 5], 1)  # costs 3 and 3: 7 boxes on 3 images
     assert expected_images(pool, 14) == 6
+
+
+@pytest.mark.parametrize(("name", "task", "mode"), [("entropy", "detection", "kcenter"),
+                                                    ("margin", "classification", "kmeanspp"),
+                                                    ("mial", "detection", "class_balanced"),
+                                                    ("isal", "classification", "kcenter")])
+def test_real_strategies_with_diverse_batches_keep_the_contract(name: str, task: str, mode: str) -> None:
+    from tests.strategies.test_contract import _setup
+
+    _, adapter, pool = _setup(name, task)
+    before = list(pool.unlabeled)
+    params = {"batch": mode, "preselect": 3.0}
+    first = build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7))
+    assert len(set(first)) == 3 and set(first) <= set(before)
+    assert build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7)) == first
+    full = build_strategy(name, params).select(adapter, pool, len(before), np.random.default_rng(7), batch=3)
+    assert sorted(full) == sorted(before)

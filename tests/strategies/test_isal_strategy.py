@@ -88,8 +88,14 @@ def test_isal_classifier_scores_finite_deterministic_and_complete(cls_setup):
     assert set(sa) == set(pool.unlabeled) and sa == sb
     assert all(math.isfinite(v) for v in sa.values()) and len(set(sa.values())) > 1
     assert a.last_info["reference"] == "validation" and a.last_info["reference_images"] == 8
-    picked = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    picked = build_strategy("isal", {**params, "batch": "topk"}).select(ad, pool, 5, np.random.default_rng(3))
     assert picked == sorted(sa, key=lambda i: -sa[i])[:5]
+    # the default batch takes turns over the predicted classes among the top 3 x 5
+    balanced = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    top15 = sorted(sa, key=lambda i: -sa[i])[:15]
+    assert set(balanced) <= set(top15) and balanced[0] == top15[0]
+    predicted = {inf.image_id: int(inf.labels[0]) for inf in ad.infer(pool.dataset, top15, 16)}
+    assert len({predicted[i] for i in balanced}) == len({predicted[i] for i in top15})
 
 
 def test_grad_similarity_equals_brute_force(cls_setup):
