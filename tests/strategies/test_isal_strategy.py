@@ -238,3 +238,15 @@ def test_scale_auto_inverts_and_matches_the_exact_solve(cls_setup, caplog):
     assert "LiSSA is nearly inert" in caplog.text and "scale: auto" in caplog.text
     with pytest.raises(ConfigError, match="'scale' = 'automatic'"):
         build_strategy("isal", {"scale": "automatic"})
+
+
+def test_lissa_check_with_a_failed_eigenvalue_says_unknown(cls_setup, monkeypatch, caplog):
+    ad, pool = cls_setup
+    st = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1})
+    monkeypatch.setattr(type(st), "top_eigenvalue", lambda self, *a: float("nan"))
+    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
+    assert st.last_info["lissa"] == "unknown" and "non-finite Hessian eigenvalue" in caplog.text
+    auto = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1, "scale": "auto"})
+    from activedet.errors import StrategyError
+    with pytest.raises(StrategyError, match="'scale' = 'auto'"):
+        auto.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))

@@ -36,7 +36,7 @@ from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
 
 __all__ = ["BatchSettings", "BatchMode", "k_center_greedy", "min_distances", "squared_euclidean",
-           "kmeanspp_seeding", "class_round_robin", "diverse_ranking", "predicted_classes"]
+           "kmeanspp_seeding", "class_round_robin", "diverse_choice", "diverse_ranking", "predicted_classes"]
 
 BatchMode = Literal["topk", "kcenter", "kmeanspp", "class_balanced"]
 

@@ -536,6 +536,10 @@ class ISALStrategy(InfluenceStrategy):
     def _check_lissa(self, lam: float, scales: list[float], damping: float, depth: int, v: list[Tensor],
                      s_test: list[Tensor]) -> None:
         """Record (``last_info``) and warn when LiSSA diverges or leaves ``∇l(R)`` nearly as it is."""
+        if not math.isfinite(lam):
+            self.last_info.update(lissa="unknown")
+            log.warning("isal: power iteration gave a non-finite Hessian eigenvalue (%r); LiSSA not checked", lam)
+            return
         verdict, spread = lissa_verdict(lam, scales, damping, depth)
         fv, fs = flat(v).double(), flat(s_test).double()
         cos = float(fv @ fs / (fv.norm() * fs.norm())) if fv.norm() > 0 and fs.norm() > 0 else float("nan")
