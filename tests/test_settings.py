@@ -116,7 +116,9 @@ def test_mial_settings_include_trainer_head_and_selection_keys_with_provenance()
     keys = {d.key: d for d in available()["mial"].settings_type.declared()}
     assert {"lambda", "rounds", "reweight", "mil_weighting", "det_reduction", "top_k", "score_fraction"} <= set(keys)
     assert "authors' code" in keys["regression_loss"].spec.provenance
-    assert "cost_aware" not in keys  # set-based selection: no cost-aware ranking
+    assert {"cost_aware", "batch", "preselect"} <= set(keys)  # MIAL ranks: cost-aware and diverse batches
+    assert "paper Eq. 1" in keys["det_reduction"].spec.provenance and keys["det_reduction"].default == "sum"
+    assert "paper Eq. 8" in keys["max_params"].spec.provenance and keys["max_params"].default == "head"
     assert "cost_aware" in {d.key for d in available()["entropy"].settings_type.declared()}
 
 

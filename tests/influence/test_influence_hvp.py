@@ -120,3 +120,18 @@ def test_flat_unflat_dot_roundtrip_and_errors():
         dot(parts, [torch.zeros(2, 3), torch.zeros(3), torch.zeros(())])
     with pytest.raises(ValueError, match=r"\(5,\)"):
         hvp(lambda: like[0].sum(), [nn.Parameter(torch.zeros(4))], [torch.zeros(5)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_eigenvalue_matches_eigvalsh(seed: int) -> None:
+    from activedet.influence import top_eigenvalue
+
+    model, params, loss_fn, _, _ = _mlp_problem(seed)
+    exact = torch.linalg.eigvalsh(hessian_matrix(loss_fn, params))
+    dominant = float(exact[exact.abs().argmax()])
+    lam, u = top_eigenvalue(lambda h: hvp(loss_fn, params, h), params,
+                            generator=torch.Generator().manual_seed(seed), iters=500, tol=1e-10)
+    assert lam == pytest.approx(dominant, rel=1e-4)
+    hu = flat(hvp(loss_fn, params, u))
+    assert torch.allclose(hu, dominant * flat(u), atol=1e-3 * abs(dominant))  # an eigenvector
+    assert float(flat(u).norm()) == pytest.approx(1.0)

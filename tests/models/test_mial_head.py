@@ -124,7 +124,8 @@ def test_mil_loss_uses_the_per_level_split_and_gt_image_labels() -> None:
 
 
 def test_classification_and_regression_losses_match_torchvision() -> None:
-    model = build(regression_loss="l1")
+    assert build().head.det_reduction == "sum"  # the paper's Eq. 1 is the default
+    model = build(regression_loss="l1", det_reduction="mean")  # the authors' code
     outs, anchors, matched, tg = head_inputs(model)
     losses = model.head.compute_loss(tg, outs, anchors, matched)
     tv_cls = RetinaNetClassificationHead(CH, 2, 3)  # its loss uses no parameters

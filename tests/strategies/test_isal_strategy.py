@@ -18,7 +18,9 @@ from activedet.errors import ConfigError
 from activedet.loop.runner import run
 from activedet.models.classifier import ClassificationAdapter
 from activedet.models.factory import build_adapter
-from activedet.strategies.isal import pseudo_boxes, topk_target_weights
+from activedet.influence import hessian_matrix, lissa_inverse_hvp
+from activedet.strategies.isal import (lissa_gain, lissa_verdict, pseudo_boxes, soft_cross_entropy,
+                                       topk_target_weights)
 from activedet.strategies.registry import build_strategy
 from tests.conftest import make_detection_dataset, tiny_config
 
@@ -86,8 +88,14 @@ def test_isal_classifier_scores_finite_deterministic_and_complete(cls_setup):
     assert set(sa) == set(pool.unlabeled) and sa == sb
     assert all(math.isfinite(v) for v in sa.values()) and len(set(sa.values())) > 1
     assert a.last_info["reference"] == "validation" and a.last_info["reference_images"] == 8
-    picked = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    picked = build_strategy("isal", {**params, "batch": "topk"}).select(ad, pool, 5, np.random.default_rng(3))
     assert picked == sorted(sa, key=lambda i: -sa[i])[:5]
+    # the default batch takes turns over the predicted classes among the top 3 x 5
+    balanced = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    top15 = sorted(sa, key=lambda i: -sa[i])[:15]
+    assert set(balanced) <= set(top15) and balanced[0] == top15[0]
+    predicted = {inf.image_id: int(inf.labels[0]) for inf in ad.infer(pool.dataset, top15, 16)}
+    assert len({predicted[i] for i in balanced}) == len({predicted[i] for i in top15})
 
 
 def test_grad_similarity_equals_brute_force(cls_setup):
@@ -169,3 +177,76 @@ def test_two_cycle_run_isal_fcos_on_coco_files(tmp_path: Path):
     status = run(config_from_dict(data), tmp_path / "run", progress=False)
     assert status["complete"] and len(status["rounds"]) == 3
     assert [r["labeled_images"] for r in status["rounds"]] == [4, 6, 8]
+
+
+# ------------------------------------------------------- top_k = C and the inverse's health
+def test_top_k_of_every_class_is_refused_its_gradient_is_zero():
+    logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]], requires_grad=True)
+    probs = logits.softmax(-1).detach()
+    g = torch.autograd.grad(soft_cross_entropy(logits, probs), logits)[0]
+    assert g.abs().max() < 1e-6  # the soft labels are the model's own softmax: no gradient
+    for weight in ("auto", "always"):
+        with pytest.raises(ConfigError, match="'top_k' = 3 is every class"):
+            topk_target_weights(probs, 3, weight)
+    assert topk_target_weights(probs, 2).sum() > 0  # below C is fine
+
+
+def test_lissa_gain_is_what_the_recursion_does_on_a_diagonal_hessian():
+    mus = torch.tensor([0.0, 1.0, 10.0, 80.0], dtype=torch.float64)
+    v = [torch.ones(4, dtype=torch.float64)]
+    for scale, depth in ((1e4, 250), (160.0, 50)):
+        h = lissa_inverse_hvp(v, lambda r: iter(lambda: (lambda x: [mus * x[0]]), None), depth=depth,
+                              repeats=1, damping=0.01, scale=scale)[0]
+        want = torch.tensor([lissa_gain(float(m), scale, 0.01, depth) for m in mus], dtype=torch.float64)
+        torch.testing.assert_close(h, want)
+
+
+def test_lissa_verdict():
+    assert lissa_verdict(80.0, [1e4], 0.01, 250)[0] == "inert"  # the authors' scale on a small CNN
+    verdict, spread = lissa_verdict(80.0, [160.0], 0.01, 250)
+    assert verdict == "inverts" and spread > 20
+    assert lissa_verdict(80.0, [30.0], 0.01, 250)[0] == "diverges"  # 80 / 30 > 2 - damping
+    assert lissa_verdict(-5.0, [100.0], 0.01, 250)[0] == "diverges"  # damping x scale = 1 < 5
+    assert lissa_verdict(80.0, [1e4, 100.0], 0.01, 250)[0] == "inverts"  # the smallest scale counts
+
+
+def test_scale_auto_inverts_and_matches_the_exact_solve(cls_setup, caplog):
+    ad, pool = cls_setup
+    fc = {"parameters": ["fc.weight"], "reference": "labeled"}
+    w = ad.model.fc.weight
+    ad.model.eval()
+    x, y = ad.load_batch(pool.dataset, pool.labeled, False)
+    hess = hessian_matrix(lambda: F.cross_entropy(ad.model(x), y), [w])
+    top = float(torch.linalg.eigvalsh(hess.double())[-1])
+
+    auto = build_strategy("isal", {**fc, "scale": "auto", "depth": 400, "repeats": 2, "lissa_batch_size": 4,
+                                   "power_iters": 100})
+    got = auto.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    info = auto.last_info
+    assert info["lambda_max"] == pytest.approx(top, rel=0.02)
+    assert info["scales"] == [pytest.approx(2.0 * info["lambda_max"])]
+    assert info["lissa"] == "inverts" and info["lissa_cosine"] < 0.99
+    exact = build_strategy("isal", {**fc, "inverse": "exact", "scale": info["scales"][0]}).score(
+        ad, pool, pool.unlabeled, np.random.default_rng(0))
+    ids = sorted(exact)
+    assert spearmanr([exact[i] for i in ids], [got[i] for i in ids])[0] > 0.95
+
+    caplog.clear()
+    authors = build_strategy("isal", {**fc, "depth": 50, "repeats": 1})  # scale 1e4
+    authors.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    assert authors.last_info["lissa"] == "inert" and authors.last_info["lissa_cosine"] > 0.99
+    assert "LiSSA is nearly inert" in caplog.text and "scale: auto" in caplog.text
+    with pytest.raises(ConfigError, match="'scale' = 'automatic'"):
+        build_strategy("isal", {"scale": "automatic"})
+
+
+def test_lissa_check_with_a_failed_eigenvalue_says_unknown(cls_setup, monkeypatch, caplog):
+    ad, pool = cls_setup
+    st = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1})
+    monkeypatch.setattr(type(st), "top_eigenvalue", lambda self, *a: float("nan"))
+    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
+    assert st.last_info["lissa"] == "unknown" and "non-finite Hessian eigenvalue" in caplog.text
+    auto = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1, "scale": "auto"})
+    from activedet.errors import StrategyError
+    with pytest.raises(StrategyError, match="'scale' = 'auto'"):
+        auto.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))

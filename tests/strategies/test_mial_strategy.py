@@ -37,7 +37,7 @@ def test_registered_with_its_model_trainer_and_defaults() -> None:
     assert (d["iul"], d["iur"], d["reweight"], d["order"]) == (True, True, "mil", "max_min")
     s = build_strategy("mial", {"iur": False, "reweight": "f1", "mil_weighting": "code", "regression_loss": "l1"})
     assert s.model_kwargs() == {"use_mil": False, "mil_weighting": "code", "regression_loss": "l1",
-                                "det_reduction": "mean"}
+                                "det_reduction": "sum"}
     assert build_strategy("mial").model_kwargs()["use_mil"] is True
 
 

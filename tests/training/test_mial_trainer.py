@@ -47,6 +47,7 @@ def test_settings_defaults_follow_the_notes() -> None:
     assert (s.lam, s.iul, s.iur, s.reweight, s.order) == (0.5, True, True, "mil", "max_min")
     assert (s.label_epochs, s.rounds, s.repeat, s.min_epochs, s.max_epochs) == (3, 2, 2, 1, 1)
     assert s.final_lr_scale == pytest.approx(0.1)
+    assert (s.max_params, s.stage_warmup_iters) == ("head", 10)
     # keys of other components (selection settings) are ignored
     assert MIALTrainSettings.pick({"top_k": 5, "aggregate": "max"}) == s
 
@@ -105,29 +106,36 @@ def test_unlabeled_subset_is_sized_like_the_labeled_set() -> None:
 def test_stage_trainable_partitions_the_parameters() -> None:
     ad = _adapter()
     names = [n for n, _ in ad.model.named_parameters()]
-    mx, mn, lb = (stage_trainable(ad.model, k) for k in ("max", "min", "label"))
+    mx, mn, lb = (stage_trainable(ad.model, k, "classifiers") for k in ("max", "min", "label"))
     assert all(lb.values())
     assert {n for n in names if mx[n]} == {n for n in names if _is_f12(n)}
     assert all(mx[n] != mn[n] for n in names)
+    head = stage_trainable(ad.model, "max")  # paper Eq. 8 (default): all but the feature extractor
+    assert {n for n in names if head[n]} == {n for n in names if n.startswith("head.")}
+    assert stage_trainable(ad.model, "min") == mn
     assert any(n.startswith("head.f_mil.") for n in names if mn[n])
     assert any(n.startswith("backbone.") for n in names if mn[n])
 
 
-@pytest.mark.parametrize("kind", ["max", "min"])
-def test_stage_updates_exactly_its_parameters(kind: str) -> None:
-    """Max (Eq. 8): only f1/f2 move. Min (Eq. 9): f1/f2 stay, everything else moves.
-    Frozen tensors, buffers included, stay bit-identical."""
+@pytest.mark.parametrize(("kind", "max_params"), [("max", "classifiers"), ("max", "head"), ("min", "head")])
+def test_stage_updates_exactly_its_parameters(kind: str, max_params: str) -> None:
+    """Max (Eq. 8): the head moves (max_params head), or only f1/f2 (classifiers). Min
+    (Eq. 9): f1/f2 stay, everything else moves. Frozen tensors, buffers included, stay
+    bit-identical."""
     ds = make_detection_dataset(n=6, seed=3, empty_every=3)
     ad = _adapter()
     cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
-    s = MIALTrainSettings.pick({"repeat": 1})
+    s = MIALTrainSettings.pick({"repeat": 1, "max_params": max_params})
     flags = {n: p.requires_grad for n, p in ad.model.named_parameters()}
     before = _snapshot(ad.model)
     rows, images = run_stage(ad, ds, Stage(kind, 1, 1.0, 1), [1, 2], [3, 6], cfg, s,
                              torch.Generator().manual_seed(0))
     after = _snapshot(ad.model)
     params = {n for n, _ in ad.model.named_parameters()}
-    should_move = {n for n in params if flags[n] and (_is_f12(n) == (kind == "max"))}
+    if kind == "max" and max_params == "head":
+        should_move = {n for n in params if flags[n] and n.startswith("head.")}
+    else:
+        should_move = {n for n in params if flags[n] and (_is_f12(n) == (kind == "max"))}
     assert should_move  # the stage has something to train
     for name in before:
         moved = not torch.equal(before[name], after[name])
@@ -198,3 +206,30 @@ def test_same_seed_same_weights() -> None:
         states.append(_snapshot(ad.model))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_every_later_stage_warms_up(monkeypatch, warmup: int) -> None:
+    """Each stage builds a fresh optimizer; its first ``stage_warmup_iters`` steps ramp the lr."""
+    import activedet.training.mial as M
+
+    steps: list[tuple[int, float]] = []
+    real = M.guarded_step
+
+    def spy(opt, losses, it, step_lr, cfg, where):
+        if "unlabeled" not in where:
+            steps.append((it, step_lr))
+        return real(opt, losses, it, step_lr, cfg, where)
+
+    monkeypatch.setattr(M, "guarded_step", spy)
+    ds = make_detection_dataset(n=10, seed=4)
+    cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
+    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": warmup, "final_lr_scale": 1.0}
+    train_mial(_adapter(seed=1), ds, [1, 2, 3, 4, 5, 6], [7, 8, 9, 10], cfg, params, seed=0, progress=False)
+    stages = [[lr for it, lr in steps[k:k + 3]] for k in range(0, len(steps), 3)]  # 3 batches per stage
+    assert len(stages) == 4  # label, max, min, label
+    for lrs in stages[1:]:
+        if warmup == 0:
+            assert lrs == [pytest.approx(0.01)] * 3
+        else:
+            assert lrs[0] == pytest.approx(0.01 * 0.001) and lrs[0] < lrs[1] < lrs[2] < 0.01

@@ -7,7 +7,7 @@ the most negative influence is the most helpful sample.
 """
 
 from activedet.influence.exact import exact_inverse_hvp, hessian_matrix
-from activedet.influence.hvp import add, dot, flat, grad, hvp, scaled, unflat, zeros_like
+from activedet.influence.hvp import add, dot, flat, grad, hvp, scaled, top_eigenvalue, unflat, zeros_like
 from activedet.influence.influence import (
     grad_similarity,
     influence_scores,
@@ -54,6 +54,7 @@ __all__ = [
     "reference_grad",
     "scaled",
     "sum_grads",
+    "top_eigenvalue",
     "unflat",
     "zeros_like",
 ]

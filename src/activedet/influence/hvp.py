@@ -21,6 +21,7 @@ __all__ = [
     "grad",
     "hvp",
     "scaled",
+    "top_eigenvalue",
     "unflat",
     "zeros_like",
 ]
@@ -148,3 +149,45 @@ def hvp(loss_fn: LossClosure, params: Sequence[Tensor], vector: Sequence[Tensor]
     inner = torch.stack(terms).sum()
     hv = torch.autograd.grad(inner, list(params), allow_unused=True)
     return [torch.zeros_like(p).detach() if h is None else h.detach() for h, p in zip(hv, params)]
+
+
+def top_eigenvalue(
+    hvp_fn: Callable[[list[Tensor]], list[Tensor]],
+    like: Sequence[Tensor],
+    *,
+    generator: torch.Generator,
+    iters: int = 20,
+    tol: float = 1e-3,
+) -> tuple[float, list[Tensor]]:
+    """The dominant eigenvalue (largest ``|λ|``) of a symmetric operator, by power iteration.
+
+    Args:
+        hvp_fn: ``h -> H h`` on param-lists (e.g. :func:`hvp` of a fixed loss).
+        like: param-list giving shapes, dtype and device of the vectors.
+        generator: the start vector is drawn from it (a CPU ``torch.Generator``).
+        iters: at most this many products.
+        tol: stop once the Rayleigh quotient changes by less than ``tol × |λ|``.
+
+    Returns:
+        ``(λ, u)``: the Rayleigh quotient ``uᵀHu`` of the last unit vector ``u`` (signed:
+        negative when a negative eigenvalue dominates) and ``u`` as a param-list.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    u = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p) for p in like]
+    norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in u)))
+    u = [x / norm for x in u]
+    lam = 0.0
+    for _ in range(iters):
+        hu = hvp_fn(u)
+        check_like(hu, like, "Hessian-vector product")
+        new = float(dot(u, hu))
+        norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in hu)))
+        if not norm > 0 or not torch.isfinite(torch.tensor(norm)):
+            return (0.0 if norm == 0 else float("nan")), u
+        u = [x / norm for x in hu]
+        done = abs(new - lam) <= tol * abs(new)
+        lam = new
+        if done:
+            break
+    return lam, u

@@ -165,6 +165,13 @@ def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int) -> lis
     return out
 
 
+def expected_images(pool: Pool, boxes: int) -> int:
+    """About how many images a budget of ``boxes`` buys: at the labeled set's mean boxes
+    per image (at least 1), so no unlabeled image's box count is looked at."""
+    per_image = max(1.0, pool.labeled_boxes / max(1, len(pool.labeled)))
+    return max(1, int(round(boxes / per_image)))
+
+
 def _labeled_amount(pool: Pool, unit: str) -> int:
     return len(pool.labeled) if unit == "images" else pool.labeled_boxes
 
@@ -365,7 +372,8 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
-        ranked = strategy.select(adapter, pool, n, rng)
+        take = budget if unit == "images" else expected_images(pool, budget)
+        ranked = strategy.select(adapter, pool, n, rng, batch=take)
         scores = strategy.last_scores
     t1 = time.perf_counter()
     chosen = fit_budget(ranked, pool, unit, budget)

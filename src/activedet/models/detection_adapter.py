@@ -27,6 +27,7 @@ from activedet.config import ModelConfig
 from activedet.errors import ConfigError
 from activedet.models.base import Inference
 from activedet.models.detection import build_detector, resolve_backbone
+from activedet.models.mial_losses import anchors_inside
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -130,8 +131,9 @@ class DetectionAdapter:
 
         Dense heads also return ``extra``: ``cls_logits`` (A, C) and the head's other
         per-anchor outputs (``cls_logits2``, ``mil_logits`` for MIAL), ``anchor_index``
-        (K,) of each kept detection, ``num_anchors_per_level`` and ``anchors`` (A, 4) in
-        original image pixels. ``keep_anchors=False`` leaves the per-anchor arrays out.
+        (K,) of each kept detection, ``num_anchors_per_level``, ``anchors`` (A, 4) in
+        original image pixels and ``valid`` (A,) bool: the anchor's centre is in the image,
+        not in the padding of a batch of different sizes (A depends on the batch). ``keep_anchors=False`` leaves the per-anchor arrays out.
         """
         ids = list(ids)
         self.model.eval()
@@ -187,6 +189,7 @@ class DetectionAdapter:
                     if key != "bbox_regression" and val.shape[-1] == logits.shape[-1]:
                         extra[key] = val[b, :, 1:].float().cpu()
                 extra["anchors"] = resize_boxes(anchors[b], scale_from, original_sizes[b]).cpu()
+                extra["valid"] = anchors_inside(anchors[b], scale_from).cpu()  # not in batch padding
             results.append(Inference(0, boxes.cpu(), scores.cpu(), labels.cpu(), probs.cpu(), extra))
         return results
 

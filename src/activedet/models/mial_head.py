@@ -160,8 +160,8 @@ class MIALHead(nn.Module):
         mil_loss_weight: factor on the MIL loss.
         first_class: first object-class channel (1: torchvision's unused channel 0 is skipped).
         norm_layer: optional normalisation in the towers (None, like torchvision's v1 head).
-        det_reduction: ``mean`` (authors' code) or ``sum`` (paper Eq. 1) of the two focal
-            losses; ``sum`` gives each classifier the gradient a plain RetinaNet head gets.
+        det_reduction: ``sum`` (paper Eq. 1, default) or ``mean`` (authors' code) of the two
+            focal losses; ``sum`` gives each classifier the gradient a plain RetinaNet head gets.
     """
 
     def __init__(
@@ -183,7 +183,7 @@ class MIALHead(nn.Module):
         mil_loss_weight: float = 1.0,
         first_class: int = 1,
         norm_layer: _NormLayer = None,
-        det_reduction: Literal["mean", "sum"] = "mean",
+        det_reduction: Literal["mean", "sum"] = "sum",
     ) -> None:
         super().__init__()
         _check_choice("det_reduction", det_reduction, ("mean", "sum"))
@@ -322,15 +322,17 @@ class MIALHead(nn.Module):
         return [int(n) for n in levels]
 
     def instance_mil_scores(
-        self, head_outputs: dict[str, Tensor], num_anchors_per_level: Sequence[int] | None = None
+        self, head_outputs: dict[str, Tensor], num_anchors_per_level: Sequence[int] | None = None,
+        valid: Tensor | None = None,
     ) -> Tensor:
-        """MIL instance scores (Eq. 5) with this head's settings: (N, HWA, C)."""
+        """MIL instance scores (Eq. 5) with this head's settings: (N, HWA, C); 0 at anchors
+        outside ``valid`` (N, HWA) (batch padding)."""
         if "mil_logits" not in head_outputs:
             raise RuntimeError("this MIALHead was built with use_mil=False: no MIL scores")
         return L.instance_mil_scores(
             head_outputs["cls_logits"], head_outputs["cls_logits2"], head_outputs["mil_logits"],
             self.levels(head_outputs, num_anchors_per_level), mode=self.mil_weighting,
-            first_class=self.first_class, class_activation=self.mil_class_activation,
+            first_class=self.first_class, class_activation=self.mil_class_activation, valid=valid,
         )
 
     def image_class_scores(
@@ -350,6 +352,7 @@ class MIALHead(nn.Module):
         squared: bool = False,
         pseudo_threshold: float = 0.5,
         num_anchors_per_level: Sequence[int] | None = None,
+        valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Losses of an unlabeled batch in the max or min stage (Eq. 8, 9).
 
@@ -357,19 +360,22 @@ class MIALHead(nn.Module):
         ``min_step_unlabeled_loss`` (summed over images); ``mil`` (min stage with
         ``use_mil``): MIL loss against pseudo labels (Eq. 10), images without a positive
         pseudo label contributing 0. ``reweight`` defaults to ``"mil"`` with ``use_mil``,
-        else ``"none"``. Freezing the right parameters is the trainer's job.
+        else ``"none"``. ``valid`` (N, HWA) bool: anchors outside it (batch padding,
+        :func:`~activedet.models.mial_losses.anchors_inside`) take no part in any term.
+        Freezing the right parameters is the trainer's job.
         """
         _check_choice("stage", stage, ("max", "min"))
         if reweight is None:
             reweight = "mil" if self.use_mil else "none"
         cls1, cls2 = head_outputs["cls_logits"], head_outputs["cls_logits2"]
         needs_mil = reweight == "mil" or (stage == "min" and self.use_mil)
-        mil_scores = self.instance_mil_scores(head_outputs, num_anchors_per_level) if needs_mil else None
+        mil_scores = self.instance_mil_scores(head_outputs, num_anchors_per_level, valid) if needs_mil else None
         step = L.max_step_unlabeled_loss if stage == "max" else L.min_step_unlabeled_loss
         out = {"discrepancy": step(cls1, cls2, lam=lam, reweight=reweight, mil_scores=mil_scores,
-                                   squared=squared, first_class=self.first_class)}
+                                   squared=squared, first_class=self.first_class, valid=valid)}
         if stage == "min" and self.use_mil and mil_scores is not None:
-            pseudo = L.pseudo_image_labels(cls1, cls2, pseudo_threshold, first_class=self.first_class)
+            pseudo = L.pseudo_image_labels(cls1, cls2, pseudo_threshold, first_class=self.first_class,
+                                           valid=valid)
             scores = L.image_class_scores(mil_scores, self.levels(head_outputs, num_anchors_per_level))
             out["mil"] = self.mil_loss_weight * L.mil_loss(scores, pseudo, skip_empty=True,
                                                            class_reduction=self.mil_class_reduction)

@@ -16,6 +16,12 @@ without a background channel (the authors' MMDetection layout).
 
 Probabilities are sigmoids of logits (focal-loss heads). Per-image results are returned
 per image; batch reductions are stated on each function.
+
+Batch padding. A batch of images of different sizes is padded to the largest; anchors
+whose centre lies in an image's padding (:func:`anchors_inside`) see no image. Every
+unlabeled-image term takes ``valid`` (N, A) bool: such anchors are left out of the
+per-level softmax of the MIL scores, of the pseudo labels' max and of the discrepancy
+sums, so an image's losses and scores do not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ EPS = 1e-5
 
 __all__ = [
     "EPS",
+    "anchors_inside",
     "object_class_logits",
     "instance_mil_scores",
     "image_class_scores",
@@ -57,6 +64,23 @@ def object_class_logits(logits: Tensor, first_class: int = 1) -> Tensor:
     if not 0 <= first_class < k:
         raise ValueError(f"first_class must be in [0, {k - 1}] for {k} channels, got {first_class}")
     return logits[..., first_class:]
+
+
+def anchors_inside(anchors: Tensor, image_size: Sequence[int]) -> Tensor:
+    """Anchors (A, 4) xyxy whose centre lies in the image ``(H, W)`` (not in batch padding): (A,) bool."""
+    h, w = float(image_size[0]), float(image_size[1])
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    return (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+
+
+def _check_valid(x: Tensor, valid: Tensor | None) -> Tensor | None:
+    """``valid`` (N, A) bool on ``x``'s device, or None."""
+    if valid is None:
+        return None
+    if valid.shape != x.shape[:2]:
+        raise ValueError(f"valid must be (N, A) = {tuple(x.shape[:2])}, got {tuple(valid.shape)}")
+    return valid.to(device=x.device, dtype=torch.bool)
 
 
 def _check_levels(x: Tensor, num_anchors_per_level: Sequence[int]) -> list[int]:
@@ -87,6 +111,7 @@ def instance_mil_scores(
     mode: MILMode = "paper",
     first_class: int = 1,
     class_activation: ClassActivation = "auto",
+    valid: Tensor | None = None,
 ) -> Tensor:
     """MIL instance scores ŷ^mil (Eq. 5), per image and pyramid level: (N, A, C).
 
@@ -110,10 +135,13 @@ def instance_mil_scores(
         cls1, cls2: f1 / f2 logits, (N, A, K).
         mil_logits: MIL classifier scores s, (N, A, K).
         num_anchors_per_level: anchors per level, summing to A.
+        valid: (N, A) bool or None: anchors outside it (batch padding) get score 0 and are
+            left out of the softmax over anchors.
     Returns:
         (N, A, C) scores; for one image, level and class they sum to at most 1.
     """
     _check_pair(cls1, cls2)
+    valid = _check_valid(cls1, valid)
     if mil_logits.shape != cls1.shape:
         raise ValueError(f"mil_logits must be {tuple(cls1.shape)}, got {tuple(mil_logits.shape)}")
     levels = _check_levels(cls1, num_anchors_per_level)
@@ -136,7 +164,12 @@ def instance_mil_scores(
         anchor_logit = ((z1 + z2) / 2).sigmoid().amax(dim=-1, keepdim=True)  # (N, A, 1)
     else:
         raise ValueError(f"mode must be 'paper' or 'code', got {mode!r}")
+    if valid is not None:
+        anchor_logit = anchor_logit.masked_fill(~valid[..., None], float("-inf"))
+    # a level with no valid anchor of an image: softmax of all -inf is NaN -> 0
     anchor_factor = torch.cat([x.softmax(dim=1) for x in anchor_logit.split(levels, dim=1)], dim=1)
+    if valid is not None:
+        anchor_factor = torch.nan_to_num(anchor_factor, nan=0.0)
     return class_factor * anchor_factor
 
 
@@ -232,17 +265,21 @@ def mil_loss(
 
 
 @torch.no_grad()
-def pseudo_image_labels(cls1: Tensor, cls2: Tensor, threshold: float = 0.5, *, first_class: int = 1) -> Tensor:
+def pseudo_image_labels(cls1: Tensor, cls2: Tensor, threshold: float = 0.5, *, first_class: int = 1,
+                        valid: Tensor | None = None) -> Tensor:
     """Pseudo image labels, Eq. 10: (N, C) float 0/1, no gradient.
 
     ``y[n, c] = 1`` iff ``max_i (σ(z1[n,i,c]) + σ(z2[n,i,c])) / 2 > threshold`` over all
-    anchors of all levels (strictly greater).
+    anchors of all levels (strictly greater); with ``valid`` (N, A), over valid anchors only.
 
     Args:
         cls1, cls2: f1 / f2 logits, (N, A, K).
     """
     _check_pair(cls1, cls2)
+    valid = _check_valid(cls1, valid)
     p = (object_class_logits(cls1, first_class).sigmoid() + object_class_logits(cls2, first_class).sigmoid()) / 2
+    if valid is not None:
+        p = p * valid[..., None]
     return (p.amax(dim=1) > threshold).to(cls1.dtype)
 
 
@@ -301,14 +338,16 @@ def discrepancy_weights(
 
 
 def _weighted_terms(cls1: Tensor, cls2: Tensor, reweight: Reweight, mil_scores: Tensor | None, squared: bool,
-                    first_class: int, *, agreement: bool) -> Tensor:
+                    first_class: int, *, agreement: bool, valid: Tensor | None = None) -> Tensor:
     """The per-anchor terms of the max / min step losses, (N, A, C): ``|σ1 - σ2|`` (squared
     with ``squared``), or ``1 - `` that with ``agreement``, times the weights w of
-    :func:`discrepancy_weights` (detached)."""
+    :func:`discrepancy_weights` (detached); 0 at anchors outside ``valid`` (N, A)."""
     w = discrepancy_weights(reweight, cls1, mil_scores, first_class=first_class)
     d = _abs_or_square(cls1, cls2, squared, first_class)
     term = 1.0 - d if agreement else d
-    return term if w is None else term * w
+    term = term if w is None else term * w
+    valid = _check_valid(cls1, valid)
+    return term if valid is None else term * valid[..., None]
 
 
 def max_step_unlabeled_loss(
@@ -320,6 +359,7 @@ def max_step_unlabeled_loss(
     mil_scores: Tensor | None = None,
     squared: bool = False,
     first_class: int = 1,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Unlabeled-batch loss of the max step (Eq. 8, authors' form): scalar.
 
@@ -330,9 +370,10 @@ def max_step_unlabeled_loss(
     Args:
         cls1, cls2: f1 / f2 logits, (N, A, K).
         reweight, mil_scores: instance weights, see :func:`discrepancy_weights`.
+        valid: (N, A) bool or None: anchors in batch padding contribute nothing.
     """
-    return lam * _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=True) \
-        .mean(dim=-1).sum()
+    return lam * _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=True,
+                                 valid=valid).mean(dim=-1).sum()
 
 
 def min_step_unlabeled_loss(
@@ -344,11 +385,13 @@ def min_step_unlabeled_loss(
     mil_scores: Tensor | None = None,
     squared: bool = False,
     first_class: int = 1,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Unlabeled-batch discrepancy loss of the min step (Eq. 9): scalar.
 
     ``λ · Σ_n Σ_i mean_c(|σ1 - σ2| · w)`` = ``λ · discrepancy(...).sum()``, summed over the
     images of the batch. The min step adds the MIL loss against pseudo labels separately.
     """
-    terms = _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=False)
+    terms = _weighted_terms(cls1, cls2, reweight, mil_scores, squared, first_class, agreement=False,
+                            valid=valid)
     return lam * terms.mean(dim=-1).sum(dim=-1).sum()  # = discrepancy(cls1, cls2, w).sum()

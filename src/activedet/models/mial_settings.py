@@ -34,6 +34,11 @@ class _Schedule(Settings):
     max_lr_scale: float = setting(1.0, "lr multiplier of the max stages", gt=0, le=1e3)
     final_lr_scale: float = setting(0.1, "lr multiplier of the very last label stage", gt=0, le=1e3,
                                     provenance="authors' code (the paper gives no schedule)")
+    stage_warmup_iters: int = setting(
+        10, "linear lr warm-up (from 0.001x) at the start of every stage after the first (which "
+            "takes train.warmup_iters): each stage builds a fresh optimizer", ge=0,
+        provenance="activedet: without it the first max-stage steps spike the labeled loss; "
+                   "the authors' code has no per-stage warm-up (0)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class MIALTrainSettings(_Schedule):
                                 provenance="authors' code: 3 label + 2 x (1 max + 1 min + 3 label)")
     repeat: int = setting(2, "passes over the data per epoch", ge=1,
                           provenance="authors' code (RepeatDataset x2): 26 passes per cycle")
+    max_params: Literal["head", "classifiers"] = setting(
+        "head", "what the max stage trains: the whole head (everything but backbone and FPN) or "
+                "only the classifiers f1 and f2",
+        provenance="paper Eq. 8: head (all but the feature extractor); the authors' code: classifiers")
 
     def __post_init__(self) -> None:
         if self.reweight == "mil" and not self.iur:
@@ -74,6 +83,7 @@ class MIALHeadSettings(Settings):
         "paper", "anchor factor of Eq. 5: per class (paper) or max over classes (authors' code)")
     regression_loss: Literal["smooth_l1", "l1"] = setting(
         "smooth_l1", "box regression loss", provenance="paper: smooth_l1; the authors' code uses l1")
-    det_reduction: Literal["mean", "sum"] = setting(
-        "mean", "how the f1 and f2 focal losses combine",
-        provenance="authors' code: mean; paper Eq. 1: sum")
+    det_reduction: Literal["sum", "mean"] = setting(
+        "sum", "how the f1 and f2 focal losses combine (sum: each classifier gets a plain RetinaNet's "
+               "gradient; mean halves it)",
+        provenance="paper Eq. 1: sum; the authors' code: mean")

@@ -13,7 +13,9 @@ class attributes that the loop reads without asking which strategy it holds:
 - ``model_variant``: which adapter variant to build (``"plain"``, ``"mial"``, ...);
 - ``trainer``: which training schedule to run (``"plain"``, ``"mial"``, ...);
 - ``settings_type``: its declared settings (:mod:`activedet.settings`), the trainer's
-  included; ranking strategies (the default ``_select``) also get :class:`CostAwareSettings`.
+  included; ranking strategies (the default ``_select``, or ``ranks = True``) also get
+  :class:`RankingSettings`: ``cost_aware`` and the batch keys of
+  :mod:`activedet.strategies.diversity` (``batch``, ``preselect``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
 from activedet.settings import NoSettings, Settings, setting
+from activedet.strategies.diversity import BatchSettings, diverse_choice, diverse_ranking
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class CostAwareSettings(Settings):
     cost_aware: bool = setting(False, "divide each score by the image's predicted box count (detectors)")
     cost_min_score: float = setting(0.5, "detections scoring at least this count as predicted boxes",
                                     ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class RankingSettings(BatchSettings, CostAwareSettings):
+    """What every ranking strategy accepts besides its own keys."""
 
 
 class Strategy:
@@ -54,19 +62,24 @@ class Strategy:
     settings_type: ClassVar[type[Settings]] = NoSettings
     #: show progress bars while scoring (the loop turns them off with --quiet)
     progress: bool = True
+    #: True: ranks images by a score through :meth:`rank` (None: decided by whether the
+    #: default ``_select`` is used); ranking strategies get :class:`RankingSettings`
+    ranks: ClassVar[bool | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.ranks_by_score() and not issubclass(cls.settings_type, CostAwareSettings):
+        if cls.ranks_by_score() and not issubclass(cls.settings_type, RankingSettings):
             base = cls.settings_type
             cls.settings_type = dataclasses.make_dataclass(
-                base.__name__, [], bases=(CostAwareSettings, base), frozen=True)
+                base.__name__, [], bases=(RankingSettings, base), frozen=True)
 
     def __init__(self, **params: Any) -> None:
         #: the validated, typed settings; ``params``: the same resolved, keyed by YAML key
         self.settings = self.settings_type.parse(params, owner=f"strategy '{self.name}'")
         self.params: dict[str, Any] = self.settings.to_dict()
         self.last_scores: dict[int, float] | None = None
+        #: images the caller takes from the front of the ranking (see :meth:`select`)
+        self.batch_images: int | None = None
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the model variant this strategy asks for (e.g. MIAL's head)."""
@@ -81,12 +94,19 @@ class Strategy:
                 f"strategy '{self.name}' cannot score model '{arch}' (supports: {', '.join(self.archs)})"
             )
 
-    def select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
-        """Return ``budget`` distinct unlabeled ids, best first."""
+    def select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator,
+               batch: int | None = None) -> list[int]:
+        """Return ``budget`` distinct unlabeled ids, best first.
+
+        ``batch``: how many of them the caller will take (``loop.unit: boxes`` asks for a
+        full ranking and takes images until the boxes are spent: an estimate); a diverse
+        ``batch`` mode makes the first ``batch`` ids diverse. None: ``budget``.
+        """
         pool.check_budget(budget)
         if budget == 0:
             self.last_scores = {}
             return []
+        self.batch_images = budget if batch is None else max(1, min(int(batch), budget))
         ids = self._select(adapter, pool, budget, rng)
         check_selection(ids, pool, budget, self.name)
         return ids
@@ -98,11 +118,23 @@ class Strategy:
         one. Set-based strategies (core-set, ...) override this instead of ``score``.
         """
         candidates = pool.unlabeled
-        scores = self.score(adapter, pool, candidates, rng)
+        return self.rank(adapter, pool, candidates, self.score(adapter, pool, candidates, rng), budget, rng)
+
+    def rank(self, adapter: Any, pool: Pool, candidates: list[int], scores: Mapping[int, float], budget: int,
+             rng: np.random.Generator) -> list[int]:
+        """``budget`` ids of ``candidates`` by ``scores`` (divided by predicted boxes with
+        ``cost_aware``), the first ``batch_images`` of them chosen by the ``batch`` mode
+        (:mod:`activedet.strategies.diversity`); records ``last_scores``."""
         if self.params.get("cost_aware", False):
             scores = apply_cost_aware(self.params, adapter, pool, scores)
         self.last_scores = dict(scores)
-        return rank_by_score(candidates, scores, budget, rng)
+        mode = self.params.get("batch", "topk")
+        if mode == "topk":
+            return rank_by_score(candidates, scores, budget, rng)
+        ranked = rank_by_score(candidates, scores, len(candidates), rng)
+        k = min(budget, self.batch_images or budget)
+        choose = diverse_choice(mode, adapter, pool, int(self.params.get("batch_size", 8)), rng)
+        return diverse_ranking(ranked, scores, k, mode, float(self.params["preselect"]), choose)[:budget]
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Per-image informativeness, higher first; images missing from the result are unscored."""
@@ -110,9 +142,10 @@ class Strategy:
 
     @classmethod
     def ranks_by_score(cls) -> bool:
-        """True for ranking strategies (the default ``_select``): they accept the
-        :class:`CostAwareSettings` keys. Set-based strategies override ``_select``."""
-        return cls._select is Strategy._select
+        """True for ranking strategies (the default ``_select``, or ``ranks = True`` for
+        one that overrides it and ends in :meth:`rank`): they accept the
+        :class:`RankingSettings` keys. Set-based strategies override ``_select``."""
+        return cls.ranks if cls.ranks is not None else cls._select is Strategy._select
 
 
 

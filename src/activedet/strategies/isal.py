@@ -36,6 +36,7 @@ with ``s_test = ∇l(R)`` (no inverse Hessian; paper Sec. 4.4.2).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,10 +59,12 @@ from activedet.influence import (
     loop_per_sample_grads,
     per_sample_grads,
     random_index_batches,
+    top_eigenvalue,
     unflat,
 )
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import RankingSettings, Strategy
+from activedet.strategies.diversity import BatchMode
 from activedet.strategies.registry import register
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,11 @@ def topk_target_weights(probs: Tensor, k: int, prob_weight: str = "auto") -> Ten
     c = probs.shape[1]
     if not 1 <= k <= c:
         raise ConfigError(f"strategy key 'top_k' = {k} must be in 1..{c} (number of classes)")
+    if k == c and (k > 1 or prob_weight == "always"):
+        raise ConfigError(
+            f"strategy key 'top_k' = {k} is every class: weighted by the model's own probabilities the "
+            "pseudo labels equal its softmax, so every expected gradient is exactly zero and the "
+            f"ranking would be float noise; use top_k < {c}")
     top_p, top_i = probs.topk(k, dim=1)
     if k == 1 and prob_weight == "auto":
         top_p = torch.ones_like(top_p)
@@ -115,6 +123,34 @@ def pseudo_boxes(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float
     if idx.numel() == 0:
         return None
     return {"boxes": boxes[idx].float(), "labels": labels[idx].long()}
+
+
+def lissa_gain(mu: float, scale: float, damping: float, depth: int) -> float:
+    """How much LiSSA (``depth`` steps, no final division) multiplies an eigen-direction of
+    the Hessian with eigenvalue ``mu``: ``Σ_{t=0}^{depth} r^t``, ``r = 1 − damping − mu/scale``
+    (inf when ``|r| >= 1``: the recursion diverges along it)."""
+    r = 1.0 - damping - mu / scale
+    if abs(r) >= 1.0:
+        return float("inf")
+    return (1.0 - r ** (depth + 1)) / (1.0 - r)
+
+
+def lissa_verdict(lam_max: float, scales: Sequence[float], damping: float, depth: int) -> tuple[str, float]:
+    """Does LiSSA invert the Hessian? ``(verdict, spread)``.
+
+    ``spread`` = gain of the flattest directions (eigenvalue 0) / gain of the sharpest
+    (``lam_max``, the dominant eigenvalue) at the smallest scale, :func:`lissa_gain`:
+    ``diverges`` when the sharpest direction grows without bound (``|r| >= 1``; a negative
+    ``lam_max`` diverges unless ``damping × scale > |lam_max|``), ``inert`` when the spread
+    is below 2 (H⁻¹ ≈ a multiple of the identity: the ranking is gradient similarity, e.g.
+    the authors' scale 1e4 for a top eigenvalue ≈ 80), else ``inverts``.
+    """
+    s = min(scales)
+    sharp = lissa_gain(lam_max, s, damping, depth)
+    if not math.isfinite(sharp) or lissa_gain(0.0, s, damping, depth) == float("inf"):
+        return "diverges", float("inf")
+    spread = lissa_gain(0.0, s, damping, depth) / sharp
+    return ("inert" if spread < 2.0 else "inverts"), spread
 
 
 def scaled_exact_solve(hess: Tensor, v: Tensor, scales: Tensor, damping: float) -> Tensor:
@@ -278,7 +314,14 @@ class InfluenceSettings(Settings):
 
 
 @dataclass(frozen=True)
-class ISALSettings(InfluenceSettings):
+class ISALSettings(InfluenceSettings, RankingSettings):
+    batch: BatchMode = setting(
+        "class_balanced", "the batch: the top scores (topk), or a diverse batch among the top preselect x "
+                          "batch images: kcenter | kmeanspp on pooled features, class_balanced over "
+                          "predicted classes",
+        provenance="the paper: topk; activedet: class_balanced, since every image is ranked against one "
+                   "s_test direction and topk fills a batch with same-class near-duplicates (Fashion-MNIST, "
+                   "5 seeds: final top-1 0.606 topk vs 0.666 class_balanced, random 0.644)")
     inverse: Literal["lissa", "exact"] = setting("lissa", "inverse-HVP: LiSSA, or the exact solve it "
                                                           "converges to (small parameter counts)")
     depth: int | None = setting(None, "LiSSA recursion depth; null: one pass over the labeled set, at "
@@ -286,9 +329,18 @@ class ISALSettings(InfluenceSettings):
                                 provenance="authors' code")
     repeats: int = setting(4, "LiSSA runs averaged", ge=1)
     damping: float = setting(0.01, "LiSSA damping", ge=0, lt=1)
-    scale: float | list[float] | None = setting(
-        None, "LiSSA scale: one number, one per parameter, or null: FCOS/RetinaNet cls 100, reg 8000, "
-              "ctr 5000, else 10000", gt=0, provenance="authors' code")
+    scale: float | list[float] | Literal["auto"] | None = setting(
+        None, "LiSSA scale: one number, one per parameter, auto: scale_margin x the top Hessian "
+              "eigenvalue (power iteration), or null: FCOS/RetinaNet cls 100, reg 8000, ctr 5000, "
+              "else 10000", gt=0, provenance="null: the authors' code; auto: activedet")
+    scale_margin: float = setting(2.0, "scale: auto sets scale to this x the estimated top eigenvalue "
+                                       "(LiSSA converges for scale > eigenvalue / 2)", gt=0.5, le=1e6)
+    power_iters: int = setting(20, "power-iteration steps estimating the top Hessian eigenvalue "
+                                   "(scale: auto, and the LiSSA convergence check)", ge=1)
+    power_images: int = setting(64, "labeled images (a seeded subset) whose mean Hessian the power "
+                                     "iteration uses", ge=1)
+    check_inverse: bool = setting(True, "inverse lissa: estimate the top eigenvalue and warn when LiSSA "
+                                        "diverges or is inert (H^-1 ~ identity: gradient similarity)")
     lissa_batch_size: int = setting(1, "labeled images per LiSSA step", ge=1)
     exact_max_params: int = setting(5000, "inverse exact: refuse more parameters than this", ge=1)
 
@@ -348,6 +400,7 @@ class InfluenceStrategy(Strategy):
             raise StrategyError(f"{self.name} needs the pool's dataset (Pool.from_dataset)")
         if getattr(adapter, "variant", "plain") != "plain":
             raise StrategyError(f"{self.name} scores plain models, got variant {adapter.variant!r}")
+        self.last_info = {}
         names, params = self._parameters(adapter)
         m = _Model(adapter, names, params)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -369,8 +422,8 @@ class InfluenceStrategy(Strategy):
                 g = m.sample_grads(inputs, targets, len(kept), bool(self.params["batched"]))
                 infl = influence_scores(s_test, g)  # (N,) most negative = most helpful
                 out.update({i: float(-x) for i, x in zip(kept, infl.tolist())})
-        self.last_info = {"reference": which, "reference_images": len(ref_ids), "parameters": names,
-                          "scored": len(out), "unscored": len(ids) - len(out)}
+        self.last_info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
+                               "scored": len(out), "unscored": len(ids) - len(out)})
         return out
 
     def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int) -> list[Tensor]:
@@ -386,9 +439,15 @@ class ISALStrategy(InfluenceStrategy):
     reference = "Liu et al., ICCV 2021 (Influence Selection for Active Learning)"
     settings_type = ISALSettings
 
-    def scales(self, names: Sequence[str], task: str, arch: str) -> list[float]:
-        """LiSSA scale of each parameter group (see the ``scale`` key)."""
+    def scales(self, names: Sequence[str], task: str, arch: str, lam_max: float | None = None) -> list[float]:
+        """LiSSA scale of each parameter group (see the ``scale`` key); ``auto`` needs
+        ``lam_max``, the Hessian's dominant eigenvalue."""
         s = self.params["scale"]
+        if s == "auto":
+            if lam_max is None or not math.isfinite(lam_max) or lam_max == 0:
+                raise StrategyError(f"isal: strategy key 'scale' = 'auto' needs the top Hessian eigenvalue; "
+                                    f"power iteration gave {lam_max!r}")
+            return [float(self.params["scale_margin"]) * abs(lam_max)] * len(names)
         if s is None:
             if task == "classification":
                 return [CLASSIFICATION_SCALE] * len(names)
@@ -418,9 +477,14 @@ class ISALStrategy(InfluenceStrategy):
         if not labeled:
             raise StrategyError("isal needs a labeled set to estimate the Hessian")
         task = m.adapter.task
-        scales = self.scales(m.names, task, m.adapter.arch)
         damping = float(self.params["damping"])
         ds = pool.dataset
+        lissa = self.params["inverse"] == "lissa"
+        lam = None
+        if self.params["scale"] == "auto" or (lissa and self.params["check_inverse"]):
+            lam = self.top_eigenvalue(m, ds, labeled, seed)
+        scales = self.scales(m.names, task, m.adapter.arch, lam)
+        self.last_info.update(lambda_max=lam, scales=scales)
         if self.params["inverse"] == "exact":
             hess = None
             for chunk in _chunks(labeled, int(self.params["batch_size"])):
@@ -444,8 +508,50 @@ class ISALStrategy(InfluenceStrategy):
         def source(run: int) -> Any:
             return ((lambda h, b=b: hvp_at(b, h)) for b in batches(run))
 
-        return lissa_inverse_hvp(v, source, depth=int(depth), repeats=int(self.params["repeats"]),
-                                 damping=damping, scale=scales, progress=False)
+        s_test = lissa_inverse_hvp(v, source, depth=int(depth), repeats=int(self.params["repeats"]),
+                                   damping=damping, scale=scales, progress=False)
+        if lam is not None:
+            self._check_lissa(lam, scales, damping, int(depth), v, s_test)
+        return s_test
+
+    def top_eigenvalue(self, m: _Model, dataset: Any, labeled: list[int], seed: int) -> float:
+        """Dominant eigenvalue of the mean per-image Hessian (the one LiSSA samples) over a
+        seeded subset of ``power_images`` labeled images, by ``power_iters`` steps of power
+        iteration on the same Hessian-vector products."""
+        rng = np.random.default_rng(seed)
+        n = min(len(labeled), int(self.params["power_images"]))
+        ids = sorted(labeled[int(j)] for j in rng.choice(len(labeled), size=n, replace=False))
+        chunks = _chunks(ids, int(self.params["batch_size"]))
+
+        def mean_hvp(h: list[Tensor]) -> list[Tensor]:
+            out = [torch.zeros_like(q) for q in m.params]
+            for c in chunks:
+                out = [a + b for a, b in zip(out, hvp(lambda c=c: m.loss_sum(dataset, c), m.params, h))]
+            return [x / n for x in out]
+
+        lam, _ = top_eigenvalue(mean_hvp, m.params, generator=torch.Generator().manual_seed(seed),
+                                iters=int(self.params["power_iters"]))
+        return lam
+
+    def _check_lissa(self, lam: float, scales: list[float], damping: float, depth: int, v: list[Tensor],
+                     s_test: list[Tensor]) -> None:
+        """Record (``last_info``) and warn when LiSSA diverges or leaves ``∇l(R)`` nearly as it is."""
+        if not math.isfinite(lam):
+            self.last_info.update(lissa="unknown")
+            log.warning("isal: power iteration gave a non-finite Hessian eigenvalue (%r); LiSSA not checked", lam)
+            return
+        verdict, spread = lissa_verdict(lam, scales, damping, depth)
+        fv, fs = flat(v).double(), flat(s_test).double()
+        cos = float(fv @ fs / (fv.norm() * fs.norm())) if fv.norm() > 0 and fs.norm() > 0 else float("nan")
+        self.last_info.update(lissa=verdict, lissa_spread=spread, lissa_cosine=cos)
+        where = (f"top Hessian eigenvalue {lam:.4g}, scale {min(scales):.4g}, damping {damping:g}, "
+                 f"depth {depth}; cos(s_test, grad) = {cos:.3f}")
+        if verdict == "diverges" or not bool(torch.isfinite(fs).all()):
+            log.warning("isal: LiSSA diverges (%s); raise 'scale' (or use scale: auto)", where)
+        elif verdict == "inert":
+            log.warning("isal: LiSSA is nearly inert (%s): it reweights the sharpest and the flattest "
+                        "directions by %.2fx only, so H^-1 ~ identity and the ranking is gradient "
+                        "similarity; use scale: auto", where, spread)
 
 
 @register
@@ -461,6 +567,8 @@ __all__ = [
     "ISALStrategy",
     "InfluenceStrategy",
     "detection_image_losses",
+    "lissa_gain",
+    "lissa_verdict",
     "pseudo_boxes",
     "scaled_exact_solve",
     "soft_cross_entropy",

@@ -18,7 +18,9 @@ class attributes the loop reads. The loop hands ``strategy.params`` to the train
   (``topk`` | ``mean`` | ``max``), ``uncertainty`` (``abs`` paper | ``squared`` code),
   ``weighting`` (``none`` | ``mil``: weight each anchor's class-wise discrepancy by its MIL
   instance score), ``score_fraction`` (score a random fraction of the pool, the COCO
-  protocol's 1/5; unscored images come after every scored one), ``batch_size``.
+  protocol's 1/5; unscored images come after every scored one), ``batch_size``;
+- the keys of every ranking strategy: ``cost_aware``, ``batch`` and ``preselect``
+  (:mod:`activedet.strategies.diversity`).
 
 Scoring is batched and keeps one float per image, so memory does not grow with the pool.
 Every image is scored (an image without objects still has anchors).
@@ -32,17 +34,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.models import mial_losses as L
 from activedet.models.mial_settings import MIALHeadSettings, MIALTrainSettings
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy, rank_by_score
+from activedet.strategies.base import Strategy
 from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
 from activedet.strategies.registry import register
 
-__all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores"]
+__all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores",
+           "size_batches"]
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,17 @@ def mial_instance_scores(head: Any, extra: dict[str, Any]) -> torch.Tensor:
     """MIL instance scores (Eq. 5) of one image from ``Inference.extra``: (A, C).
 
     ``extra`` holds ``cls_logits``, ``cls_logits2``, ``mil_logits`` (A, C) without the
-    background channel and ``num_anchors_per_level``; the head supplies its Eq. 5 mode and
-    class activation.
+    background channel, ``num_anchors_per_level`` and optionally ``valid`` (A,) (anchors
+    in batch padding score 0 and leave the softmax over anchors); the head supplies its
+    Eq. 5 mode and class activation.
     """
     if "mil_logits" not in extra:
         raise StrategyError("the MIAL head was built without MIL (iur: false): no MIL scores")
+    valid = extra.get("valid")
     return L.instance_mil_scores(
         extra["cls_logits"][None], extra["cls_logits2"][None], extra["mil_logits"][None],
         extra["num_anchors_per_level"], mode=head.mil_weighting, first_class=0,
-        class_activation=head.mil_class_activation,
+        class_activation=head.mil_class_activation, valid=None if valid is None else valid[None],
     )[0]
 
 
@@ -101,6 +107,17 @@ def anchor_maps(head: Any, extra: dict[str, Any], squared: bool = False,
     return u, None if mil is None else mil.sum(-1).double().numpy()
 
 
+def size_batches(dataset: Any, ids: list[int], batch_size: int) -> list[list[int]]:
+    """``ids`` in batches of at most ``batch_size`` images of one size (H, W) each (in order
+    of first appearance), so that no image is padded for the sake of a batch-mate: the
+    features near an image's border, and so its score, are those it has alone."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in ids:
+        rec = dataset.record(i)
+        groups.setdefault((int(rec.height), int(rec.width)), []).append(i)
+    return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
 @register
 class MIALStrategy(Strategy):
     name = "mial"
@@ -110,6 +127,7 @@ class MIALStrategy(Strategy):
     model_variant = "mial"
     trainer = "mial"
     settings_type = MIALSettings
+    ranks = True  # its _select scores a fraction of the pool, then ranks like the others
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],
@@ -123,21 +141,25 @@ class MIALStrategy(Strategy):
         if frac < 1:
             n = min(len(candidates), max(budget, math.ceil(frac * len(candidates))))
             to_score = sorted(candidates[int(j)] for j in rng.choice(len(candidates), size=n, replace=False))
-        scores = self.score(adapter, pool, to_score, rng)
-        self.last_scores = dict(scores)
-        return rank_by_score(candidates, scores, budget, rng)
+        return self.rank(adapter, pool, candidates, self.score(adapter, pool, to_score, rng), budget, rng)
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
-        """Image score = aggregate (mean of the top-k by default) of anchor uncertainties."""
+        """Image score = aggregate (mean of the top-k by default) of the uncertainties of the
+        anchors inside the image (anchors in the padding of a batch of different sizes are
+        left out, so a score does not depend on the batch-mates)."""
         head = getattr(adapter.model, "head", None)
         if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
             raise StrategyError("strategy 'mial' needs a RetinaNet with the MIAL head (model variant 'mial')")
         p = self.params
         out: dict[int, float] = {}
-        for inf in adapter.infer(pool.dataset, ids, p["batch_size"], progress=self.progress, keep_anchors=True):
+        infs = (inf for chunk in size_batches(pool.dataset, ids, p["batch_size"])
+                for inf in adapter.infer(pool.dataset, chunk, len(chunk), keep_anchors=True))
+        for inf in tqdm(infs, total=len(ids), desc="mial scoring", unit="img", disable=not self.progress, leave=False):
             ex = inf.extra
             mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
+            keep = ex["valid"]
             out[inf.image_id] = image_uncertainty(
-                torch.sigmoid(ex["cls_logits"]), torch.sigmoid(ex["cls_logits2"]), how=p["aggregate"],
-                k=p["top_k"], squared=p["uncertainty"] == "squared", weighting=p["weighting"], mil_scores=mil)
+                torch.sigmoid(ex["cls_logits"][keep]), torch.sigmoid(ex["cls_logits2"][keep]), how=p["aggregate"],
+                k=p["top_k"], squared=p["uncertainty"] == "squared", weighting=p["weighting"],
+                mil_scores=None if mil is None else mil[keep])
         return out

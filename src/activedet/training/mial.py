@@ -10,7 +10,7 @@ One active-learning cycle (paper Sec. 3.2–3.3, Fig. 3–4; schedule from the a
 Each "epoch" passes over the data ``repeat`` times. A fresh SGD optimizer (lr, momentum,
 weight decay from ``TrainConfig``) is built for every stage. ``cfg.epochs`` and
 ``cfg.lr_steps`` are not used: the stage list above is the schedule;
-``cfg.warmup_iters`` warms up the first label stage only. The keys in quotes are the
+``cfg.warmup_iters`` warms up the first stage, ``stage_warmup_iters`` every later one. The keys in quotes are the
 ``mial`` strategy's, declared in :class:`activedet.models.mial_settings.MIALTrainSettings`.
 The stage loop (:func:`run_stage`) is shared with the classifier's MIAL-IUL trainer
 (:mod:`activedet.training.mial_iul`), which passes its own :class:`StageOps`.
@@ -18,9 +18,11 @@ The stage loop (:func:`run_stage`) is shared with the classifier's MIAL-IUL trai
 Stages (labeled batches always contribute ``l_det + l_mil`` with ground-truth image labels):
 
 - ``label``: every parameter trains on labeled batches.
-- ``max`` (Eq. 8): only f1 and f2 train; everything else is frozen (``requires_grad``
-  False, so its gradients are never computed and the optimizer never sees it) and batch
-  norms outside f1/f2 run in eval mode, so their running statistics do not move. Each
+- ``max`` (Eq. 8): the head trains (``max_params: head``, the paper: f1, f2, the box
+  regressor and the MIL head) or only f1 and f2 (``classifiers``, the authors' code);
+  everything else is frozen (``requires_grad`` False, so its gradients are never computed
+  and the optimizer never sees it) and batch norms of frozen parts run in eval mode, so
+  their running statistics do not move. Each
   iteration takes one labeled step and one unlabeled step with
   ``λ·Σ(1 − |σ1 − σ2|)·w``.
 - ``min`` (Eq. 9): f1 and f2 are frozen (their batch norms, if any, in eval mode);
@@ -51,6 +53,7 @@ from tqdm.auto import tqdm
 
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
+from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.trainer import (TrainResult, batches, guarded_step, make_optimizer, stop_if_dead,
                                          warmup_factor, warmup_length)
@@ -106,20 +109,24 @@ def _mial_head(model: nn.Module) -> Any:
     return head
 
 
-def stage_trainable(model: nn.Module, kind: StageKind) -> dict[str, bool]:
+def stage_trainable(model: nn.Module, kind: StageKind, max_params: str = "head") -> dict[str, bool]:
     """Which parameters a stage may train: ``{name: allowed}`` over ``model.named_parameters()``.
 
-    ``label``: all; ``max``: the head's f1/f2 group only; ``min``: everything but f1/f2.
+    ``label``: all; ``max``: the head (``max_params="head"``, paper Eq. 8) or its f1/f2
+    group only (``"classifiers"``, authors' code); ``min``: everything but f1/f2.
     (A parameter that was already frozen, e.g. a pretrained stem, stays frozen.)
     """
+    if max_params not in ("head", "classifiers"):
+        raise ConfigError(f"strategy key 'max_params' = {max_params!r}: expected head or classifiers")
     head = _mial_head(model)
     f12 = {f"head.{n}" for n, _ in head.named_parameter_groups()["f1_f2"]}
+    max_set = f12 if max_params == "classifiers" else {f"head.{n}" for n, _ in head.named_parameters()}
     out = {}
     for name, _ in model.named_parameters():
         if kind == "label":
             out[name] = True
         elif kind == "max":
-            out[name] = name in f12
+            out[name] = name in max_set
         elif kind == "min":
             out[name] = name not in f12
         else:
@@ -128,13 +135,13 @@ def stage_trainable(model: nn.Module, kind: StageKind) -> dict[str, bool]:
 
 
 @contextlib.contextmanager
-def _stage_mode(model: nn.Module, kind: StageKind) -> Iterator[None]:
+def _stage_mode(model: nn.Module, kind: StageKind, max_params: str = "head") -> Iterator[None]:
     """Set ``requires_grad`` and train/eval modes for a stage; restore both afterwards.
 
     Batch norms whose own parameters are all frozen in this stage run in eval mode (their
     running statistics stay put): the backbone's in the max stage, f1/f2's in the min stage.
     """
-    allowed = stage_trainable(model, kind)
+    allowed = stage_trainable(model, kind, max_params)
     params = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in params.items()}
     modes = {m: m.training for m in model.modules()}
@@ -171,14 +178,14 @@ def unlabeled_subset(labeled: Sequence[int], unlabeled: Sequence[int], generator
 class StageOps:
     """What the detection (MIAL) and classification (MIAL-IUL) stage loops do differently.
 
-    - ``mode(adapter, kind)``: context setting ``requires_grad`` and train/eval modes of a stage;
+    - ``mode(adapter, kind, s)``: context setting ``requires_grad`` and train/eval modes of a stage;
     - ``labeled(adapter, inputs, targets)``: loss terms of a labeled batch;
     - ``unlabeled(adapter, inputs, kind, s)``: loss terms of an unlabeled batch (min/max)
       and extra per-batch means to log (not trained on).
     """
 
     name: str
-    mode: Callable[[Any, StageKind], ContextManager[None]]
+    mode: Callable[[Any, StageKind, Any], ContextManager[None]]
     labeled: Callable[[Any, Any, Any], dict[str, torch.Tensor]]
     unlabeled: Callable[[Any, Any, StageKind, Any], tuple[dict[str, torch.Tensor], dict[str, float]]]
 
@@ -186,17 +193,20 @@ class StageOps:
 def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
                       s: MIALTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Transform → backbone → MIAL head (train mode, no targets) → unlabeled losses of
-    ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head)."""
+    ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head), anchors in
+    batch padding left out."""
     model = adapter.model
     image_list, _ = model.transform(images)
     features = list(model.backbone(image_list.tensors).values())
     head_out = model.head(features)  # (N, HWA, K) each; records num_anchors_per_level
-    return model.head.unlabeled_loss(head_out, kind, lam=s.lam, reweight=s.reweight,
-                                     squared=s.train_squared, pseudo_threshold=s.pseudo_threshold), {}
+    anchors = model.anchor_generator(image_list, features)
+    valid = torch.stack([anchors_inside(a, size) for a, size in zip(anchors, image_list.image_sizes)])
+    return model.head.unlabeled_loss(head_out, kind, lam=s.lam, reweight=s.reweight, squared=s.train_squared,
+                                     pseudo_threshold=s.pseudo_threshold, valid=valid), {}
 
 
 #: RetinaNet + MIAL head: the model's own loss dict on labeled batches
-DETECTION_STAGES = StageOps("MIAL", lambda adapter, kind: _stage_mode(adapter.model, kind),
+DETECTION_STAGES = StageOps("MIAL", lambda adapter, kind, s: _stage_mode(adapter.model, kind, s.max_params),
                             lambda adapter, inputs, targets: adapter.model(inputs, targets),
                             _unlabeled_losses)
 
@@ -221,7 +231,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     paired = stage.kind in ("min", "max")
     if paired and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
-    with ops.mode(adapter, stage.kind):
+    with ops.mode(adapter, stage.kind, s):
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
         for e in range(stage.epochs):
@@ -314,8 +324,9 @@ def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], 
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         epoch = 1
         for k, stage in enumerate(schedule):
+            warmup = warmup_length(total_iters, cfg) if k == 0 else s.stage_warmup_iters
             rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
-                                warmup_iters=warmup_length(total_iters, cfg) if k == 0 else 0, bar=bar, ops=ops)
+                                warmup_iters=warmup, bar=bar, ops=ops)
             result.history.extend(rows)
             stop_if_dead(result.history, cfg)
             result.images += n

@@ -89,7 +89,7 @@ def _check_adapter(adapter: Any) -> None:
 
 
 @contextlib.contextmanager
-def _stage_mode(adapter: Any, kind: StageKind) -> Iterator[None]:
+def _stage_mode(adapter: Any, kind: StageKind, s: Any = None) -> Iterator[None]:
     """``requires_grad`` and train/eval modes of a stage, restored afterwards.
 
     ``max``: only the heads train and the feature extractor runs in eval mode (its batch

@@ -1,0 +1,156 @@
+"""Selection quality across seeds: strategies × seeds through ``activedet simulate``.
+
+Every run is the CLI (``activedet simulate CONFIG --out RUN --quiet`` in a subprocess) on
+a config written from BASE with the strategy, the seed and ``--set`` overrides filled in,
+so a number here is what a user gets from the same YAML.
+
+    python benchmarks/quality.py BASE.yaml --out DIR --seeds 0 1 2 \
+        --strategy random --strategy isal --strategy 'isal+cb=isal:batch=class_balanced,scale=auto' \
+        [--set dataset.options.n_train=500 --set train.epochs=10]
+
+A strategy is ``NAME`` or ``LABEL=NAME:key=value,key=value`` (values read as YAML).
+Prints, per strategy, the metric (top-1 for classification, AP50 for detection) of every
+round as mean ± std over seeds, the mean over cycles 1..N (round 0 is the same random set
+for every strategy of a seed) and the labeled boxes at which the mean curve first reaches
+random's final value (when ``random`` is among the strategies). Writes ``DIR/summary.json``;
+finished runs already in DIR are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CLI = "import sys; from activedet.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL=NAME:k=v,k=v`` | ``NAME:k=v`` | ``NAME`` -> (label, strategy mapping)."""
+    label, _, rest = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+    name, _, kv = rest.partition(":")
+    params: dict[str, Any] = {"name": name}
+    for item in filter(None, kv.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--strategy {spec!r}: expected key=value, got {item!r}")
+        params[key] = yaml.safe_load(raw)
+    return label or spec, params
+
+
+def override(data: dict[str, Any], assignment: str) -> None:
+    """Set ``a.b.c=value`` (value read as YAML) in a nested mapping."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {assignment!r}: expected key=value")
+    node = data
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = yaml.safe_load(raw)
+
+
+def run_one(base: dict[str, Any], strategy: dict[str, Any], seed: int, run_dir: Path, sets: list[str]) -> list[dict]:
+    """Simulate one (strategy, seed) through the CLI unless already complete; its rounds."""
+    from activedet.loop.ledger import Ledger
+
+    done = False
+    if (run_dir / Ledger.FILENAME).exists():
+        with Ledger(run_dir) as ledger:
+            done = bool(ledger.meta().get("complete"))
+    if not done:
+        data = json.loads(json.dumps(base))
+        for s in sets:
+            override(data, s)
+        data["seed"] = seed
+        data["strategy"] = dict(strategy)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = run_dir.parent / f"{run_dir.name}.yaml"
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        resume = ["--resume"] if (run_dir / Ledger.FILENAME).exists() else []
+        proc = subprocess.run([sys.executable, "-c", CLI, "simulate", str(cfg), "--out", str(run_dir), "--quiet",
+                               *resume], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{run_dir.name}: activedet simulate failed:\n{proc.stderr[-2000:]}")
+    with Ledger(run_dir) as ledger:
+        return ledger.rounds()
+
+
+def metric_of(rounds: list[dict]) -> str:
+    return "top1" if "top1" in (rounds[0].get("metrics") or {}) else "AP50"
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(results: dict[str, dict[int, list[dict]]]) -> dict[str, Any]:
+    """label -> seed -> rounds  =>  per label: per-round mean/std, mean over cycles, boxes."""
+    first = next(iter(next(iter(results.values())).values()))
+    metric = metric_of(first)
+    out: dict[str, Any] = {"metric": metric, "strategies": {}}
+    for label, by_seed in results.items():
+        curves = [[r["metrics"][metric] for r in rounds] for rounds in by_seed.values()]
+        boxes = [[r["labeled_boxes"] for r in rounds] for rounds in by_seed.values()]
+        per_round = [mean_std([c[k] for c in curves]) for k in range(len(curves[0]))]
+        cycles = mean_std([statistics.fmean(c[1:]) for c in curves])
+        out["strategies"][label] = {"per_round": per_round, "mean_over_cycles": cycles,
+                                    "boxes": [statistics.fmean(b[k] for b in boxes) for k in range(len(boxes[0]))],
+                                    "seeds": sorted(by_seed)}
+    rand = out["strategies"].get("random")
+    if rand is not None:
+        target = rand["per_round"][-1][0]
+        for s in out["strategies"].values():
+            hit = [b for (m, _), b in zip(s["per_round"], s["boxes"]) if m >= target]
+            s["boxes_to_random_final"] = hit[0] if hit else None
+    return out
+
+
+def table(summary: dict[str, Any]) -> str:
+    metric = summary["metric"]
+    rows = []
+    for label, s in summary["strategies"].items():
+        rounds = "  ".join(f"{m:.3f}±{sd:.3f}" for m, sd in s["per_round"])
+        mc, sc = s["mean_over_cycles"]
+        reach = s.get("boxes_to_random_final")
+        reach_txt = "-" if reach is None else f"{reach:.0f}"
+        rows.append(f"{label:<28} {rounds}   {mc:.4f}±{sc:.4f}   {reach_txt}")
+    n = len(next(iter(summary["strategies"].values()))["per_round"])
+    head = f"{'strategy':<28} " + "  ".join(f"{'round ' + str(k):<11}" for k in range(n)) + \
+        f"   {metric} mean r1..{n - 1}   boxes to random's final"
+    return "\n".join([head, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("base", type=Path, help="base experiment YAML")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--strategy", action="append", required=True, help="NAME or LABEL=NAME:key=value,...")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config override key.path=value")
+    args = ap.parse_args(argv)
+    base = yaml.safe_load(args.base.read_text())
+    results: dict[str, dict[int, list[dict]]] = {}
+    for spec in args.strategy:
+        label, strategy = parse_strategy(spec)
+        for seed in args.seeds:
+            run_dir = args.out / f"{label.replace('/', '_')}-seed{seed}"
+            results.setdefault(label, {})[seed] = run_one(base, strategy, seed, run_dir, args.sets)
+            print(f"done {label} seed {seed}", file=sys.stderr, flush=True)
+    summary = summarise(results)
+    summary.update(base=str(args.base), sets=args.sets, strategies_spec=args.strategy)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Diverse batches: choose ``k`` of a ranked candidate list so that they are not redundant.
+
+Every ranking strategy (the default ``Strategy._select``, MIAL) accepts
+``strategy.batch`` and ``strategy.preselect`` (:class:`BatchSettings`). ``topk`` takes the
+highest scores, as the papers do. The other modes are the two-stage scheme of PPAL (CVPR
+2024), Cluster-Margin and BADGE: take the top ``preselect × k`` images by score, then
+choose ``k`` of them that differ from each other:
+
+- ``kcenter``: k-center greedy (core-set) on the model's pooled features, the labeled
+  images counting as centers: each pick is the candidate farthest from every labeled
+  image and every earlier pick.
+- ``kmeanspp``: k-means++ seeding on the same features, within the batch: the first pick
+  is the top-scored candidate, each next one is drawn with probability proportional to
+  its squared distance to the nearest earlier pick (a seeded generator).
+- ``class_balanced``: round-robin over the predicted classes (classifier: arg-max class;
+  detector: the class of the image's highest-scoring detection, images without one
+  forming their own group), best score first within a class; the classes take turns in
+  the order of their best candidate's score.
+
+The result is still a full ranking (the loop's box budget takes ranked images until the
+boxes are spent): the chosen ``k`` first, in pick order, then every other image in its
+score order. Features and classes are computed only for the preselected candidates (and,
+for ``kcenter``, the labeled set).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from activedet.errors import ConfigError, StrategyError
+from activedet.settings import Settings, setting
+
+__all__ = ["BatchSettings", "BatchMode", "k_center_greedy", "min_distances", "squared_euclidean",
+           "kmeanspp_seeding", "class_round_robin", "diverse_choice", "diverse_ranking", "predicted_classes"]
+
+BatchMode = Literal["topk", "kcenter", "kmeanspp", "class_balanced"]
+
+
+@dataclass(frozen=True)
+class BatchSettings(Settings):
+    """Keys every ranking strategy accepts: how a batch is chosen from the ranking."""
+
+    batch: BatchMode = setting(
+        "topk", "the batch: the top scores (topk), or a diverse batch among the top preselect x batch "
+                "images: kcenter | kmeanspp on pooled features, class_balanced over predicted classes",
+        provenance="topk: the papers; the others: two-stage selection as in PPAL (CVPR 2024), "
+                   "Cluster-Margin, BADGE")
+    preselect: float = setting(3.0, "batch other than topk: candidates are the top preselect x batch "
+                                    "images by score", ge=1, le=1000)
+
+#: distance(x (n, D) float64, y (m, D) float64) -> (n, m) float64
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x (n, D), y (m, D) -> (n, m) squared Euclidean distances, clamped at 0."""
+    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    return d.clamp_min_(0.0)
+
+
+def min_distances(x: torch.Tensor, centers: torch.Tensor, chunk_size: int,
+                  distance: Distance = squared_euclidean) -> torch.Tensor:
+    """x (N, D), centers (M, D) -> (N,) distance of each row to its nearest center
+    (+inf when M = 0), computed in (chunk_size × chunk_size) blocks."""
+    out = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
+    for i in range(0, x.shape[0], chunk_size):
+        rows = x[i:i + chunk_size]
+        for j in range(0, centers.shape[0], chunk_size):
+            block = distance(rows, centers[j:j + chunk_size]).min(1).values
+            out[i:i + chunk_size] = torch.minimum(out[i:i + chunk_size], block)
+    return out
+
+
+def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, budget: int,
+                    rng: np.random.Generator, chunk_size: int = 2048,
+                    distance: Distance = squared_euclidean) -> tuple[list[int], list[float]]:
+    """Greedy k-center: pick ``budget`` rows of ``features`` that are not ``labeled``.
+
+    features: (N, D); labeled: (N,) bool mask of the existing centers. Returns the picked
+    row indices in pick order and each pick's distance to its nearest center at the moment
+    it was picked (a non-increasing sequence). Ties go to the lowest index. With no labeled
+    row the first pick is drawn from ``rng``. Rows already centers are never picked, even
+    when every remaining distance is 0 (duplicate features).
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    labeled = np.asarray(labeled, dtype=bool)
+    if x.ndim != 2 or labeled.shape != (x.shape[0],):
+        raise StrategyError(f"k-center greedy needs features (N, D) and a mask (N,), got {tuple(x.shape)} "
+                            f"and {labeled.shape}")
+    n_free = int((~labeled).sum())
+    if budget > n_free:
+        raise StrategyError(f"k-center greedy asked for {budget} picks but only {n_free} rows are free")
+    if chunk_size < 1:
+        raise ConfigError(f"strategy key 'chunk_size' = {chunk_size!r} must be >= 1")
+    taken = torch.as_tensor(labeled).clone()
+    dist = min_distances(x, x[taken], chunk_size, distance)
+    picks: list[int] = []
+    gains: list[float] = []
+    for _ in range(budget):
+        masked = dist.masked_fill(taken, -float("inf"))
+        if not bool(taken.any()):
+            free = np.flatnonzero(~taken.numpy())
+            idx = int(free[rng.integers(len(free))])
+        else:
+            idx = int(masked.argmax())
+        picks.append(idx)
+        gains.append(float(masked[idx]))
+        taken[idx] = True
+        dist = torch.minimum(dist, min_distances(x, x[idx:idx + 1], chunk_size, distance))
+    return picks, gains
+
+
+def kmeanspp_seeding(features: np.ndarray | torch.Tensor, k: int, rng: np.random.Generator,
+                     chunk_size: int = 2048) -> list[int]:
+    """k-means++ seeding: ``k`` distinct row indices of ``features`` (N, D), in pick order.
+
+    The first pick is row 0 (the caller passes rows best first); each next pick is drawn
+    from ``rng`` with probability proportional to the squared Euclidean distance to the
+    nearest earlier pick. When every unpicked row duplicates a pick (all distances 0), the
+    lowest unpicked index is taken.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    if x.ndim != 2:
+        raise StrategyError(f"k-means++ needs features (N, D), got {tuple(x.shape)}")
+    n = x.shape[0]
+    if not 0 <= k <= n:
+        raise StrategyError(f"k-means++ asked for {k} picks from {n} rows")
+    if k == 0:
+        return []
+    picks = [0]
+    taken = np.zeros(n, dtype=bool)
+    taken[0] = True
+    dist = min_distances(x, x[:1], chunk_size)
+    while len(picks) < k:
+        d = dist.numpy().copy()
+        d[taken] = 0.0
+        total = float(d.sum())
+        if total > 0 and math.isfinite(total):
+            idx = int(rng.choice(n, p=d / total))
+        else:
+            idx = int(np.flatnonzero(~taken)[0])
+        picks.append(idx)
+        taken[idx] = True
+        dist = torch.minimum(dist, min_distances(x, x[idx:idx + 1], chunk_size))
+    return picks
+
+
+def class_round_robin(classes: Sequence[int], k: int) -> list[int]:
+    """``k`` indices into ``classes`` (one predicted class per candidate, candidates best
+    first), taking turns over the classes: the best candidate of each class in the order of
+    their best candidate, then the second best of each, and so on."""
+    if not 0 <= k <= len(classes):
+        raise StrategyError(f"class round-robin asked for {k} picks from {len(classes)} candidates")
+    groups: dict[int, list[int]] = {}
+    for j, c in enumerate(classes):
+        groups.setdefault(int(c), []).append(j)  # dict order: order of each class's best
+    queues = list(groups.values())
+    picks: list[int] = []
+    depth = 0
+    while len(picks) < k:
+        for q in queues:
+            if depth < len(q) and len(picks) < k:
+                picks.append(q[depth])
+        depth += 1
+    return picks
+
+
+def predicted_classes(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int) -> list[int]:
+    """One predicted class per image of ``ids``: a classifier's arg-max label; a detector's
+    label of its highest-scoring detection, or -1 when it has none."""
+    kwargs = {"keep_anchors": False} if adapter.task == "detection" else {}
+    out = {}
+    for inf in adapter.infer(dataset, list(ids), batch_size, **kwargs):
+        out[inf.image_id] = int(inf.labels[int(inf.scores.argmax())]) if inf.labels.numel() else -1
+    return [out[i] for i in ids]
+
+
+def diverse_ranking(ranked: Sequence[int], scores: Mapping[int, float], k: int, mode: BatchMode,
+                    preselect: float, choose: Callable[[list[int], int], list[int]]) -> list[int]:
+    """Reorder a ranking so that a diverse batch of ``k`` comes first.
+
+    ``ranked``: ids best first, scored ids before unscored ones (:func:`rank_by_score`);
+    candidates are the first ``ceil(preselect × k)`` scored ids. ``choose(candidates, k)``
+    returns ``k`` distinct indices into ``candidates``. Returns every id of ``ranked``: the
+    chosen ones in pick order, then the rest in their ranked order. ``topk``, or no more
+    candidates than ``k``, returns ``ranked`` unchanged.
+    """
+    scored = [i for i in ranked if i in scores]
+    m = min(len(scored), int(math.ceil(preselect * k)))
+    if mode == "topk" or k <= 0 or m <= k:
+        return list(ranked)
+    candidates = scored[:m]
+    picks = choose(candidates, k)
+    if len(picks) != k or len(set(picks)) != k or not all(0 <= p < m for p in picks):
+        raise StrategyError(f"batch '{mode}' chose {picks!r}, expected {k} distinct indices below {m}")
+    chosen = [candidates[p] for p in picks]
+    first = set(chosen)
+    return chosen + [i for i in ranked if i not in first]
+
+
+def diverse_choice(mode: BatchMode, adapter: Any, pool: Any, batch_size: int,
+                   rng: np.random.Generator) -> Callable[[list[int], int], list[int]]:
+    """The ``choose(candidates, k)`` of :func:`diverse_ranking` for ``mode``, reading
+    features or predicted classes of the candidates (and labeled images) from ``adapter``."""
+    dataset = pool.dataset
+    if dataset is None:
+        raise StrategyError(f"strategy key 'batch' = '{mode}' needs the pool's dataset")
+
+    def features(ids: list[int]) -> np.ndarray:
+        feats = adapter.features(dataset, ids, batch_size)
+        if not np.isfinite(feats).all():
+            raise StrategyError(f"strategy key 'batch' = '{mode}': the model produced non-finite features")
+        return feats
+
+    def choose(candidates: list[int], k: int) -> list[int]:
+        if mode == "kcenter":
+            labeled = list(pool.labeled)
+            feats = features(labeled + candidates)
+            mask = np.zeros(len(feats), dtype=bool)
+            mask[:len(labeled)] = True
+            picks, _ = k_center_greedy(feats, mask, k, rng)
+            return [p - len(labeled) for p in picks]
+        if mode == "kmeanspp":
+            return kmeanspp_seeding(features(candidates), k, rng)
+        if mode == "class_balanced":
+            return class_round_robin(predicted_classes(adapter, dataset, candidates, batch_size), k)
+        raise ConfigError(f"strategy key 'batch' = {mode!r}: expected one of topk, kcenter, kmeanspp, "
+                          "class_balanced")
+
+    return choose
