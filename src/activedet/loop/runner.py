@@ -9,7 +9,6 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import hashlib
 import io
@@ -22,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
+from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, image_root
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
@@ -82,17 +81,17 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
     strategy = resolve(cfg)
     strategy.check_model(cfg.task, cfg.model.arch)
     opts = cfg.dataset.options
-    train = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, opts)
+    train = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), opts)
     test_spec = _split_spec(cfg, "test")
     if test_spec is None:
         raise ConfigError("config key 'dataset.test' is required (the evaluation split)")
-    test = load_dataset(test_spec, "test", cfg.dataset.images, opts)
+    test = load_dataset(test_spec, "test", image_root(cfg.dataset, "test"), opts)
     reference = None
     if cfg.dataset.reference is not None:
         if cfg.dataset.reference == cfg.dataset.test:
             raise ConfigError("'dataset.reference' must not be the test split: evaluation would "
                               "reward selecting for the reported metric")
-        reference = load_dataset(cfg.dataset.reference, "reference", cfg.dataset.images, opts)
+        reference = load_dataset(cfg.dataset.reference, "reference", image_root(cfg.dataset, "reference"), opts)
     if train.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
     if test.class_names != train.class_names:
@@ -129,8 +128,9 @@ def auto_image_size(dataset: Any, largest: int = 800) -> int:
 
 
 def _amount(value: float, total: int) -> int:
-    """A count (>= 1) as is; a fraction of ``total`` rounded half up, at least 1."""
-    return int(value) if value >= 1 else max(1, int(value * total + 0.5))
+    """An int is a count, as is; a float a fraction of ``total`` (1.0: all of it) rounded
+    half up, at least 1."""
+    return value if isinstance(value, int) else max(1, int(value * total + 0.5))
 
 
 def budget_targets(loop: LoopConfig, pool: Pool) -> list[int]:
@@ -245,8 +245,6 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     with run_lock(run_dir, "simulate"):  # one writer per run directory
         ledger = open_ledger(run_dir, cfg, exp, resume)
         try:
-            if dataclasses.is_dataclass(getattr(adapter, "cfg", None)):  # e.g. an offline backbone fallback
-                ledger.set_meta(model_built=dataclasses.asdict(adapter.cfg))
             make_dir(run_dir / "checkpoints")
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
             _cycle(exp, adapter, ledger, run_dir, progress, hooks)

@@ -1,0 +1,104 @@
+"""Issue 15, first contact: what a new user hits in the first hour (each test failed before
+its fix)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from activedet.cli import main
+from activedet.config import load_config
+from activedet.data.pool import Pool
+from activedet.errors import ConfigError
+from activedet.loop.runner import budget_targets
+from tests.conftest import make_detection_dataset
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize("text", ["", "seed: 1\n", "loop: {cycles: 1}\n", "dataset: {test: t.json}\n"])
+def test_empty_or_near_empty_config_is_refused(tmp_path: Path, capsys, text: str) -> None:
+    cfg = _write(tmp_path / "c.yaml", text)
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'dataset.train' is required" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_type_errors_say_what_was_expected_and_1e_2_is_a_number(tmp_path: Path) -> None:
+    head = "dataset: {train: 'builtin:shapes'}\n"
+    with pytest.raises(ConfigError, match=r"train.epochs': 'ten' is not an integer"):
+        load_config(_write(tmp_path / "a.yaml", head + "train: {epochs: ten}\n"))
+    with pytest.raises(ConfigError, match=r"train.hflip': 'yes please' is not true or false"):
+        load_config(_write(tmp_path / "b.yaml", head + "train: {hflip: yes please}\n"))
+    cfg = load_config(_write(tmp_path / "c.yaml", head + "train: {lr: 1e-2, weight_decay: 5e-4}\n"))
+    assert cfg.train.lr == 0.01 and cfg.train.weight_decay == 0.0005
+
+
+def test_loop_initial_float_is_a_fraction_int_a_count(tmp_path: Path) -> None:
+    head = "dataset: {train: 'builtin:shapes'}\n"
+    cfg = load_config(_write(tmp_path / "a.yaml", head + "loop: {initial: 1.0, cycles: 0}\n"))
+    assert budget_targets(cfg.loop, Pool(range(40))) == [40]  # everything, not one image
+    cfg = load_config(_write(tmp_path / "b.yaml", head + "loop: {initial: 1, cycles: 0}\n"))
+    assert budget_targets(cfg.loop, Pool(range(40))) == [1]
+    with pytest.raises(ConfigError, match=r"loop.initial' = 5.0: .*an integer: 5"):
+        load_config(_write(tmp_path / "c.yaml", head + "loop: {initial: 5.0}\n"))
+
+
+def test_relative_paths_resolve_from_the_config_folder(tmp_path: Path, monkeypatch) -> None:
+    make_detection_dataset(n=4).export_coco(tmp_path / "exp" / "data")
+    cfg_path = _write(tmp_path / "exp" / "c.yaml",
+                      "dataset: {train: data/annotations.json, train_images: data, test: voc:vocdir:val}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(cfg_path)
+    assert cfg.dataset.train == str(tmp_path / "exp" / "data" / "annotations.json")
+    assert cfg.dataset.train_images == str(tmp_path / "exp" / "data")
+    assert cfg.dataset.test == f"voc:{tmp_path / 'exp' / 'vocdir'}:val"
+
+
+def test_overrides_are_applied_and_recorded(tmp_path: Path, capsys) -> None:
+    cfg = _write(tmp_path / "c.yaml", "dataset: {train: 'builtin:shapes'}\nstrategy: {name: mial, lambda: 0.3}\n")
+    assert main(["config", str(cfg), "--json", "--set", "train.epochs=1", "--set", "strategy.name=entropy",
+                 "--set", "loop.initial=0.5"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["train"]["epochs"] == 1 and resolved["loop"]["initial"] == 0.5
+    assert resolved["strategy"]["name"] == "entropy" and "lambda" not in resolved["strategy"]
+    assert main(["config", str(cfg), "--set", "train.epochs"]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ per-split image roots
+def test_one_image_root_for_two_coco_files_is_refused(tmp_path: Path) -> None:
+    a = make_detection_dataset(n=4, seed=1).export_coco(tmp_path / "a")
+    b = make_detection_dataset(n=4, seed=2, start_id=100).export_coco(tmp_path / "b")
+    text = f"dataset: {{train: {a}, test: {b}, images: {tmp_path / 'a'}}}\n"
+    with pytest.raises(ConfigError, match="dataset.train_images, dataset.test_images"):
+        load_config(_write(tmp_path / "c.yaml", text))
+    same = f"dataset: {{train: {a}, test: {a}, images: {tmp_path / 'a'}}}\n"  # one file: unambiguous
+    assert load_config(_write(tmp_path / "d.yaml", same)).dataset.images == str(tmp_path / "a")
+    with pytest.raises(ConfigError, match="test_images' is set but 'dataset.test'"):
+        load_config(_write(tmp_path / "e.yaml", f"dataset: {{train: {a}, test_images: {tmp_path}}}\n"))
+
+
+def test_each_split_reads_its_own_image_root(tmp_path: Path) -> None:
+    from activedet.loop.runner import prepare
+
+    train = make_detection_dataset(n=8, seed=1)
+    test = make_detection_dataset(n=4, seed=2)  # same file names as train's first four
+    a, b = train.export_coco(tmp_path / "a"), test.export_coco(tmp_path / "b")
+    (tmp_path / "a" / "annotations.json").rename(tmp_path / "train.json")
+    (tmp_path / "b" / "annotations.json").rename(tmp_path / "test.json")
+    cfg = load_config(_write(tmp_path / "c.yaml", yaml.safe_dump({
+        "dataset": {"train": "train.json", "train_images": "a", "test": "test.json", "test_images": "b"},
+        "model": {"arch": "retinanet", "backbone": "mobilenet_v2", "pretrained": False, "image_size": 64},
+        "loop": {"initial": 2, "per_cycle": 1, "cycles": 1}})))
+    exp = prepare(cfg)
+    first = exp.test.ids[0]
+    assert Path(exp.test.record(first).path).parent.parent == tmp_path / "b"
