@@ -102,3 +102,92 @@ def test_each_split_reads_its_own_image_root(tmp_path: Path) -> None:
     exp = prepare(cfg)
     first = exp.test.ids[0]
     assert Path(exp.test.record(first).path).parent.parent == tmp_path / "b"
+
+
+# ------------------------------------------------------------------ command line
+def _tiny_yaml(tmp_path: Path, **loop) -> Path:
+    return _write(tmp_path / "tiny.yaml", yaml.safe_dump({
+        "device": "cpu", "seed": 1,
+        "dataset": {"train": "builtin:shapes", "options": {"n_train": 12, "n_test": 4, "image_size": 48}},
+        "model": {"arch": "retinanet", "backbone": "mobilenet_v2", "pretrained": False, "image_size": 48},
+        "train": {"epochs": 1, "batch_size": 4},
+        "loop": {"initial": 4, "per_cycle": 2, "cycles": 1, **loop}, "strategy": {"name": "random"}}))
+
+
+def test_version_and_verbose_after_the_subcommand(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("activedet ")
+    assert main(["strategies", "-v"]) == 0
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "user_folder"])
+def test_out_that_is_not_a_run_folder_is_refused(tmp_path: Path, capsys, where: str) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    out = {"file": tmp_path / "afile", "under_file": tmp_path / "afile" / "run",
+           "user_folder": tmp_path / "mine"}[where]
+    assert main(["simulate", str(_tiny_yaml(tmp_path)), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err, err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
+
+
+def _fake_run(run_dir: Path, strategy: str = "random", seed: int = 0, pool: int = 20,
+              train: str = "builtin:shapes", ap: float = 0.5) -> Path:
+    from activedet.loop.ledger import Ledger
+
+    config = {"dataset": {"train": train, "test": None, "options": {}},
+              "loop": {"unit": "images", "initial": 4, "per_cycle": 2}, "strategy": {"name": strategy}}
+    with Ledger(run_dir, create=True) as ledger:
+        ledger.set_meta(config=config, strategy=strategy, task="detection", seed=seed, unit="images",
+                        pool_size=pool, pool_boxes=pool * 2, complete=True)
+        for r in range(2):
+            ledger.add_round(r, [r * 10 + 1, r * 10 + 2], 2 * (r + 1), 4 * (r + 1), {}, None)
+            ledger.set_metrics(r, {"AP": ap, "AP50": ap + 0.1 * r}, {})
+    return run_dir
+
+
+def test_status_on_a_corrupt_or_empty_ledger_is_one_line(tmp_path: Path, capsys) -> None:
+    for name, data in (("corrupt", b"this is not sqlite" * 10), ("empty", b"")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ledger.sqlite").write_bytes(data)
+        assert main(["status", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "ledger.sqlite" in err, err
+    assert main(["report", str(tmp_path / "corrupt"), "--out", str(tmp_path / "rep")]) == 2
+    assert "not an activedet ledger" in capsys.readouterr().err
+
+
+def test_report_and_datasets_export_to_a_file_are_one_line(tmp_path: Path, capsys) -> None:
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(run), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["datasets", "export", "shapes", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_report_counts_a_run_once_and_refuses_different_setups(tmp_path: Path, capsys) -> None:
+    run = _fake_run(tmp_path / "a")
+    assert main(["report", str(run), str(tmp_path / "." / "a"), "--out", str(tmp_path / "rep")]) == 0
+    assert "counted once" in capsys.readouterr().err
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "| random | 1 |" in table  # one run, not two seeds
+    other = _fake_run(tmp_path / "b", seed=1, pool=40)
+    assert main(["report", str(run), str(other), "--out", str(tmp_path / "rep2")]) == 2
+    assert "runs differ in pool_size" in capsys.readouterr().err
+    other = _fake_run(tmp_path / "c", seed=1, train="/data/other.json")
+    assert main(["report", str(run), str(other), "--out", str(tmp_path / "rep3")]) == 2
+    assert "runs differ in dataset.train" in capsys.readouterr().err
+
+
+def test_without_a_tty_progress_is_periodic_lines(tmp_path: Path, capsys, caplog) -> None:
+    assert main(["simulate", str(_tiny_yaml(tmp_path)), "--out", str(tmp_path / "run"),
+                 "--set", "train.epochs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "train:" in err and err.count("train:") <= 2  # one line per bar here (30 s apart at most)
+    assert "round 0:" in caplog.text and "round 1: AP" in caplog.text  # the current cycle, without -v
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["epochs"] == 2

@@ -12,6 +12,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from activedet.loop.signals import signal_number, stop_on_signals
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
@@ -48,6 +49,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _resume_command(args: argparse.Namespace) -> str:
     words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
+    for item in args.set:
+        words += ["--set", item]
     if args.device:
         words += ["--device", args.device]
     if args.seed is not None:
@@ -130,7 +133,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from activedet.config import load_config
     from activedet.labeling.project import SelectOptions, select
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
@@ -205,13 +208,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from activedet.loop.ledger import Ledger
     from activedet.report.html import write_report
 
-    runs, settings = [], []
-    for d in args.run_dirs:
+    out_dir(args.out)
+    run_dirs = _distinct_runs(args.run_dirs)
+    runs, settings, configs = [], [], []
+    for d in run_dirs:
         with Ledger(d) as ledger:
             runs.append(ledger.status())
-            strategy = dict((ledger.meta().get("config") or {}).get("strategy") or {})
+            configs.append(ledger.meta().get("config") or {})
+            strategy = dict(configs[-1].get("strategy") or {})
             strategy.pop("name", None)
             settings.append(strategy)
+    _check_comparable(run_dirs, runs, configs)
     for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
         run["strategy"] = label
     index = write_report(runs, args.out)
@@ -219,7 +226,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if getattr(args, "heatmaps", 0):
         from activedet.report.mial_heatmap import write_run_heatmaps
 
-        for d, status in zip(args.run_dirs, runs):
+        for d, status in zip(run_dirs, runs):
             if status["strategy"] != "mial":
                 print(f"heat maps: skipping {d} (strategy '{status['strategy']}', not 'mial')")
                 continue
@@ -227,6 +234,53 @@ def _cmd_report(args: argparse.Namespace) -> int:
             paths = write_run_heatmaps(d, out, args.heatmaps)
             print(f"heat maps: {len(paths)} written to {out}")
     return 0
+
+
+def _distinct_runs(run_dirs: Sequence[str]) -> list[str]:
+    """Each run once: a run directory given twice (under any spelling) is not two seeds."""
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            print(f"activedet report: {d} is the same run as {seen[key]}; counted once", file=sys.stderr)
+        else:
+            seen[key] = d
+    return list(seen.values())
+
+
+#: what runs must share to be one table: the data, the pool and the budget schedule
+_COMPARED = (("dataset", "train"), ("dataset", "test"), ("dataset", "options"), ("loop", "unit"),
+             ("loop", "initial"), ("loop", "per_cycle"))
+
+
+def _check_comparable(run_dirs: Sequence[str], runs: Sequence[dict[str, Any]],
+                      configs: Sequence[dict[str, Any]]) -> None:
+    """Refuse runs over different datasets, pools or budgets: one table would compare
+    numbers that do not measure the same thing."""
+    def value(i: int, key: tuple[str, ...]) -> Any:
+        if key == ("pool_size",):
+            return runs[i].get("pool_size")
+        return (configs[i].get(key[0]) or {}).get(key[1])
+
+    for key in _COMPARED + (("pool_size",),):
+        values = [value(i, key) for i in range(len(runs))]
+        if any(v != values[0] for v in values):
+            shown = "; ".join(f"{d}: {v!r}" for d, v in zip(run_dirs, values))
+            raise ActivedetError(f"runs differ in {'.'.join(key)} ({shown}); report runs of one dataset, "
+                                 f"pool and budget together (one report per setup)")
+
+
+def out_dir(path: str | Path, what: str = "--out") -> Path:
+    """An output folder, created when missing; a file, or a place it cannot be made, is a
+    one-line error."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ActivedetError(f"{what} {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ActivedetError(f"cannot create {what} folder {p}: {e.strerror or e}") from None
+    return p
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -288,7 +342,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from activedet.config import dump_config, load_config
     from activedet.loop.runner import resolve
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     resolve(cfg)
     print(json.dumps(cfg.to_dict()) if args.json else dump_config(cfg), end="\n" if args.json else "")
     return 0
@@ -300,7 +354,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.name or not args.dir:
             raise ActivedetError("usage: activedet datasets export NAME DIR")
-        paths = export_builtin(args.name, args.dir)
+        paths = export_builtin(args.name, out_dir(args.dir, "DIR"))
         for split, p in paths.items():
             print(f"{split}: {p}")
         return 0
@@ -335,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the most per annotation. Implements MIAL, ISAL and their baselines.",
         epilog=EPILOG)
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    from activedet import __version__
+
+    p.add_argument("--version", action="version", version=f"activedet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="replay an active-learning protocol with oracle labels",
@@ -449,14 +506,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", nargs="?")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_datasets)
+    for name, sp in sub.choices.items():  # `activedet simulate CFG -v` as well as `activedet -v simulate`
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step")
+        if name in ("simulate", "select", "config"):
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key (repeatable; VALUE is YAML), e.g. --set train.epochs=1 "
+                                 "--set strategy.name=entropy; recorded in the resolved config")
     return p
+
+
+class LineProgress:
+    """stderr for a log file (not a terminal): each progress-bar redraw (``\r`` + bar) becomes
+    one line, at most one every ``interval`` seconds (the last one before a bar closes is
+    kept), instead of thousands of carriage-return redraws."""
+
+    def __init__(self, stream: Any, interval: float = 30.0) -> None:
+        self.stream, self.interval = stream, interval
+        self.last = -float("inf")
+        self.pending: str | None = None
+
+    def write(self, text: str) -> int:
+        if "\r" in text:
+            line = next((part.strip() for part in reversed(text.split("\r")) if part.strip()), "")
+            now = time.monotonic()
+            if not line:  # a bar cleared (leave=False)
+                self.pending = None
+            elif now - self.last >= self.interval:
+                self.stream.write(line + "\n")
+                self.last, self.pending = now, None
+            else:
+                self.pending = line
+            return len(text)
+        if text == "\n" and self.pending is not None:  # a bar closing (leave=True): its final state
+            text, self.pending = self.pending + "\n", None
+        return self.stream.write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stderr = sys.stderr
+    if not getattr(stderr, "isatty", lambda: False)():
+        sys.stderr = LineProgress(stderr)  # type: ignore[assignment]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "quiet", False):  # the current round and its result, without -v
+        logging.getLogger("activedet.loop.runner").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ActivedetError as e:
@@ -469,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"activedet {args.command}: interrupted (ledger is consistent; use --resume)", file=sys.stderr)
         return 130
+    finally:
+        sys.stderr = stderr
+        logging.getLogger("activedet.loop.runner").setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":

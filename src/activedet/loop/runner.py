@@ -13,6 +13,7 @@ import json
 import hashlib
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,10 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
-from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, TrainingError
+from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, RunDirError, TrainingError
 from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
 from activedet.loop.ledger import Ledger
-from activedet.loop.lock import run_lock
+from activedet.loop.lock import LOCK_NAME, run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
@@ -235,10 +236,33 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
     return ledger
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before any work, a run directory that is a file, cannot be created, or is a
+    folder of other files (no ledger): a run is never written among a user's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.is_dir():
+        if (run_dir / Ledger.FILENAME).exists():
+            return
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        if others:
+            raise RunDirError(f"--out {run_dir} is a folder holding other files ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}) and no run; choose a new or empty folder")
+        return
+    parent = run_dir.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"cannot create --out {run_dir}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create --out {run_dir}: {parent} is not writable")
+
+
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
     exp = prepare(cfg, progress)  # bad input and undecodable images fail here, before the ledger exists
     exp.strategy.progress = progress
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
@@ -386,5 +410,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
 
 
-__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]
