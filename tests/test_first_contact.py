@@ -191,3 +191,52 @@ def test_without_a_tty_progress_is_periodic_lines(tmp_path: Path, capsys, caplog
     assert "train:" in err and err.count("train:") <= 2  # one line per bar here (30 s apart at most)
     assert "round 0:" in caplog.text and "round 1: AP" in caplog.text  # the current cycle, without -v
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
+# ------------------------------------------------------------------ the Python API
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    import activedet
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## From Python"):]
+    start = section.index("```python") + len("```python")
+    code = section[start:section.index("```", start)]
+    images = make_detection_dataset(n=5, size=64)
+    (tmp_path / "my_images").mkdir()
+    for i in images.ids:
+        from PIL import Image
+
+        Image.fromarray(images.load_array(i)).save(tmp_path / "my_images" / f"{i:03d}.jpg")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "<README.md: From Python>", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.count("label next:") == 2 and "round 1: 6 images" in out
+    assert {"load_config", "simulate", "build_strategy", "Ledger", "wrap_detector", "select"} <= set(activedet.__all__)
+    assert all(getattr(activedet, name) is not None for name in activedet.__all__)
+
+
+def test_select_with_your_own_model_is_seeded_and_refuses_what_it_cannot_score(tmp_path: Path) -> None:
+    import torchvision
+
+    import activedet
+    from activedet.errors import ActivedetError, StrategyError
+
+    model = torchvision.models.detection.retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64,
+        score_thresh=0.0)
+    adapter = activedet.wrap_detector(model, num_classes=2)
+    data = make_detection_dataset(n=6)
+    strategy = activedet.build_strategy("entropy", min_score=0.0)  # an untrained model: low scores
+    first = activedet.select(strategy, adapter, data, budget=3, labeled=[data.ids[0]], seed=1)
+    again = activedet.select(strategy, adapter, data, budget=3, labeled=[data.ids[0]], seed=1)
+    assert first.ids == again.ids and len(set(first.ids)) == 3 and data.ids[0] not in first.ids
+    assert first.scores is not None and set(first.ids) <= set(first.scores)
+    with pytest.raises(StrategyError, match="needs activedet's own 'mial' model"):
+        activedet.select(activedet.build_strategy("mial", {"lambda": 0.5}), adapter, data, budget=1)
+    with pytest.raises(StrategyError, match="RetinaNet, FCOS or FasterRCNN"):
+        activedet.wrap_detector(torchvision.models.resnet18(), num_classes=2)
+    with pytest.raises(ActivedetError, match="does not rebuild"):
+        adapter.reset(0)
