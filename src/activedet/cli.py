@@ -221,7 +221,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _check_comparable(run_dirs, runs, configs)
     for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
         run["strategy"] = label
-    index = write_report(runs, args.out)
+    with _writing("report", args.out):
+        index = write_report(runs, args.out)
     print(f"report written to {index}")
     if getattr(args, "heatmaps", 0):
         from activedet.report.mial_heatmap import write_run_heatmaps
@@ -271,16 +272,31 @@ def _check_comparable(run_dirs: Sequence[str], runs: Sequence[dict[str, Any]],
 
 
 def out_dir(path: str | Path, what: str = "--out") -> Path:
-    """An output folder, created when missing; a file, or a place it cannot be made, is a
-    one-line error."""
+    """Check an output folder before any work: a file, or a place under a file, is a
+    one-line error (the folder itself is created by the command that writes it)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ActivedetError(f"{what} {p} is a file, not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ActivedetError(f"cannot create {what} folder {p}: {e.strerror or e}") from None
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ActivedetError(f"cannot create {what} folder {p}: {parent} is a file")
     return p
+
+
+def _writing(what: str, path: str | Path) -> Any:
+    """Context: an OSError while writing ``path`` becomes a one-line error."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except OSError as e:
+            raise ActivedetError(f"cannot write {what} {path}: {e.strerror or e}") from None
+
+    return guard()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -354,7 +370,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.name or not args.dir:
             raise ActivedetError("usage: activedet datasets export NAME DIR")
-        paths = export_builtin(args.name, out_dir(args.dir, "DIR"))
+        with _writing("dataset export", args.dir):
+            paths = export_builtin(args.name, out_dir(args.dir, "DIR"))
         for split, p in paths.items():
             print(f"{split}: {p}")
         return 0

@@ -379,13 +379,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
             data["dataset"] = {k: _from_folder(v, path.parent) if k in _PATH_KEYS else v
                                for k, v in data["dataset"].items()}
         apply_overrides(data, overrides)
-        dataset = data.get("dataset")
-        if not isinstance(dataset, dict) or dataset.get("train") is None:
+        cfg = config_from_dict(data)  # unknown keys and bad values first: they name the key
+        if not isinstance(data.get("dataset"), dict) or data["dataset"].get("train") is None:
             raise ConfigError(
                 "config key 'dataset.train' is required (the labeled data: a COCO json, voc:DIR, an "
                 "image folder, or builtin:NAME such as builtin:shapes)" + (
                     "; the file is empty" if not data else ""))
-        return config_from_dict(data)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
