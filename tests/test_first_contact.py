@@ -240,3 +240,12 @@ def test_select_with_your_own_model_is_seeded_and_refuses_what_it_cannot_score(t
         activedet.wrap_detector(torchvision.models.resnet18(), num_classes=2)
     with pytest.raises(ActivedetError, match="does not rebuild"):
         adapter.reset(0)
+
+
+def test_every_argument_has_help() -> None:
+    from activedet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    missing = [f"{name} {a.dest}" for name, sp in sub.choices.items() for a in sp._actions if not a.help]
+    assert missing == []

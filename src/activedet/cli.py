@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory (simulate --out) or a labeling project")
     s.add_argument("--json", action="store_true", help="machine-readable status")
     s.set_defaults(func=_cmd_status)
 
@@ -480,13 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="the whole labeled set of a project as one COCO file")
     s.add_argument("--project", required=True, help="project directory")
-    s.add_argument("--format", choices=["coco"], default="coco")
-    s.add_argument("out", metavar="OUT.json")
+    s.add_argument("--format", choices=["coco"], default="coco", help="output format (COCO json)")
+    s.add_argument("out", metavar="OUT.json", help="the file to write")
     s.add_argument("--json", action="store_true", help="print counts as JSON")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("report", help="curves (AP vs images, AP vs boxes), tables and an HTML page")
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="runs of one dataset, pool and budget (seeds of a strategy are averaged)")
     s.add_argument("--out", required=True, help="output directory for index.html, PNGs and table.md")
     s.add_argument("--heatmaps", type=int, default=0, metavar="N",
                    help="mial runs: heat maps of instance uncertainty and MIL score (paper Fig. 6) "
@@ -504,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "settings (the YAML keys beside `strategy.name`) with type, default, "
                                    "doc and, where paper and code differ, where the default comes from.")
     s.add_argument("name", nargs="?", metavar="NAME", help="a registered strategy")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_strategies)
 
     s = sub.add_parser("config", help="the resolved config (every default filled in); --schema: JSON Schema",
@@ -512,16 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default, strategy settings included (model.image_size stays null = "
                                    "auto until the data is read). --schema prints a JSON Schema of every "
                                    "key, for editors (e.g. yaml-language-server) and checks.")
-    s.add_argument("config", nargs="?", metavar="CONFIG.yaml")
+    s.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="experiment config (YAML)")
     s.add_argument("--schema", action="store_true", help="print the JSON Schema of the whole config")
     s.add_argument("--json", action="store_true", help="the resolved config as JSON instead of YAML")
     s.set_defaults(func=_cmd_config)
 
     s = sub.add_parser("datasets", help="built-in datasets; `datasets export NAME DIR` writes one as COCO")
-    s.add_argument("action", nargs="?", choices=["list", "export"], default="list")
-    s.add_argument("name", nargs="?")
-    s.add_argument("dir", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("action", nargs="?", choices=["list", "export"], default="list",
+                   help="list (default) or export")
+    s.add_argument("name", nargs="?", help="export: the built-in dataset")
+    s.add_argument("dir", nargs="?", help="export: the folder to write its splits into (as COCO)")
+    s.add_argument("--json", action="store_true", help="machine-readable list")
     s.set_defaults(func=_cmd_datasets)
     for name, sp in sub.choices.items():  # `activedet simulate CFG -v` as well as `activedet -v simulate`
         sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step")
