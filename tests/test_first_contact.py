@@ -249,3 +249,18 @@ def test_every_argument_has_help() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     missing = [f"{name} {a.dest}" for name, sp in sub.choices.items() for a in sp._actions if not a.help]
     assert missing == []
+
+
+def test_status_text_in_percent_and_without_boxes_for_classification(tmp_path: Path, capsys) -> None:
+    from activedet.loop.ledger import Ledger
+
+    run = _fake_run(tmp_path / "det", ap=0.625)
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "AP50 62.5%" in out and "boxes" in out
+    with Ledger(run) as ledger:
+        ledger.set_meta(task="classification")
+        ledger.set_metrics(1, {"top1": 0.875}, {})
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "top1 87.5%" in out and "boxes" not in out

@@ -71,19 +71,21 @@ def _status_text(status: dict[str, Any]) -> str:
     lab = status.get("labeling")
     if lab is not None:
         return _project_status_text(status, lab)
+    boxes = status.get("task", "detection") == "detection"  # classification has no boxes
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
-             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
-             f"/ {status['pool_boxes']} boxes"]
-    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  {'training':<26} metrics")
+             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images"
+             + (f" / {status['pool_boxes']} boxes" if boxes else "")]
+    lines.append(f"{'round':>5} {'added':>6} {'images':>7}" + (f" {'boxes':>7}" if boxes else "")
+                 + f"  {'training':<26} metrics")
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
+        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
         train, note = _training_cell(r)
         if note:
             notes.append(f"round {r['round']}: {note}")
-        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
-                     f"{train:<26} {shown}")
+        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7}"
+                     + (f" {r['labeled_boxes']:>7}" if boxes else "") + f"  {train:<26} {shown}")
     quarantined = status.get("quarantined") or {}
     if quarantined:
         lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
@@ -118,7 +120,7 @@ def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
     lines.append(f"{'round':>5} {'batch':>6} {'images':>7} {'boxes':>7}  state / metrics")
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m)
+        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m)
         if r["round"] == pending:
             shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "

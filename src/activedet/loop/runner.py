@@ -407,7 +407,7 @@ def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target:
 
 def _headline(metrics: dict[str, Any]) -> str:
     keys = [k for k in ("AP", "AP50", "top1") if k in metrics]
-    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    return ", ".join(f"{k} {100 * metrics[k]:.1f}%" for k in keys)
 
 
 __all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
