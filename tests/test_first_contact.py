@@ -119,6 +119,12 @@ def test_version_and_verbose_after_the_subcommand(capsys) -> None:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("activedet ")
     assert main(["strategies", "-v"]) == 0
+    from activedet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["simulate", "c.yaml", "--out", "o", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "status", "r"]).verbose is True
+    assert parser.parse_args(["status", "r"]).verbose is False
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "user_folder"])
