@@ -181,6 +181,8 @@ def test_report_counts_a_run_once_and_refuses_different_setups(tmp_path: Path, c
     assert "counted once" in capsys.readouterr().err
     table = (tmp_path / "rep" / "table.md").read_text()
     assert "| random | 1 |" in table  # one run, not two seeds
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Setup" in page and "builtin:shapes" in page and "loop.per_cycle" in page
     other = _fake_run(tmp_path / "b", seed=1, pool=40)
     assert main(["report", str(run), str(other), "--out", str(tmp_path / "rep2")]) == 2
     assert "runs differ in pool_size" in capsys.readouterr().err

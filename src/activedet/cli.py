@@ -224,7 +224,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
         run["strategy"] = label
     with _writing("report", args.out):
-        index = write_report(runs, args.out)
+        index = write_report(runs, args.out, extra_sections=[("Setup", _setup_html(runs, configs))])
     print(f"report written to {index}")
     if getattr(args, "heatmaps", 0):
         from activedet.report.mial_heatmap import write_run_heatmaps
@@ -271,6 +271,26 @@ def _check_comparable(run_dirs: Sequence[str], runs: Sequence[dict[str, Any]],
             shown = "; ".join(f"{d}: {v!r}" for d, v in zip(run_dirs, values))
             raise ActivedetError(f"runs differ in {'.'.join(key)} ({shown}); report runs of one dataset, "
                                  f"pool and budget together (one report per setup)")
+
+
+#: what the report's "Setup" section shows: dotted config keys
+_SETUP = ("dataset.train", "dataset.test", "model.arch", "model.backbone", "model.pretrained",
+          "model.image_size", "train.epochs", "train.batch_size", "train.lr", "loop.initial",
+          "loop.per_cycle", "loop.cycles", "loop.unit")
+
+
+def _setup_html(runs: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]]) -> str:
+    """The setup the report's numbers come from: each key with its value (every distinct
+    value when runs differ), plus the pool size."""
+    import html
+
+    rows = [("pool", f"{runs[0]['pool_size']} images")]
+    for key in _SETUP:
+        section, name = key.split(".")
+        values = list(dict.fromkeys(json.dumps((c.get(section) or {}).get(name)) for c in configs))
+        rows.append((key, " | ".join(values)))
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{cells}</tbody></table>"
 
 
 def out_dir(path: str | Path, what: str = "--out") -> Path:
