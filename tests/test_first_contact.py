@@ -272,3 +272,15 @@ def test_status_text_in_percent_and_without_boxes_for_classification(tmp_path: P
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     assert "top1 87.5%" in out and "boxes" not in out
+
+
+def test_strategy_settings_read_1e_3_as_a_number(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path / "c.yaml", "dataset: {train: 'builtin:shapes'}\n"
+                                                  "strategy: {name: entropy, min_score: 1e-2}\n"))
+    from activedet.loop.runner import resolve
+
+    assert resolve(cfg).params["min_score"] == 0.01
+    cfg = load_config(_write(tmp_path / "d.yaml", "dataset: {train: 'builtin:shapes'}\n"
+                                                  "strategy: {name: entropy, min_score: lots}\n"))
+    with pytest.raises(ConfigError, match="min_score' = 'lots': expected a number"):
+        resolve(cfg)
