@@ -284,3 +284,20 @@ def test_strategy_settings_read_1e_3_as_a_number(tmp_path: Path) -> None:
                                                   "strategy: {name: entropy, min_score: lots}\n"))
     with pytest.raises(ConfigError, match="min_score' = 'lots': expected a number"):
         resolve(cfg)
+
+
+def test_without_a_test_split_the_run_selects_and_says_there_are_no_metrics(tmp_path: Path, capsys,
+                                                                            caplog) -> None:
+    train = make_detection_dataset(n=10).export_coco(tmp_path / "d")
+    cfg = _write(tmp_path / "c.yaml", yaml.safe_dump({
+        "device": "cpu", "dataset": {"train": str(train)},
+        "model": {"arch": "retinanet", "backbone": "mobilenet_v2", "pretrained": False, "image_size": 64},
+        "train": {"epochs": 1, "batch_size": 4}, "loop": {"initial": 4, "per_cycle": 2, "cycles": 1},
+        "strategy": {"name": "entropy"}}))
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert caplog.text.count("no dataset.test") == 1  # said once
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(no test split)") == 2 and "complete" in out
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0

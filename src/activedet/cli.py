@@ -80,7 +80,8 @@ def _status_text(status: dict[str, Any]) -> str:
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
+        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m) or (
+            "(no test split)" if r["metrics"] == {} else "(pending)")
         train, note = _training_cell(r)
         if note:
             notes.append(f"round {r['round']}: {note}")

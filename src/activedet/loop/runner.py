@@ -84,9 +84,9 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
     opts = cfg.dataset.options
     train = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), opts)
     test_spec = _split_spec(cfg, "test")
-    if test_spec is None:
-        raise ConfigError("config key 'dataset.test' is required (the evaluation split)")
-    test = load_dataset(test_spec, "test", image_root(cfg.dataset, "test"), opts)
+    test = None if test_spec is None else load_dataset(test_spec, "test", image_root(cfg.dataset, "test"), opts)
+    if test is None:
+        log.warning("no dataset.test: the run selects and trains but records no metrics")
     reference = None
     if cfg.dataset.reference is not None:
         if cfg.dataset.reference == cfg.dataset.test:
@@ -95,11 +95,12 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
         reference = load_dataset(cfg.dataset.reference, "reference", image_root(cfg.dataset, "reference"), opts)
     if train.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
-    if test.class_names != train.class_names:
+    if test is not None and test.class_names != train.class_names:
         raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
     # the train split is the pool: `dataset.bad_images` applies; test and reference must be whole
     quarantined = verify_images(train, "train", cfg.dataset.bad_images, progress)
-    verify_images(test, "test", "error", progress)
+    if test is not None:
+        verify_images(test, "test", "error", progress)
     if reference is not None:
         verify_images(reference, "reference", "error", progress)
     if cfg.model.image_size is None:
@@ -327,10 +328,12 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             row = done[r] = _select_round(exp, adapter, ledger, r, targets[r])
         if row.get("checkpoint") is None:  # ---- train on rounds 0..r
             train(r)
-        if row.get("metrics") is None:  # ---- evaluate
-            hold(r)
+        if row.get("metrics") is None:  # ---- evaluate ({} without a test split)
             t0 = time.perf_counter()
-            metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
+            metrics: dict[str, Any] = {}
+            if exp.test is not None:
+                hold(r)
+                metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
             ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
             row["metrics"] = metrics
             log.info("round %d: %s", r, _headline(metrics))
@@ -407,7 +410,7 @@ def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target:
 
 def _headline(metrics: dict[str, Any]) -> str:
     keys = [k for k in ("AP", "AP50", "top1") if k in metrics]
-    return ", ".join(f"{k} {100 * metrics[k]:.1f}%" for k in keys)
+    return ", ".join(f"{k} {100 * metrics[k]:.1f}%" for k in keys) or "no metrics (no dataset.test)"
 
 
 __all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
