@@ -180,13 +180,13 @@ def test_cli_schema_and_resolved_config(tmp_path: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["properties"]["strategy"]["else"]["properties"]["name"]["default"] \
         == "random"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("strategy: {name: isal, depth: 7}\nloop: {cycles: 2}\n")
+    cfg.write_text("dataset: {train: 'builtin:shapes'}\nstrategy: {name: isal, depth: 7}\nloop: {cycles: 2}\n")
     assert main(["config", str(cfg)]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["strategy"]["depth"] == 7 and resolved["strategy"]["damping"] == 0.01
     assert resolved["loop"]["cycles"] == 2 and resolved["train"]["epochs"] == 26
     assert resolved == json.loads(json.dumps(resolved))  # plain data only
-    cfg.write_text("strategy: {name: isal, dept: 7}\n")
+    cfg.write_text("dataset: {train: 'builtin:shapes'}\nstrategy: {name: isal, dept: 7}\n")
     assert main(["config", str(cfg)]) == 2
     assert "strategy.dept" in capsys.readouterr().err
     assert main(["config"]) == 2

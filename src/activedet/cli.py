@@ -12,6 +12,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from activedet.loop.signals import signal_number, stop_on_signals
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
@@ -48,6 +49,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _resume_command(args: argparse.Namespace) -> str:
     words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
+    for item in args.set:
+        words += ["--set", item]
     if args.device:
         words += ["--device", args.device]
     if args.seed is not None:
@@ -68,19 +71,22 @@ def _status_text(status: dict[str, Any]) -> str:
     lab = status.get("labeling")
     if lab is not None:
         return _project_status_text(status, lab)
+    boxes = status.get("task", "detection") == "detection"  # classification has no boxes
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
-             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images "
-             f"/ {status['pool_boxes']} boxes"]
-    lines.append(f"{'round':>5} {'added':>6} {'images':>7} {'boxes':>7}  {'training':<26} metrics")
+             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images"
+             + (f" / {status['pool_boxes']} boxes" if boxes else "")]
+    lines.append(f"{'round':>5} {'added':>6} {'images':>7}" + (f" {'boxes':>7}" if boxes else "")
+                 + f"  {'training':<26} metrics")
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m) or "(pending)"
+        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m) or (
+            "(no test split)" if r["metrics"] == {} else "(pending)")
         train, note = _training_cell(r)
         if note:
             notes.append(f"round {r['round']}: {note}")
-        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
-                     f"{train:<26} {shown}")
+        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7}"
+                     + (f" {r['labeled_boxes']:>7}" if boxes else "") + f"  {train:<26} {shown}")
     quarantined = status.get("quarantined") or {}
     if quarantined:
         lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
@@ -115,7 +121,7 @@ def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
     lines.append(f"{'round':>5} {'batch':>6} {'images':>7} {'boxes':>7}  state / metrics")
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "top1") if k in m)
+        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m)
         if r["round"] == pending:
             shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
@@ -130,7 +136,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from activedet.config import load_config
     from activedet.labeling.project import SelectOptions, select
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
@@ -205,21 +211,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from activedet.loop.ledger import Ledger
     from activedet.report.html import write_report
 
-    runs, settings = [], []
-    for d in args.run_dirs:
+    out_dir(args.out)
+    run_dirs = _distinct_runs(args.run_dirs)
+    runs, settings, configs = [], [], []
+    for d in run_dirs:
         with Ledger(d) as ledger:
             runs.append(ledger.status())
-            strategy = dict((ledger.meta().get("config") or {}).get("strategy") or {})
+            configs.append(ledger.meta().get("config") or {})
+            strategy = dict(configs[-1].get("strategy") or {})
             strategy.pop("name", None)
             settings.append(strategy)
+    _check_comparable(run_dirs, runs, configs)
     for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
         run["strategy"] = label
-    index = write_report(runs, args.out)
+    with _writing("report", args.out):
+        index = write_report(runs, args.out, extra_sections=[("Setup", _setup_html(runs, configs))])
     print(f"report written to {index}")
     if getattr(args, "heatmaps", 0):
         from activedet.report.mial_heatmap import write_run_heatmaps
 
-        for d, status in zip(args.run_dirs, runs):
+        for d, status in zip(run_dirs, runs):
             if status["strategy"] != "mial":
                 print(f"heat maps: skipping {d} (strategy '{status['strategy']}', not 'mial')")
                 continue
@@ -227,6 +238,88 @@ def _cmd_report(args: argparse.Namespace) -> int:
             paths = write_run_heatmaps(d, out, args.heatmaps)
             print(f"heat maps: {len(paths)} written to {out}")
     return 0
+
+
+def _distinct_runs(run_dirs: Sequence[str]) -> list[str]:
+    """Each run once: a run directory given twice (under any spelling) is not two seeds."""
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            print(f"activedet report: {d} is the same run as {seen[key]}; counted once", file=sys.stderr)
+        else:
+            seen[key] = d
+    return list(seen.values())
+
+
+#: what runs must share to be one table: the data, the pool and the budget schedule
+_COMPARED = (("dataset", "train"), ("dataset", "test"), ("dataset", "options"), ("loop", "unit"),
+             ("loop", "initial"), ("loop", "per_cycle"))
+
+
+def _check_comparable(run_dirs: Sequence[str], runs: Sequence[dict[str, Any]],
+                      configs: Sequence[dict[str, Any]]) -> None:
+    """Refuse runs over different datasets, pools or budgets: one table would compare
+    numbers that do not measure the same thing."""
+    def value(i: int, key: tuple[str, ...]) -> Any:
+        if key == ("pool_size",):
+            return runs[i].get("pool_size")
+        return (configs[i].get(key[0]) or {}).get(key[1])
+
+    for key in _COMPARED + (("pool_size",),):
+        values = [value(i, key) for i in range(len(runs))]
+        if any(v != values[0] for v in values):
+            shown = "; ".join(f"{d}: {v!r}" for d, v in zip(run_dirs, values))
+            raise ActivedetError(f"runs differ in {'.'.join(key)} ({shown}); report runs of one dataset, "
+                                 f"pool and budget together (one report per setup)")
+
+
+#: what the report's "Setup" section shows: dotted config keys
+_SETUP = ("dataset.train", "dataset.test", "model.arch", "model.backbone", "model.pretrained",
+          "model.image_size", "train.epochs", "train.batch_size", "train.lr", "loop.initial",
+          "loop.per_cycle", "loop.cycles", "loop.unit")
+
+
+def _setup_html(runs: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]]) -> str:
+    """The setup the report's numbers come from: each key with its value (every distinct
+    value when runs differ), plus the pool size."""
+    import html
+
+    rows = [("pool", f"{runs[0]['pool_size']} images")]
+    for key in _SETUP:
+        section, name = key.split(".")
+        values = list(dict.fromkeys(json.dumps((c.get(section) or {}).get(name)) for c in configs))
+        rows.append((key, " | ".join(values)))
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{cells}</tbody></table>"
+
+
+def out_dir(path: str | Path, what: str = "--out") -> Path:
+    """Check an output folder before any work: a file, or a place under a file, is a
+    one-line error (the folder itself is created by the command that writes it)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ActivedetError(f"{what} {p} is a file, not a folder")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ActivedetError(f"cannot create {what} folder {p}: {parent} is a file")
+    return p
+
+
+def _writing(what: str, path: str | Path) -> Any:
+    """Context: an OSError while writing ``path`` becomes a one-line error."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except OSError as e:
+            raise ActivedetError(f"cannot write {what} {path}: {e.strerror or e}") from None
+
+    return guard()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -288,7 +381,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from activedet.config import dump_config, load_config
     from activedet.loop.runner import resolve
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     resolve(cfg)
     print(json.dumps(cfg.to_dict()) if args.json else dump_config(cfg), end="\n" if args.json else "")
     return 0
@@ -300,7 +393,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.name or not args.dir:
             raise ActivedetError("usage: activedet datasets export NAME DIR")
-        paths = export_builtin(args.name, args.dir)
+        with _writing("dataset export", args.dir):
+            paths = export_builtin(args.name, out_dir(args.dir, "DIR"))
         for split, p in paths.items():
             print(f"{split}: {p}")
         return 0
@@ -335,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the most per annotation. Implements MIAL, ISAL and their baselines.",
         epilog=EPILOG)
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    from activedet import __version__
+
+    p.add_argument("--version", action="version", version=f"activedet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="replay an active-learning protocol with oracle labels",
@@ -360,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory (simulate --out) or a labeling project")
     s.add_argument("--json", action="store_true", help="machine-readable status")
     s.set_defaults(func=_cmd_status)
 
@@ -406,13 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="the whole labeled set of a project as one COCO file")
     s.add_argument("--project", required=True, help="project directory")
-    s.add_argument("--format", choices=["coco"], default="coco")
-    s.add_argument("out", metavar="OUT.json")
+    s.add_argument("--format", choices=["coco"], default="coco", help="output format (COCO json)")
+    s.add_argument("out", metavar="OUT.json", help="the file to write")
     s.add_argument("--json", action="store_true", help="print counts as JSON")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("report", help="curves (AP vs images, AP vs boxes), tables and an HTML page")
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="runs of one dataset, pool and budget (seeds of a strategy are averaged)")
     s.add_argument("--out", required=True, help="output directory for index.html, PNGs and table.md")
     s.add_argument("--heatmaps", type=int, default=0, metavar="N",
                    help="mial runs: heat maps of instance uncertainty and MIL score (paper Fig. 6) "
@@ -430,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "settings (the YAML keys beside `strategy.name`) with type, default, "
                                    "doc and, where paper and code differ, where the default comes from.")
     s.add_argument("name", nargs="?", metavar="NAME", help="a registered strategy")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_strategies)
 
     s = sub.add_parser("config", help="the resolved config (every default filled in); --schema: JSON Schema",
@@ -438,25 +536,70 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default, strategy settings included (model.image_size stays null = "
                                    "auto until the data is read). --schema prints a JSON Schema of every "
                                    "key, for editors (e.g. yaml-language-server) and checks.")
-    s.add_argument("config", nargs="?", metavar="CONFIG.yaml")
+    s.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="experiment config (YAML)")
     s.add_argument("--schema", action="store_true", help="print the JSON Schema of the whole config")
     s.add_argument("--json", action="store_true", help="the resolved config as JSON instead of YAML")
     s.set_defaults(func=_cmd_config)
 
     s = sub.add_parser("datasets", help="built-in datasets; `datasets export NAME DIR` writes one as COCO")
-    s.add_argument("action", nargs="?", choices=["list", "export"], default="list")
-    s.add_argument("name", nargs="?")
-    s.add_argument("dir", nargs="?")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("action", nargs="?", choices=["list", "export"], default="list",
+                   help="list (default) or export")
+    s.add_argument("name", nargs="?", help="export: the built-in dataset")
+    s.add_argument("dir", nargs="?", help="export: the folder to write its splits into (as COCO)")
+    s.add_argument("--json", action="store_true", help="machine-readable list")
     s.set_defaults(func=_cmd_datasets)
+    for name, sp in sub.choices.items():  # `activedet simulate CFG -v` as well as `activedet -v simulate`
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step")
+        if name in ("simulate", "select", "config"):
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key (repeatable; VALUE is YAML), e.g. --set train.epochs=1 "
+                                 "--set strategy.name=entropy; recorded in the resolved config")
     return p
+
+
+class LineProgress:
+    """stderr for a log file (not a terminal): each progress-bar redraw (``\r`` + bar) becomes
+    one line, at most one every ``interval`` seconds (the last one before a bar closes is
+    kept), instead of thousands of carriage-return redraws."""
+
+    def __init__(self, stream: Any, interval: float = 30.0) -> None:
+        self.stream, self.interval = stream, interval
+        self.last = -float("inf")
+        self.pending: str | None = None
+
+    def write(self, text: str) -> int:
+        if "\r" in text:
+            line = next((part.strip() for part in reversed(text.split("\r")) if part.strip()), "")
+            now = time.monotonic()
+            if not line:  # a bar cleared (leave=False)
+                self.pending = None
+            elif now - self.last >= self.interval:
+                self.stream.write(line + "\n")
+                self.last, self.pending = now, None
+            else:
+                self.pending = line
+            return len(text)
+        if text == "\n" and self.pending is not None:  # a bar closing (leave=True): its final state
+            text, self.pending = self.pending + "\n", None
+        return self.stream.write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stderr = sys.stderr
+    if not getattr(stderr, "isatty", lambda: False)():
+        sys.stderr = LineProgress(stderr)  # type: ignore[assignment]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "quiet", False):  # the current round and its result, without -v
+        logging.getLogger("activedet.loop.runner").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ActivedetError as e:
@@ -469,6 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"activedet {args.command}: interrupted (ledger is consistent; use --resume)", file=sys.stderr)
         return 130
+    finally:
+        sys.stderr = stderr
+        logging.getLogger("activedet.loop.runner").setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
@@ -34,11 +35,39 @@ class DatasetConfig:
     train: str = "builtin:shapes"
     test: str | None = None
     reference: str | None = None
-    images: str | None = None  # image root for COCO json files (default: next to the json)
+    images: str | None = None  # image root for a COCO json split without its own root below
+    # (default: next to the json); refused when it would serve two different json files
+    train_images: str | None = None  # image root of the train split's COCO json
+    test_images: str | None = None  # image root of the test split's COCO json
+    reference_images: str | None = None  # image root of the reference split's COCO json
     unlabeled: str | None = None  # select/ingest only: the real pool (image folder, COCO json
     # without annotations, or a text file of paths); `train` is then the labeled set
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
     bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
+
+
+def image_root(dataset: DatasetConfig, split: str) -> str | None:
+    """The image root of ``split`` (train | test | reference): its own ``<split>_images``,
+    else the shared ``images``. The shared root may serve one COCO json file only: test boxes
+    paired with train pixels of the same file names would go unnoticed."""
+    own = getattr(dataset, f"{split}_images")
+    return own if own is not None else dataset.images
+
+
+def _check_image_roots(dataset: DatasetConfig) -> None:
+    specs = {s: getattr(dataset, s) for s in ("train", "test", "reference")}
+    jsons = {s: v for s, v in specs.items() if isinstance(v, str) and v.lower().endswith(".json")}
+    for split in specs:
+        if getattr(dataset, f"{split}_images") is not None and split not in jsons:
+            raise ConfigError(f"config key 'dataset.{split}_images' is set but 'dataset.{split}' = "
+                              f"{specs[split]!r} is not a COCO json file")
+    if dataset.images is None:
+        return
+    shared = [s for s in jsons if getattr(dataset, f"{s}_images") is None]
+    if len({jsons[s] for s in shared}) > 1:
+        raise ConfigError(f"config key 'dataset.images' = {dataset.images!r} would be the image root of "
+                          f"{' and '.join('dataset.' + s for s in shared)}, different COCO files: give each "
+                          f"split its own ({', '.join(f'dataset.{s}_images' for s in shared)})")
 
 
 @dataclass
@@ -52,6 +81,8 @@ class ModelConfig:
     score_thresh: float = 0.05
     detections_per_img: int = 100
     box_prior: float | None = 1.0  # FCOS: initial box-regression output, in strides (null: torchvision's 0)
+    offline_fallback: bool = False  # pretrained weights of `backbone` unavailable: build mobilenet_v2
+    # (packaged ImageNet weights) instead of stopping; the stored config then names mobilenet_v2
 
 
 @dataclass
@@ -134,6 +165,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     obj = cls(**kwargs)
     hints = typing.get_type_hints(cls)
     for name, f in fields.items():
+        ref = f.default if f.default is not dataclasses.MISSING else _optional_sample(hints.get(name))
+        setattr(obj, name, _number_from_string(getattr(obj, name), ref))
         _check_type(getattr(obj, name), f.default, f.default_factory, f"{where}.{name}".lstrip("."),
                     hints.get(name))
         value = getattr(obj, name)
@@ -180,7 +213,27 @@ def _check_type(value: Any, default: Any, factory: Any, where: str, hint: Any = 
     else:
         ok = True
     if not ok:
-        raise ConfigError(f"config key '{where}' has the wrong type: {value!r}")
+        if isinstance(ref, bool):
+            expected = "true or false"
+        elif isinstance(ref, int) and where.split(".")[-1] in _INT_KEYS:
+            expected = "an integer"
+        elif isinstance(ref, (int, float)):
+            expected = "a number"
+        else:
+            expected = {str: "a string", list: "a list", dict: "a mapping"}.get(type(ref), type(ref).__name__)
+        raise ConfigError(f"config key '{where}': {value!r} is not {expected}")
+
+
+def _number_from_string(value: Any, ref: Any) -> Any:
+    """``'1e-2'`` -> ``0.01`` for a numeric key: YAML 1.1 (PyYAML) reads a float without a
+    dot (``1e-2``) as a string. Anything else is returned unchanged."""
+    if not isinstance(value, str) or isinstance(ref, bool) or not isinstance(ref, (int, float)):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
 
 
 _INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
@@ -229,10 +282,12 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(
                 f"config key '{'.'.join(path)}' = {obj!r} is not one of {', '.join(choices)}"
             )
-    for key in ("initial", "per_cycle"):
+    for key in ("initial", "per_cycle"):  # a float is a fraction of the pool, an int a count
         v = getattr(cfg.loop, key)
-        if v <= 0 or (v >= 1 and not float(v).is_integer()):
-            raise ConfigError(f"config key 'loop.{key}' = {v!r}: use a fraction in (0, 1) or a count >= 1")
+        if v <= 0 or (isinstance(v, float) and v > 1):
+            raise ConfigError(f"config key 'loop.{key}' = {v!r}: use a fraction in (0, 1] (a number "
+                              f"with a dot: 1.0 is the whole pool) or a count >= 1 (an integer: "
+                              f"{int(v) if float(v).is_integer() and v > 0 else 5})")
     if cfg.loop.cycles < 0:
         raise ConfigError(f"config key 'loop.cycles' = {cfg.loop.cycles!r} must be >= 0")
     for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -255,6 +310,7 @@ def validate(cfg: ExperimentConfig) -> None:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
             raise ConfigError(f"config key 'train.lr_steps' entry {s!r} must be a fraction in (0, 1]")
     _check_ranges(cfg)
+    _check_image_roots(cfg.dataset)
     detector = cfg.model.arch in ("retinanet", "fcos", "faster_rcnn")
     if (cfg.task == "detection") != detector:
         raise ConfigError(f"config key 'model.arch' = {cfg.model.arch!r} does not fit task {cfg.task!r}")
@@ -290,8 +346,20 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key '{section}.{key}' = {v!r} must be in {span}")
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML experiment config."""
+#: dataset keys holding a path; a relative one is read from the config file's folder
+_PATH_KEYS = ("train", "test", "reference", "unlabeled", "images", "train_images", "test_images",
+              "reference_images")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a YAML experiment config.
+
+    Relative dataset paths are resolved from the config file's folder (the file can be
+    used from any working directory). ``overrides``: ``KEY=VALUE`` strings applied on top
+    (``train.epochs=1``; VALUE is read as YAML; ``strategy.name=X`` starts a fresh
+    strategy section, so the file's settings of another strategy do not carry over).
+    ``dataset.train`` is required: an empty file is refused, not the default experiment.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -305,10 +373,58 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
+    data = dict(data or {})
     try:
-        return config_from_dict(data)
+        if isinstance(data.get("dataset"), dict):
+            data["dataset"] = {k: _from_folder(v, path.parent) if k in _PATH_KEYS else v
+                               for k, v in data["dataset"].items()}
+        apply_overrides(data, overrides)
+        cfg = config_from_dict(data)  # unknown keys and bad values first: they name the key
+        if not isinstance(data.get("dataset"), dict) or data["dataset"].get("train") is None:
+            raise ConfigError(
+                "config key 'dataset.train' is required (the labeled data: a COCO json, voc:DIR, an "
+                "image folder, or builtin:NAME such as builtin:shapes)" + (
+                    "; the file is empty" if not data else ""))
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _from_folder(spec: Any, folder: Path) -> Any:
+    """A relative dataset path resolved from ``folder``; ``builtin:``, absolute and
+    non-string values unchanged (``voc:`` keeps its prefix and split)."""
+    if not isinstance(spec, str) or not spec or spec.startswith("builtin:"):
+        return spec
+    prefix, body = ("voc:", spec[4:]) if spec[:4].lower() == "voc:" else ("", spec)
+    if not body or Path(body).is_absolute() or body.startswith("~"):
+        return spec
+    return prefix + os.path.normpath(folder / body)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Set ``KEY=VALUE`` overrides (dotted keys, YAML values) in a raw config dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=1)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        if parts[0] == "strategy" and isinstance(data.get("strategy"), str):
+            data["strategy"] = {"name": data["strategy"]}
+        if parts == ["strategy", "name"] and isinstance(data.get("strategy"), dict) \
+                and data["strategy"].get("name") != value:
+            data["strategy"] = {}
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node = node[part]
+        node[parts[-1]] = value
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from activedet.config import image_root
 from activedet.errors import ActivedetError
 
 #: At most this many box problems are listed per split; the rest are counted.
@@ -78,12 +79,10 @@ def _load_splits(cfg: Any, split_spec: Callable, problems: list[str]) -> dict[st
     splits: dict[str, Any] = {}
     for which in ("train", "test", "reference"):
         spec = split_spec(cfg, which)
-        if spec is None:
-            if which == "test":
-                problems.append("config key 'dataset.test' is required (the evaluation split)")
+        if spec is None:  # no test split: a run records no metrics (it says so)
             continue
         try:
-            splits[which] = load_dataset(spec, which, cfg.dataset.images, cfg.dataset.options)
+            splits[which] = load_dataset(spec, which, image_root(cfg.dataset, which), cfg.dataset.options)
         except ActivedetError as e:
             problems.append(f"{which} split: {e}")
     return splits
@@ -171,8 +170,10 @@ def _weight_problems(cfg: Any, probe: Callable[[str], str | None], checked: list
     if why is None:
         checked.append(f"{backbone} weights (downloadable)")
         return []
-    fallback = (f"a run would fall back to backbone '{FALLBACK_BACKBONE}'"
-                if packaged_weights_path(FALLBACK_BACKBONE) is not None else "a run would stop")
+    fallback = (f"a run would build backbone '{FALLBACK_BACKBONE}' (model.offline_fallback)"
+                if cfg.model.offline_fallback and packaged_weights_path(FALLBACK_BACKBONE) is not None
+                else f"a run would stop: put the file there, or set model.backbone: {FALLBACK_BACKBONE} "
+                     f"or model.offline_fallback: true")
     return [f"no ImageNet weights for backbone '{backbone}': not in {hub_cache_path(backbone)}, no packaged "
             f"copy, and {url} is unreachable ({why}); {fallback}"]
 

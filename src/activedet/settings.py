@@ -195,6 +195,11 @@ def _convert(value: Any, tp: Any, spec: Spec) -> Any:
             return value
         raise _Bad
     if tp in (int, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise _Bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _Bad
         if tp is int and not float(value).is_integer():

@@ -96,9 +96,10 @@ def test_packaged_mobilenet_weights_are_torchvisions_checkpoint() -> None:
     assert state["features.0.0.weight"].shape == (32, 3, 3, 3)
 
 
-def test_offline_pretrained_backbone_falls_back_to_packaged_mobilenet(monkeypatch, tmp_path, caplog) -> None:
+def test_offline_backbone_is_never_replaced_without_offline_fallback(monkeypatch, tmp_path, caplog) -> None:
     import activedet.models.detection as det
     from activedet.errors import ConfigError
+    from activedet.models.factory import build_adapter
 
     def offline(*args, **kwargs):
         raise OSError("no network")
@@ -107,13 +108,23 @@ def test_offline_pretrained_backbone_falls_back_to_packaged_mobilenet(monkeypatc
     monkeypatch.setattr(det.torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
                         offline, raising=False)
     assert det.packaged_weights_path("mobilenet_v2") is not None  # installed by `make`
-    with caplog.at_level("WARNING"):
-        assert det.resolve_backbone("resnet18", True) == "mobilenet_v2"
-    assert "falling back to backbone 'mobilenet_v2'" in caplog.text
-    assert det.resolve_backbone("resnet18", False) == "resnet18"
+    # the default: a hard error naming the missing file and the ways out
+    with pytest.raises(ConfigError) as err:
+        det.resolve_backbone("resnet18", True)
+    msg = str(err.value)
+    assert "backbone 'resnet18'" in msg and "resnet18-f37072fd.pth" in msg
+    assert "model.backbone: mobilenet_v2" in msg and "model.offline_fallback: true" in msg
     cfg = tiny_config(**{"model.backbone": "resnet18", "model.pretrained": True})
-    ad = DetectionAdapter(cfg.model, 2)
-    assert ad.cfg.backbone == "mobilenet_v2" and cfg.model.backbone == "resnet18"
+    with pytest.raises(ConfigError, match="resnet18"):
+        DetectionAdapter(cfg.model, 2)
+    assert det.resolve_backbone("resnet18", False) == "resnet18"
+    # asked for explicitly: the packaged MobileNetV2, and the config records what is built
+    with caplog.at_level("WARNING"):
+        assert det.resolve_backbone("resnet18", True, offline_fallback=True) == "mobilenet_v2"
+    assert "offline_fallback" in caplog.text
+    cfg = tiny_config(**{"model.backbone": "resnet18", "model.pretrained": True, "model.offline_fallback": True})
+    ad = build_adapter(cfg, 2)
+    assert ad.cfg.backbone == "mobilenet_v2" and cfg.model.backbone == "mobilenet_v2"
     monkeypatch.setattr(det, "packaged_weights_path", lambda backbone: None)
     with pytest.raises(ConfigError, match="no pretrained ImageNet weights for backbone 'resnet18'"):
-        det.resolve_backbone("resnet18", True)
+        det.resolve_backbone("resnet18", True, offline_fallback=True)

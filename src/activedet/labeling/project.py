@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from activedet.config import ExperimentConfig, StrategyConfig, dump_config
+from activedet.config import ExperimentConfig, StrategyConfig, dump_config, image_root
 from activedet.data.base import ImageRecord
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
@@ -80,7 +80,7 @@ def _load_base(cfg: ExperimentConfig) -> Any:
     if cfg.dataset.train is None:
         raise ConfigError("config key 'dataset.train' is required: the labeled set (to start from no "
                           "labels, a COCO file with your categories and an empty 'images' list)")
-    base = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, cfg.dataset.options)
+    base = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), cfg.dataset.options)
     if base.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {base.task} dataset but task is '{cfg.task}'")
     return base
@@ -95,7 +95,7 @@ def _absolute(spec: str | None) -> str | None:
 
 
 def _project_meta(cfg: ExperimentConfig, base: Any, listing: PoolListing, uid: str) -> dict[str, Any]:
-    return {"uid": uid, "train": _absolute(cfg.dataset.train), "images": _absolute(cfg.dataset.images),
+    return {"uid": uid, "train": _absolute(cfg.dataset.train), "images": _absolute(image_root(cfg.dataset, "train")),
             "options": cfg.dataset.options, "unlabeled": _absolute(cfg.dataset.unlabeled), "task": cfg.task,
             "class_names": list(base.class_names), "root": listing.root,
             "base_images": len(base), "base_boxes": sum(base.num_boxes(i) for i in base.ids)}

@@ -74,7 +74,15 @@ class Ledger:
         self.path = self.run_dir / self.FILENAME
         if not create and not self.path.is_file():
             raise ResumeError(f"no ledger at {self.path}")
-        self._open()
+        try:
+            self._open()
+            empty = not create and not self.meta()
+        except sqlite3.DatabaseError as e:  # not a disk error (those are RunDirError): not SQLite at all
+            raise ResumeError(f"{self.path} is not an activedet ledger (SQLite: {e})") from None
+        if empty:
+            self.close()
+            raise ResumeError(f"{self.path} is empty: it records no run (a run stopped before its first "
+                              f"step, or not an activedet ledger)")
 
     @_writes
     def _open(self) -> None:

@@ -9,11 +9,11 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import hashlib
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +22,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
+from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, image_root
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
-from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, TrainingError
+from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, RunDirError, TrainingError
 from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
 from activedet.loop.ledger import Ledger
-from activedet.loop.lock import run_lock
+from activedet.loop.lock import LOCK_NAME, run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
@@ -82,24 +82,25 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
     strategy = resolve(cfg)
     strategy.check_model(cfg.task, cfg.model.arch)
     opts = cfg.dataset.options
-    train = load_dataset(cfg.dataset.train, "train", cfg.dataset.images, opts)
+    train = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), opts)
     test_spec = _split_spec(cfg, "test")
-    if test_spec is None:
-        raise ConfigError("config key 'dataset.test' is required (the evaluation split)")
-    test = load_dataset(test_spec, "test", cfg.dataset.images, opts)
+    test = None if test_spec is None else load_dataset(test_spec, "test", image_root(cfg.dataset, "test"), opts)
+    if test is None:
+        log.warning("no dataset.test: the run selects and trains but records no metrics")
     reference = None
     if cfg.dataset.reference is not None:
         if cfg.dataset.reference == cfg.dataset.test:
             raise ConfigError("'dataset.reference' must not be the test split: evaluation would "
                               "reward selecting for the reported metric")
-        reference = load_dataset(cfg.dataset.reference, "reference", cfg.dataset.images, opts)
+        reference = load_dataset(cfg.dataset.reference, "reference", image_root(cfg.dataset, "reference"), opts)
     if train.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
-    if test.class_names != train.class_names:
+    if test is not None and test.class_names != train.class_names:
         raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
     # the train split is the pool: `dataset.bad_images` applies; test and reference must be whole
     quarantined = verify_images(train, "train", cfg.dataset.bad_images, progress)
-    verify_images(test, "test", "error", progress)
+    if test is not None:
+        verify_images(test, "test", "error", progress)
     if reference is not None:
         verify_images(reference, "reference", "error", progress)
     if cfg.model.image_size is None:
@@ -129,8 +130,9 @@ def auto_image_size(dataset: Any, largest: int = 800) -> int:
 
 
 def _amount(value: float, total: int) -> int:
-    """A count (>= 1) as is; a fraction of ``total`` rounded half up, at least 1."""
-    return int(value) if value >= 1 else max(1, int(value * total + 0.5))
+    """An int is a count, as is; a float a fraction of ``total`` (1.0: all of it) rounded
+    half up, at least 1."""
+    return value if isinstance(value, int) else max(1, int(value * total + 0.5))
 
 
 def budget_targets(loop: LoopConfig, pool: Pool) -> list[int]:
@@ -242,18 +244,39 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
     return ledger
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before any work, a run directory that is a file, cannot be created, or is a
+    folder of other files (no ledger): a run is never written among a user's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.is_dir():
+        if (run_dir / Ledger.FILENAME).exists():
+            return
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        if others:
+            raise RunDirError(f"--out {run_dir} is a folder holding other files ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}) and no run; choose a new or empty folder")
+        return
+    parent = run_dir.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"cannot create --out {run_dir}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create --out {run_dir}: {parent} is not writable")
+
+
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
     exp = prepare(cfg, progress)  # bad input and undecodable images fail here, before the ledger exists
     exp.strategy.progress = progress
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
     with run_lock(run_dir, "simulate"):  # one writer per run directory
         ledger = open_ledger(run_dir, cfg, exp, resume)
         try:
-            if dataclasses.is_dataclass(getattr(adapter, "cfg", None)):  # e.g. an offline backbone fallback
-                ledger.set_meta(model_built=dataclasses.asdict(adapter.cfg))
             make_dir(run_dir / "checkpoints")
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
             _cycle(exp, adapter, ledger, run_dir, progress, hooks)
@@ -312,10 +335,12 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             row = done[r] = _select_round(exp, adapter, ledger, r, targets[r])
         if row.get("checkpoint") is None:  # ---- train on rounds 0..r
             train(r)
-        if row.get("metrics") is None:  # ---- evaluate
-            hold(r)
+        if row.get("metrics") is None:  # ---- evaluate ({} without a test split)
             t0 = time.perf_counter()
-            metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
+            metrics: dict[str, Any] = {}
+            if exp.test is not None:
+                hold(r)
+                metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
             ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
             row["metrics"] = metrics
             log.info("round %d: %s", r, _headline(metrics))
@@ -393,8 +418,8 @@ def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target:
 
 def _headline(metrics: dict[str, Any]) -> str:
     keys = [k for k in ("AP", "AP50", "top1") if k in metrics]
-    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    return ", ".join(f"{k} {100 * metrics[k]:.1f}%" for k in keys) or "no metrics (no dataset.test)"
 
 
-__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]

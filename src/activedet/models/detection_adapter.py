@@ -62,7 +62,7 @@ class DetectionAdapter:
 
     def __init__(self, model_cfg: ModelConfig, num_classes: int, variant: str = "plain",
                  device: str | torch.device = "cpu", head_kwargs: dict[str, Any] | None = None) -> None:
-        backbone = resolve_backbone(model_cfg.backbone, model_cfg.pretrained)  # before any ledger
+        backbone = resolve_backbone(model_cfg.backbone, model_cfg.pretrained, model_cfg.offline_fallback)  # before any ledger
         self.cfg = dataclasses.replace(model_cfg, backbone=backbone)
         self.arch = model_cfg.arch
         self.num_classes = num_classes

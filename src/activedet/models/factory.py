@@ -11,14 +11,18 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
     """Detection or classification adapter for ``cfg.model`` on ``cfg.device``.
 
     The strategy chooses the model variant (``strategy.model_variant``) and its settings
-    (``strategy.model_kwargs()``); the loop never asks which strategy it holds.
+    (``strategy.model_kwargs()``); the loop never asks which strategy it holds. With
+    ``model.offline_fallback`` the backbone built may differ from the one asked for:
+    ``cfg.model.backbone`` is set to it, so a config stored afterwards says what ran.
     """
     variant = getattr(strategy, "model_variant", "plain")
     kwargs = strategy.model_kwargs() if strategy is not None else {}
     if cfg.task == "detection":
         from activedet.models.detection_adapter import DetectionAdapter
 
-        return DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+        adapter = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+        cfg.model.backbone = adapter.cfg.backbone  # model.offline_fallback: the config records what runs
+        return adapter
     from activedet.models.classifier import ClassificationAdapter
 
     return ClassificationAdapter(cfg.model, num_classes, variant, cfg.device, **kwargs)

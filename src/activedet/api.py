@@ -1,0 +1,129 @@
+"""The Python API: active learning driven from Python, with your own torchvision detector.
+
+Two uses (both exported from :mod:`activedet`):
+
+- replay a protocol from a config: :func:`load_config` / :func:`config_from_dict`,
+  :func:`simulate`, then read the run with :class:`Ledger`;
+- rank a pool with your own model: :func:`wrap_detector` around a torchvision RetinaNet,
+  FCOS or Faster R-CNN you trained, :func:`image_pool` over image files,
+  :func:`build_strategy` by name with settings, :func:`select`.
+
+The command line is a thin layer over the same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from activedet.config import ExperimentConfig, ModelConfig, config_from_dict, load_config
+from activedet.data.base import DetectionDataset, ImageRecord
+from activedet.data.pool import Pool
+from activedet.errors import ActivedetError, DatasetError, StrategyError
+from activedet.strategies.base import Strategy
+
+__all__ = ["simulate", "build_strategy", "wrap_detector", "image_pool", "select", "Selection"]
+
+
+def simulate(cfg: ExperimentConfig | Mapping[str, Any] | str | Path, out: str | Path, resume: bool = False,
+             progress: bool = False) -> dict[str, Any]:
+    """Run ``activedet simulate``: ``cfg`` is an :class:`ExperimentConfig`, a mapping laid out
+    like the YAML file, or the path of one. Returns the final status (``activedet status
+    --json``); everything is recorded in ``out/ledger.sqlite`` (read it with :class:`Ledger`)."""
+    from activedet.loop.runner import run
+
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg)
+    elif isinstance(cfg, Mapping):
+        cfg = config_from_dict(dict(cfg))
+    return run(cfg, out, resume=resume, progress=progress)
+
+
+def build_strategy(name: str, settings: Mapping[str, Any] | None = None, **kwargs: Any) -> Strategy:
+    """A registered strategy (``activedet strategies``) with its settings, validated like the
+    YAML keys beside ``strategy.name`` (``build_strategy("entropy", aggregate="max")``;
+    keys that are Python keywords go in ``settings``: ``{"lambda": 0.5}``)."""
+    from activedet.strategies.registry import build_strategy as build
+
+    strategy = build(name, {**dict(settings or {}), **kwargs})
+    strategy.progress = False
+    return strategy
+
+
+_ARCHS = {"RetinaNet": "retinanet", "FCOS": "fcos", "FasterRCNN": "faster_rcnn", "MaskRCNN": "faster_rcnn",
+          "KeypointRCNN": "faster_rcnn"}
+
+
+class _OwnModel:
+    """Mix-in of an adapter that wraps the caller's model: it scores, it never rebuilds."""
+
+    def reset(self, seed: int) -> None:
+        raise ActivedetError("this adapter wraps your own model: activedet does not rebuild or train it")
+
+
+def wrap_detector(model: Any, num_classes: int, device: str = "cpu") -> Any:
+    """An adapter around your own torchvision detector (``RetinaNet``, ``FCOS`` or
+    ``FasterRCNN``, subclasses included) with ``num_classes`` object classes, labels
+    1..``num_classes`` (torchvision's convention, 0 is background). Strategies read its
+    detections, class probabilities, features and gradients as they read activedet's own
+    models; ``model`` is moved to ``device`` and used as is (eval mode while scoring)."""
+    from activedet.models.detection_adapter import DetectionAdapter
+
+    arch = next((a for cls in type(model).__mro__ for n, a in _ARCHS.items() if cls.__name__ == n), None)
+    if arch is None:
+        raise StrategyError(f"wrap_detector needs a torchvision RetinaNet, FCOS or FasterRCNN, "
+                            f"got {type(model).__name__}")
+    sizes = getattr(getattr(model, "transform", None), "min_size", (800,))
+    cfg = ModelConfig(arch=arch, backbone="mobilenet_v2", pretrained=False, image_size=int(sizes[0]))
+    adapter = type("OwnDetectionAdapter", (_OwnModel, DetectionAdapter), {})(cfg, num_classes, "plain", device)
+    adapter.model = model.to(adapter.device)
+    return adapter
+
+
+def image_pool(paths: Sequence[str | Path], class_names: Sequence[str]) -> DetectionDataset:
+    """An unlabeled pool of image files (ids 1..N in the order given), for :func:`select`.
+    ``class_names``: your detector's classes, in label order 1..C. Sizes are read from the
+    file headers; a file that cannot be opened is a :class:`DatasetError` naming it."""
+    from PIL import Image
+
+    records = []
+    for k, raw in enumerate(paths, start=1):
+        path = Path(raw)
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except OSError as e:
+            raise DatasetError(f"cannot read image {path}: {e}") from None
+        records.append(ImageRecord(id=k, file_name=path.name, width=width, height=height, path=path))
+    return DetectionDataset(records, class_names, name="pool")
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose: ``ids`` best first; ``scores`` per scored image (images
+    the strategy could not score, e.g. without detections, are absent and were drawn at
+    random after the scored ones; None for strategies that do not score, e.g. ``random``)."""
+
+    ids: list[int]
+    scores: dict[int, float] | None
+
+
+def select(strategy: Strategy, adapter: Any, dataset: Any, budget: int, labeled: Sequence[int] = (),
+           seed: int = 0) -> Selection:
+    """The ``budget`` images of ``dataset`` (not in ``labeled``) that ``strategy`` ranks
+    first with the model in ``adapter``: the same call ``simulate`` and ``select`` make
+    each round. Same seed, same selection."""
+    variant = getattr(adapter, "variant", "plain")
+    if strategy.model_variant != variant:
+        raise StrategyError(f"strategy '{strategy.name}' needs activedet's own '{strategy.model_variant}' "
+                            f"model (use it through a config); a plain torchvision model can be ranked "
+                            f"by e.g. entropy, margin, coreset, localization_stability")
+    strategy.check_model(adapter.task, adapter.arch)
+    pool = Pool.from_dataset(dataset)
+    if labeled:
+        pool.add(labeled, 0)
+    ids = strategy.select(adapter, pool, budget, np.random.default_rng(seed))
+    return Selection([int(i) for i in ids], strategy.last_scores)
