@@ -39,7 +39,9 @@ def test_signal_stops_promptly_and_the_run_resumes_to_the_same_ledger(tmp_path: 
     proc.send_signal(signum)
     sent = time.time()
     _, err = proc.communicate(timeout=60)
-    assert time.time() - sent < 10, "a signal must stop the run promptly"
+    # 1.3-1.4 s on an idle 2-core machine (NOTES.md); a signal lands between torch ops, so
+    # a machine loaded by other jobs stretches it: the bound only catches a run that ignores it
+    assert time.time() - sent < 45, "a signal must stop the run promptly"
     assert proc.returncode == 128 + signum
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
