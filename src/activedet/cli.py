@@ -22,16 +22,23 @@ EPILOG = "Docs: README.md. Configs: configs/*.yaml. Every YAML key has a default
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from activedet import distributed
     from activedet.config import load_config
     from activedet.loop.runner import run
 
     from activedet.loop.signals import signal_number, stop_on_signals
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ActivedetError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
         cfg.seed = args.seed
+    if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
+        return _launch_torchrun(args)
+    distributed.init(cfg.device)  # under torchrun: join the group; else nothing
+    main_rank = distributed.is_main()
     try:
         with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
             status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -40,10 +47,40 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
               f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
         return 128 + signum
+    finally:
+        distributed.shutdown()
+    if not main_rank:  # ranks other than 0 say nothing
+        return 0
     if args.json:
         print(json.dumps(status))
     else:
         print(_status_text(status))
+    return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``activedet simulate --nproc N``: run the same command under ``torchrun`` with N
+    processes on this host, all traffic on 127.0.0.1."""
+    import subprocess
+
+    from activedet import distributed
+
+    port = args.master_port if args.master_port is not None else distributed.free_port()
+    distributed.check_port(port)
+    words = ["simulate", args.config, "--out", args.out]
+    words += ["--resume"] * args.resume + ["--quiet"] * args.quiet + ["--json"] * args.json
+    if args.device:
+        words += ["--device", args.device]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
+           *(["--verbose"] if args.verbose else []), *words]
+    code = subprocess.call(cmd)
+    if code != 0:
+        print(f"activedet simulate: error: the {args.nproc}-process run stopped (exit code {code}); see the "
+              f"messages above; continue with: {_resume_command(args)}", file=sys.stderr)
+        return code if 0 < code < 128 else 1
     return 0
 
 
@@ -55,6 +92,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--device", args.device]
     if args.seed is not None:
         words += ["--seed", str(args.seed)]
+    if getattr(args, "nproc", None):
+        words += ["--nproc", str(args.nproc)]
     return shlex.join(words)
 
 
@@ -444,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="override the config's seed")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
+    s.add_argument("--nproc", type=int, metavar="N",
+                   help="run N processes on this host under torchrun (one GPU each with device cuda; "
+                        "gloo on CPU): training under DDP, scoring sharded; see README 'Scale out'")
+    s.add_argument("--master-port", type=int, metavar="PORT",
+                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
@@ -604,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ActivedetError as e:
         msg = " ".join(str(e).split())  # one line
-        print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
+        if not getattr(e, "mirrored", False):  # a distributed run: rank 0 reported it already
+            print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

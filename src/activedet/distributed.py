@@ -240,11 +240,12 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Element-wise sums over ranks of ``tensors`` (the inputs unchanged in one process)."""
     if not active():
         return list(tensors)
+    nccl = dist.get_backend() == "nccl"
     out = []
     for t in tensors:
-        t = t.detach().clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        out.append(t)
+        moved = t.detach().to(torch.device("cuda", torch.cuda.current_device())) if nccl else t.detach().clone()
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        out.append(moved.to(t.device))
     return out
 
 
@@ -278,9 +279,11 @@ def on_main(fn: Callable[[], T]) -> T:
         if is_main():
             raise caught  # the original, with its traceback
         try:
-            raise error[0](error[1])
+            mirrored = error[0](error[1])
         except TypeError:  # an error class with a different constructor
-            raise ActivedetError(error[1]) from None
+            mirrored = ActivedetError(error[1])
+        mirrored.mirrored = True  # type: ignore[attr-defined]  # rank 0 reports it; the CLI stays quiet here
+        raise mirrored
     return result
 
 
@@ -347,7 +350,10 @@ def reduce_sums(sums: dict[str, float], count: int) -> tuple[dict[str, float], i
 
 def finite_everywhere(ok: bool) -> bool:
     """Under DDP: True when the step's loss is finite on every rank (all skip or none)."""
-    return all_true(ok) if ddp_active() else ok
+    if not ddp_active():
+        return ok
+    (bad,) = all_reduce_sum([torch.tensor([0.0 if ok else 1.0])])
+    return float(bad) == 0.0
 
 
 __all__ = ["active", "rank", "world", "local_rank", "is_main", "init", "shutdown", "free_port", "check_port",
