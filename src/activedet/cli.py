@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -76,12 +77,57 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
            *(["--verbose"] if args.verbose else []), *words]
-    code = subprocess.call(cmd)
-    if code != 0:
-        print(f"activedet simulate: error: the {args.nproc}-process run stopped (exit code {code}); see the "
-              f"messages above; continue with: {_resume_command(args)}", file=sys.stderr)
-        return code if 0 < code < 128 else 1
-    return 0
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="activedet-launch-") as tmp:
+        error_file = Path(tmp) / "error"
+        env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        _relay_stderr(proc.stderr.fileno())
+        code = proc.wait()
+        reported = error_file.read_text().strip() if error_file.is_file() else ""
+    if code == 0:
+        return 0
+    if reported:  # a rank said what went wrong, on one line, above
+        return int(reported) if reported.isdigit() else 2
+    print(f"activedet simulate: error: the {args.nproc}-process run stopped (a process exited with code "
+          f"{code} or was killed); the ledger holds the last complete step; continue with: "
+          f"{_resume_command(args)}", file=sys.stderr)
+    return 1
+
+
+#: where a rank of a launched run writes its exit code after printing its one-line error
+ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
+#: torchrun's own traceback and summary, and DDP's advice, hidden from the user (the ranks' lines stay)
+_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was",
+                   "Traceback (most recent call last)")
+
+
+def _relay_stderr(fd: int) -> None:
+    """Copy torchrun's stderr to ours as it comes (progress bars included), leaving out
+    torchrun's own traceback and failure summary."""
+
+    buf, quiet = b"", False
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+            if cut < 0:
+                break
+            text, buf = buf[:cut + 1], buf[cut + 1:]
+            for seg in text.decode(errors="replace").splitlines(keepends=True):
+                if not seg.startswith("[rank") and seg.startswith("Traceback (most recent call last)"):
+                    quiet = True  # torchrun's ChildFailedError report: to the end
+                if quiet or any(n in seg for n in _LAUNCHER_NOISE):
+                    continue
+                sys.stderr.write(seg)
+            sys.stderr.flush()
+    if buf and not quiet:
+        sys.stderr.write(buf.decode(errors="replace"))
 
 
 def _resume_command(args: argparse.Namespace) -> str:
@@ -650,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split())  # one line
         if not getattr(e, "mirrored", False):  # a distributed run: rank 0 reported it already
             print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
+            if os.environ.get(ERROR_FILE_ENV):  # launched by `simulate --nproc`: say it was reported
+                Path(os.environ[ERROR_FILE_ENV]).write_text("2")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

@@ -1,0 +1,55 @@
+"""`activedet simulate --nproc 2` (torchrun, gloo on CPU): a tiny run completes with rank 0
+alone writing, and `--resume --nproc 2` redoes a lost round with the same selection."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from activedet.loop.ledger import Ledger
+from tests.distributed.test_distributed import torchrun_env
+from tests.loop.test_runner import write_config
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "activedet", "simulate", *args, "--quiet", "--json"]
+    return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_two_process_simulate_and_resume(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    run_dir = tmp_path / "run"
+    proc = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 alone prints
+    assert proc.stdout.count('"rounds"') == 1
+    assert status["complete"] and [len(r["selected"]) for r in status["rounds"]] == [4, 3, 3]
+    assert all(r["metrics"] is not None for r in status["rounds"])
+    selected = [r["selected"] for r in status["rounds"]]
+    assert len(set(sum(selected, []))) == 10
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "round_000.pt", "round_001.pt", "round_002.pt"]
+
+    # a run killed after round 1: round 2's row and checkpoint are gone, the run is incomplete
+    with sqlite3.connect(run_dir / Ledger.FILENAME) as conn:
+        conn.execute("DELETE FROM rounds WHERE round = 2")
+    ledger = Ledger(run_dir)
+    ledger.set_meta(complete=False)
+    ledger.close()
+    (run_dir / "checkpoints" / "round_002.pt").unlink()
+
+    again = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2")
+    assert again.returncode == 2, again.stderr[-2000:]  # without --resume: refused, one message
+    assert again.stderr.count("already holds a run") == 1, again.stderr[-2000:]
+
+    resumed = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status2 = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert status2["complete"] and len(status2["rounds"]) == 3
+    # rounds 0-1 kept; round 2 selected again from round 1's checkpoint: the same images
+    assert [r["selected"] for r in status2["rounds"]] == selected
+    assert (run_dir / "checkpoints" / "round_002.pt").is_file()
