@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from activedet.loop.ledger import Ledger
@@ -53,3 +55,48 @@ def test_two_process_simulate_and_resume(tmp_path: Path) -> None:
     # rounds 0-1 kept; round 2 selected again from round 1's checkpoint: the same images
     assert [r["selected"] for r in status2["rounds"]] == selected
     assert (run_dir / "checkpoints" / "round_002.pt").is_file()
+
+
+def _rank_pid(mark: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of rank ``rank`` whose environment carries ``mark``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"ACTIVEDET_TEST_MARK={mark}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    run_dir = tmp_path / "run"
+    mark = f"{os.getpid()}-{tmp_path.name}"
+    env = {**torchrun_env(), "ACTIVEDET_TEST_MARK": mark}
+    cmd = [sys.executable, "-m", "activedet", "simulate", str(cfg), "--out", str(run_dir), "--nproc", "2",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:  # kill rank 1 once round 0 is trained
+        if (run_dir / "checkpoints" / "round_000.pt").is_file():
+            pid = _rank_pid(mark, 1)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert killed, "the run ended before rank 1 could be killed"
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("activedet simulate:")]
+    assert errors and all("--resume" in line for line in errors), err[-3000:]
+    assert "ChildFailedError" not in err  # torchrun's own report is not shown
+
+    resumed = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert status["complete"] and [len(r["selected"]) for r in status["rounds"]] == [4, 3, 3]
