@@ -323,6 +323,15 @@ def data_parallel(adapter: Any, find_unused_parameters: bool = False) -> Iterato
     finally:
         _DDP_ACTIVE = False
         adapter.model = module
+    # gradients kept the parameters in step, but batch-norm statistics last moved on each
+    # rank's own batch: every rank takes rank 0's (the weights rank 0 saves)
+    _broadcast_tensors(list(module.state_dict().values()))
+
+
+@_collective
+def _broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
+    for t in tensors:
+        dist.broadcast(t, src=0)
 
 
 def epoch_part(order: Sequence[T]) -> list[T]:

@@ -50,12 +50,32 @@ def score_strategies(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def train_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train a fresh tiny RetinaNet with the plain schedule (under DDP when distributed);
+    returns every rank's weight digest and images seen, and the (shared) loss history."""
+    from activedet.training.trainer import train_plain
+
+    data = make_detection_dataset(n=int(spec["n"]), seed=int(spec["data_seed"]))
+    cfg = tiny_config(**{"train.epochs": 2, "train.batch_size": 2})
+    adapter = build_adapter(cfg, data.num_classes, None)
+    adapter.reset(3)
+    before = adapter.state_dict()
+    result = train_plain(adapter, data, data.ids[:int(spec["train_images"])], [], cfg.train, {}, 7,
+                         False)
+    after = adapter.state_dict()
+    flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
+    changed = any(not torch.equal(before[k], after[k]) for k in after)
+    return {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
+            "images": distributed.all_gather_object(result.images), "history": result.history,
+            "changed": changed}
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     spec = json.loads(Path(argv[0]).read_text())
     distributed.init("cpu")
     try:
-        result = score_strategies(spec)
+        result = train_check(spec) if spec.get("train_images") else score_strategies(spec)
         result["_world"] = distributed.world()
         if distributed.is_main():
             Path(argv[1]).write_text(json.dumps(result))

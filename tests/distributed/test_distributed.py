@@ -126,6 +126,7 @@ def test_two_process_scoring_matches_one_process(tmp_path: Path) -> None:
                 {"name": "entropy", "params": {"batch_size": 3, "min_score": 0.0}, "checkpoint": plain},
                 {"name": "coreset", "params": {"batch_size": 3}, "checkpoint": plain},
                 {"name": "mial", "params": {"batch_size": 3, "top_k": 50}, "checkpoint": mial},
+                {"name": "cdal", "params": {"batch_size": 3, "min_score": 0.0}, "checkpoint": plain},
                 {"name": "isal", "params": {"batch_size": 3, "reference": "labeled", "depth": 3, "repeats": 1,
                                             "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
                  "checkpoint": plain},
@@ -136,7 +137,7 @@ def test_two_process_scoring_matches_one_process(tmp_path: Path) -> None:
     two = json.loads((tmp_path / "out.json").read_text())
     assert two.pop("_world") == 2
     one = score_strategies(spec)
-    for name in ("random", "entropy", "coreset", "mial", "isal"):
+    for name in ("random", "entropy", "coreset", "cdal", "mial", "isal"):
         assert two[name]["selected"] == one[name]["selected"], name
         assert two[name]["scores"].keys() == one[name]["scores"].keys(), name
         a = np.array([one[name]["scores"][k] for k in one[name]["scores"]])
@@ -144,5 +145,21 @@ def test_two_process_scoring_matches_one_process(tmp_path: Path) -> None:
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
     # the checks are not vacuous: every scoring strategy scored the 8 unlabeled images (core-set: its picks)
     assert all(len(one[n]["scores"]) == 8 for n in ("entropy", "mial", "isal"))
-    assert len(one["coreset"]["scores"]) == 3 and one["random"]["scores"] == {}
+    assert len(one["coreset"]["scores"]) == 3 and len(one["cdal"]["scores"]) == 3 and one["random"]["scores"] == {}
     assert len(set(one["isal"]["scores"].values())) > 1
+
+
+def test_two_process_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
+    """The plain schedule under DDP: each rank trains on half of every epoch (7 images: 4
+    each, padded), and both end with the same weights and the same (averaged) loss history."""
+    spec = {"n": 12, "data_seed": 5, "train_images": 7}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["_world"] == 2 and out["changed"]
+    a, b = out["digests"]
+    assert a == pytest.approx(b, rel=1e-9, abs=0.0)
+    assert out["images"] == [8, 8]  # 2 epochs x 4 of the 7 (padded to 8) images per rank
+    assert [row["epoch"] for row in out["history"]] == [1, 2]
+    assert all(np.isfinite(v) for row in out["history"] for k, v in row.items() if k not in ("stage", "epoch"))
