@@ -36,6 +36,7 @@ T = TypeVar("T")
 #: seconds a rank waits in a collective for the others (rank 0 may train or evaluate alone)
 DEFAULT_TIMEOUT_S = 4 * 3600
 _DDP_ACTIVE = False  # set while a trainer runs under DistributedDataParallel
+_ALONE = False  # set while rank 0 runs a step alone (on_main): it behaves as one process
 
 
 # ---------------------------------------------------------------------- environment
@@ -45,8 +46,9 @@ def env_world() -> int:
 
 
 def active() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group of more than one process (False while rank
+    0 runs a step alone in :func:`on_main`: everything there behaves as in one process)."""
+    return not _ALONE and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
@@ -261,11 +263,13 @@ def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank (pickled). An
     :class:`ActivedetError` raised by ``fn`` is raised on every rank, same type and message,
     so all ranks stop together. In one process: ``fn()``."""
+    global _ALONE
     if not active():
         return fn()
     result: Any = None
     error: tuple[type, str] | None = None
     if is_main():
+        _ALONE = True
         try:
             result = fn()
         except ActivedetError as e:
@@ -273,6 +277,8 @@ def on_main(fn: Callable[[], T]) -> T:
             caught = e
         else:
             caught = None
+        finally:
+            _ALONE = False
     payload = broadcast_object((error, result if error is None else None))
     error, result = payload
     if error is not None:
@@ -297,6 +303,13 @@ def sync_state(adapter: Any) -> None:
 
 
 # ---------------------------------------------------------------------- training
+def supports_ddp(adapter: Any) -> bool:
+    """Whether ``adapter`` trains through ``adapter.model(...)`` alone, so that wrapping
+    the model in DDP syncs every gradient (the detection adapter; the classifier calls
+    the model's parts directly)."""
+    return getattr(adapter, "task", None) == "detection"
+
+
 def ddp_active() -> bool:
     """True while a trainer runs under :func:`data_parallel` with more than one process."""
     return _DDP_ACTIVE and active()
@@ -311,6 +324,9 @@ def data_parallel(adapter: Any, find_unused_parameters: bool = False) -> Iterato
     if not active():
         yield adapter
         return
+    if not supports_ddp(adapter):
+        raise DistributedError(f"a {getattr(adapter, 'task', '?')} model cannot train under DDP here; "
+                               "train it on rank 0 (distributed.on_main) and broadcast the weights")
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     module = adapter.model
@@ -368,4 +384,4 @@ def finite_everywhere(ok: bool) -> bool:
 __all__ = ["active", "rank", "world", "local_rank", "is_main", "init", "shutdown", "free_port", "check_port",
            "shard", "all_gather_object", "broadcast_object", "barrier", "gather_scores", "score_sharded",
            "gather_rows", "all_reduce_sum", "all_true", "on_main", "sync_state", "data_parallel",
-           "ddp_active", "epoch_part", "reduce_sums", "finite_everywhere"]
+           "supports_ddp", "ddp_active", "epoch_part", "reduce_sums", "finite_everywhere"]

@@ -67,7 +67,10 @@ def train_check(spec: dict[str, Any]) -> dict[str, Any]:
     changed = any(not torch.equal(before[k], after[k]) for k in after)
     return {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
             "images": distributed.all_gather_object(result.images), "history": result.history,
-            "changed": changed}
+            "changed": changed,
+            # rank 0 alone inside on_main: it behaves as one process (no collective would return)
+            "alone": distributed.on_main(lambda: [distributed.active(), distributed.shard([1, 2, 3])]),
+            "outside": [distributed.active(), distributed.shard([1, 2, 3], of=None)]}
 
 
 def main(argv: list[str]) -> int:

@@ -158,6 +158,7 @@ def test_two_process_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["_world"] == 2 and out["changed"]
+    assert out["alone"] == [False, [1, 2, 3]] and out["outside"] == [True, [1, 2]]
     a, b = out["digests"]
     assert a == pytest.approx(b, rel=1e-9, abs=0.0)
     assert out["images"] == [8, 8]  # 2 epochs x 4 of the 7 (padded to 8) images per rank

@@ -469,7 +469,7 @@ DDP_TRAINERS = frozenset({"plain"})
 def _train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
     """``fn()`` (one round's training) on every rank when the strategy's trainer runs under
     DDP; else on rank 0 alone, its weights then handed to the other ranks. One process: ``fn()``."""
-    if not distributed.active() or strategy.trainer in DDP_TRAINERS:
+    if not distributed.active() or (strategy.trainer in DDP_TRAINERS and distributed.supports_ddp(adapter)):
         return fn()
     result = distributed.on_main(fn)
     distributed.sync_state(adapter)
