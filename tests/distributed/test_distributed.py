@@ -164,3 +164,23 @@ def test_two_process_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
     assert out["images"] == [8, 8]  # 2 epochs x 4 of the 7 (padded to 8) images per rank
     assert [row["epoch"] for row in out["history"]] == [1, 2]
     assert all(np.isfinite(v) for row in out["history"] for k, v in row.items() if k not in ("stage", "epoch"))
+
+
+def test_simulate_nproc_refuses_a_busy_port_and_a_bad_count(tmp_path: Path, capsys) -> None:
+    import socket
+
+    from activedet.cli import main
+    from tests.loop.test_runner import write_config
+
+    cfg = write_config(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "2",
+                     "--master-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
