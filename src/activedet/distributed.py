@@ -294,12 +294,14 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def sync_state(adapter: Any) -> None:
-    """Give every rank rank 0's weights (after rank 0 alone trained or loaded them)."""
+    """Give every rank rank 0's weights (after rank 0 alone trained or loaded them),
+    tensor by tensor in place (NCCL moves them GPU to GPU); a rank whose adapter has not
+    built its model yet builds it first (same architecture on every rank)."""
     if not active():
         return
-    state = broadcast_object(adapter.state_dict() if is_main() else None)
-    if not is_main():
-        adapter.load_state_dict(state)
+    if isinstance(getattr(adapter, "model", None), torch.nn.Identity):  # nothing built yet (a resumed run)
+        adapter.reset(0)
+    _broadcast_tensors(list(adapter.model.state_dict().values()))
 
 
 # ---------------------------------------------------------------------- training
