@@ -74,6 +74,8 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         words += ["--device", args.device]
     if args.seed is not None:
         words += ["--seed", str(args.seed)]
+    for item in args.set:
+        words += ["--set", item]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
            *(["--verbose"] if args.verbose else []), *words]
