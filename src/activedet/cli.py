@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -22,16 +23,23 @@ EPILOG = "Docs: README.md. Configs: configs/*.yaml. Every YAML key has a default
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from activedet import distributed
     from activedet.config import load_config
     from activedet.loop.runner import run
 
     from activedet.loop.signals import signal_number, stop_on_signals
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ActivedetError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     if args.seed is not None:
         cfg.seed = args.seed
+    if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
+        return _launch_torchrun(args)
+    distributed.init(cfg.device)  # under torchrun: join the group; else nothing
+    main_rank = distributed.is_main()
     try:
         with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
             status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -40,11 +48,88 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
               f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
         return 128 + signum
+    finally:
+        distributed.shutdown()
+    if not main_rank:  # ranks other than 0 say nothing
+        return 0
     if args.json:
         print(json.dumps(status))
     else:
         print(_status_text(status))
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``activedet simulate --nproc N``: run the same command under ``torchrun`` with N
+    processes on this host, all traffic on 127.0.0.1."""
+    import subprocess
+
+    from activedet import distributed
+
+    port = args.master_port if args.master_port is not None else distributed.free_port()
+    distributed.check_port(port)
+    words = ["simulate", args.config, "--out", args.out]
+    words += ["--resume"] * args.resume + ["--quiet"] * args.quiet + ["--json"] * args.json
+    if args.device:
+        words += ["--device", args.device]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    for item in args.set:
+        words += ["--set", item]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
+           *(["--verbose"] if args.verbose else []), *words]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="activedet-launch-") as tmp:
+        error_file = Path(tmp) / "error"
+        env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        _relay_stderr(proc.stderr.fileno())
+        code = proc.wait()
+        reported = error_file.read_text().strip() if error_file.is_file() else ""
+    if code == 0:
+        return 0
+    if reported:  # a rank said what went wrong, on one line, above
+        return int(reported) if reported.isdigit() else 2
+    print(f"activedet simulate: error: the {args.nproc}-process run stopped (a process exited with code "
+          f"{code} or was killed); the ledger holds the last complete step; continue with: "
+          f"{_resume_command(args)}", file=sys.stderr)
+    return 1
+
+
+#: where a rank of a launched run writes its exit code after printing its one-line error
+ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
+#: torchrun's own traceback and summary, and DDP's advice, hidden from the user (the ranks' lines stay)
+_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was",
+                   "Traceback (most recent call last)")
+
+
+def _relay_stderr(fd: int) -> None:
+    """Copy torchrun's stderr to ours as it comes (progress bars included), leaving out
+    torchrun's own traceback and failure summary."""
+
+    buf, quiet = b"", False
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+            if cut < 0:
+                break
+            text, buf = buf[:cut + 1], buf[cut + 1:]
+            for seg in text.decode(errors="replace").splitlines(keepends=True):
+                if not seg.startswith("[rank") and seg.startswith("Traceback (most recent call last)"):
+                    quiet = True  # torchrun's ChildFailedError report: to the end
+                if quiet or any(n in seg for n in _LAUNCHER_NOISE):
+                    continue
+                sys.stderr.write(seg)
+            sys.stderr.flush()
+    if buf and not quiet:
+        sys.stderr.write(buf.decode(errors="replace"))
 
 
 def _resume_command(args: argparse.Namespace) -> str:
@@ -55,6 +140,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--device", args.device]
     if args.seed is not None:
         words += ["--seed", str(args.seed)]
+    if getattr(args, "nproc", None):
+        words += ["--nproc", str(args.nproc)]
     return shlex.join(words)
 
 
@@ -444,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="override the config's seed")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
+    s.add_argument("--nproc", type=int, metavar="N",
+                   help="run N processes on this host under torchrun (one GPU each with device cuda; "
+                        "gloo on CPU): training under DDP, scoring sharded; see README 'Scale out'")
+    s.add_argument("--master-port", type=int, metavar="PORT",
+                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
@@ -604,7 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ActivedetError as e:
         msg = " ".join(str(e).split())  # one line
-        print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
+        if not getattr(e, "mirrored", False):  # a distributed run: rank 0 reported it already
+            print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
+            if os.environ.get(ERROR_FILE_ENV):  # launched by `simulate --nproc`: say it was reported
+                Path(os.environ[ERROR_FILE_ENV]).write_text("2")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

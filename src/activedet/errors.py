@@ -57,3 +57,7 @@ class CheckpointError(ActivedetError):
 
 class LabelingError(ActivedetError):
     """A labeling project cannot take this step (a batch is pending, nothing to ingest)."""
+
+
+class DistributedError(ActivedetError):
+    """A distributed run cannot start (rendezvous, port in use) or lost one of its processes."""

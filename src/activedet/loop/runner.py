@@ -9,6 +9,7 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import hashlib
 import io
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from activedet import distributed
 from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, image_root
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
@@ -268,22 +270,67 @@ def check_run_dir(run_dir: Path) -> None:
 
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
-    """Replay the protocol of ``cfg`` with oracle labels; returns the final status."""
+    """Replay the protocol of ``cfg`` with oracle labels; returns the final status.
+
+    Under torchrun (:mod:`activedet.distributed`) every process runs this cycle; rank 0
+    alone holds the run lock and writes the ledger, checkpoints and reports, the others
+    follow its recorded state (:class:`FollowerLedger`) and return ``{}``."""
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    exp = prepare(cfg, progress)  # bad input and undecodable images fail here, before the ledger exists
-    exp.strategy.progress = progress
+    main = distributed.is_main()
+    if main:
+        check_run_dir(run_dir)
+    exp = prepare(cfg, progress and main)  # bad input and undecodable images fail here, before the ledger exists
+    exp.strategy.progress = progress and main
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
-    with run_lock(run_dir, "simulate"):  # one writer per run directory
-        ledger = open_ledger(run_dir, cfg, exp, resume)
-        try:
+    with contextlib.ExitStack() as stack:
+        opened: list[Ledger] = []
+
+        def start() -> dict[str, Any]:  # rank 0: lock, open or create the ledger, write the config
+            stack.enter_context(run_lock(run_dir, "simulate"))  # one writer per run directory
+            ledger = open_ledger(run_dir, cfg, exp, resume)
+            stack.callback(ledger.close)
+            opened.append(ledger)
             make_dir(run_dir / "checkpoints")
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
-            _cycle(exp, adapter, ledger, run_dir, progress, hooks)
-            ledger.set_meta(complete=True)
-            return ledger.status()
-        finally:
-            ledger.close()
+            return FollowerLedger.snapshot(ledger, exp.quarantined)
+
+        snap = distributed.on_main(start)  # its error, if any, stops every rank
+        if not main:
+            if snap["quarantined"] != exp.quarantined:  # the pool the run started with
+                _quarantine(exp, snap["quarantined"])
+        ledger = opened[0] if main else FollowerLedger(snap)
+        _cycle(exp, adapter, ledger, run_dir, progress and main, hooks if main else ())
+        ledger.set_meta(complete=True)
+        return ledger.status()
+
+
+class FollowerLedger:
+    """What a rank other than 0 holds in place of the ledger: rank 0's recorded rounds and
+    meta at the start of the run; writes are dropped (rank 0 makes them)."""
+
+    def __init__(self, snap: dict[str, Any]) -> None:
+        self._rounds = snap["rounds"]
+        self._meta = snap["meta"]
+
+    @staticmethod
+    def snapshot(ledger: Ledger, quarantined: dict[int, str]) -> dict[str, Any]:
+        rounds = [{k: r[k] for k in ("round", "selected", "checkpoint", "metrics")} for r in ledger.rounds()]
+        meta = {"checkpoint_sha256": ledger.meta().get("checkpoint_sha256")}
+        return {"rounds": rounds, "meta": meta, "quarantined": dict(quarantined)}
+
+    def rounds(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._rounds]
+
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith(("set_", "add_", "put_", "insert_")):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
 
 
 def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progress: bool,
@@ -305,9 +352,10 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             hold(k - 1)
         labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
         unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
-        result = train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh, progress, labeled, unlabeled)
+        result = _train_everywhere(lambda: train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh,
+                                                       progress, labeled, unlabeled), exp.strategy, adapter)
         ckpt = f"checkpoints/round_{k:03d}.pt"
-        sums[ckpt] = _save_checkpoint(adapter, run_dir / ckpt, k)
+        sums[ckpt] = distributed.on_main(lambda: _save_checkpoint(adapter, run_dir / ckpt, k))
         ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained
         ledger.set_trained(k, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
         done[k]["checkpoint"] = ckpt
@@ -320,11 +368,19 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
         if model_round == k:
             return
         ckpt = done[k]["checkpoint"]
-        try:
-            load_checkpoint(adapter, run_dir / ckpt, sums.get(ckpt))
+
+        def load() -> bool:  # rank 0 reads the checkpoint; the other ranks get its weights
+            try:
+                load_checkpoint(adapter, run_dir / ckpt, sums.get(ckpt))
+                return True
+            except CheckpointError as e:
+                log.warning("%s; re-training round %d", e, k)
+                return False
+
+        if distributed.on_main(load):
+            distributed.sync_state(adapter)
             model_round = k
-        except CheckpointError as e:
-            log.warning("%s; re-training round %d", e, k)
+        else:
             train(k)
 
     for r in range(cfg.loop.cycles + 1):
@@ -340,7 +396,8 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             metrics: dict[str, Any] = {}
             if exp.test is not None:
                 hold(r)
-                metrics = adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress)
+                metrics = distributed.on_main(  # rank 0 evaluates; the others wait
+                    lambda: adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress))
             ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
             row["metrics"] = metrics
             log.info("round %d: %s", r, _headline(metrics))
@@ -401,8 +458,22 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
         ranked = strategy.select(adapter, pool, n, rng, batch=take)
         scores = strategy.last_scores
     t1 = time.perf_counter()
-    chosen = fit_budget(ranked, pool, unit, budget)
+    chosen = distributed.broadcast_object(fit_budget(ranked, pool, unit, budget))  # rank 0's choice for all
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
+
+
+#: trainers that run under DistributedDataParallel; the others train on rank 0 alone
+DDP_TRAINERS = frozenset({"plain"})
+
+
+def _train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
+    """``fn()`` (one round's training) on every rank when the strategy's trainer runs under
+    DDP; else on rank 0 alone, its weights then handed to the other ranks. One process: ``fn()``."""
+    if not distributed.active() or (strategy.trainer in DDP_TRAINERS and distributed.supports_ddp(adapter)):
+        return fn()
+    result = distributed.on_main(fn)
+    distributed.sync_state(adapter)
+    return result
 
 
 def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
+from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
 from activedet.settings import NoSettings, Settings, setting
@@ -65,6 +66,10 @@ class Strategy:
     #: True: ranks images by a score through :meth:`rank` (None: decided by whether the
     #: default ``_select`` is used); ranking strategies get :class:`RankingSettings`
     ranks: ClassVar[bool | None] = None
+    #: ``score`` may run shard by shard over processes (:meth:`score_all`): an image's score
+    #: does not depend on the other ids scored with it, and ``score`` draws from ``rng`` the
+    #: same way whatever ids it gets. False: every process scores every image.
+    shardable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,7 +123,7 @@ class Strategy:
         one. Set-based strategies (core-set, ...) override this instead of ``score``.
         """
         candidates = pool.unlabeled
-        return self.rank(adapter, pool, candidates, self.score(adapter, pool, candidates, rng), budget, rng)
+        return self.rank(adapter, pool, candidates, self.score_all(adapter, pool, candidates, rng), budget, rng)
 
     def rank(self, adapter: Any, pool: Pool, candidates: list[int], scores: Mapping[int, float], budget: int,
              rng: np.random.Generator) -> list[int]:
@@ -135,6 +140,15 @@ class Strategy:
         k = min(budget, self.batch_images or budget)
         choose = diverse_choice(mode, adapter, pool, int(self.params.get("batch_size", 8)), rng)
         return diverse_ranking(ranked, scores, k, mode, float(self.params["preselect"]), choose)[:budget]
+
+    def score_all(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        """:meth:`score` of ``ids``; in a distributed run each process scores its shard (in
+        blocks of the strategy's ``batch_size``, so batches match the one-process run) and
+        every process gets all the scores, keyed in the order of ``ids``."""
+        if not self.shardable:
+            return self.score(adapter, pool, ids, rng)
+        return distributed.score_sharded(lambda part: self.score(adapter, pool, part, rng), ids,
+                                         int(self.params.get("batch_size", 1) or 1))
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Per-image informativeness, higher first; images missing from the result are unscored."""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
 from activedet.settings import setting
@@ -105,8 +106,10 @@ class CDALStrategy(Strategy):
         if budget > len(cands):
             raise StrategyError(f"strategy 'cdal': subset of {len(cands)} is smaller than the budget {budget}")
         labeled = list(pool.labeled)
-        feats = cdal_features(adapter, pool.dataset, labeled + cands, self.params["min_score"],
-                              self.params["batch_size"], self.progress)
+        bs = int(self.params["batch_size"])
+        feats = torch.from_numpy(distributed.gather_rows(  # sharded over processes
+            lambda part: cdal_features(adapter, pool.dataset, part, self.params["min_score"], bs,
+                                       self.progress).numpy(), labeled + cands, bs))
         n, c = feats.shape[0], adapter.num_classes
         mask = np.zeros(n, dtype=bool)
         mask[:len(labeled)] = True

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
@@ -53,7 +54,9 @@ class CoresetStrategy(Strategy):
         if budget > len(cands):
             raise ConfigError(f"strategy key 'subset' = {subset}: smaller than the budget {budget}")
         labeled = list(pool.labeled)
-        feats = adapter.features(pool.dataset, labeled + cands, self.params["batch_size"])
+        bs = int(self.params["batch_size"])
+        feats = distributed.gather_rows(lambda part: adapter.features(pool.dataset, part, bs),
+                                        labeled + cands, bs)  # sharded over processes
         if not np.isfinite(feats).all():
             raise StrategyError("strategy 'coreset': the model produced non-finite features")
         mask = np.zeros(len(labeled) + len(cands), dtype=bool)

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.influence import (
@@ -411,9 +412,12 @@ class InfluenceStrategy(Strategy):
             which, ref_ds, ref_ids = self._reference(pool, rng)
             bs = int(self.params["batch_size"])
             v = [torch.zeros_like(q).detach() for q in params]
-            for chunk in _chunks(ref_ids, bs):
+            for chunk in _chunks(distributed.shard(ref_ids, bs), bs):  # each process its share of R
                 v = [a + b for a, b in zip(v, grad(m.loss_sum(ref_ds, chunk), params))]
-            s_test = self._s_test(m, pool, v, seed)
+            v = distributed.all_reduce_sum(v)
+            # the inverse-HVP once, on rank 0, handed to every process (identity in one process)
+            s_test = [t.to(q.device) for t, q in zip(distributed.on_main(
+                lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
             out: dict[int, float] = {}
             for chunk in _chunks(ids, bs):
                 kept, inputs, targets = m.pseudo_targets(pool.dataset, chunk, self.params)

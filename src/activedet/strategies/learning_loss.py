@@ -48,6 +48,7 @@ class LearningLossStrategy(Strategy):
     model_variant = "learning_loss"
     trainer = "learning_loss"
     settings_type = LearningLossStrategySettings
+    shardable = False  # the scored subset is drawn from the ids given: every process scores all
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         size = self.params["subset"]

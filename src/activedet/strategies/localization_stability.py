@@ -85,6 +85,7 @@ class LocalizationStabilityStrategy(Strategy):
     tasks = ("detection",)
     archs = ("retinanet", "fcos", "faster_rcnn")
     settings_type = LocalizationStabilitySettings
+    shardable = False  # noise seeds are drawn per scored image: every process scores all
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         if adapter.task != "detection":

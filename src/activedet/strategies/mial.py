@@ -141,7 +141,7 @@ class MIALStrategy(Strategy):
         if frac < 1:
             n = min(len(candidates), max(budget, math.ceil(frac * len(candidates))))
             to_score = sorted(candidates[int(j)] for j in rng.choice(len(candidates), size=n, replace=False))
-        return self.rank(adapter, pool, candidates, self.score(adapter, pool, to_score, rng), budget, rng)
+        return self.rank(adapter, pool, candidates, self.score_all(adapter, pool, to_score, rng), budget, rng)
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Image score = aggregate (mean of the top-k by default) of the uncertainties of the

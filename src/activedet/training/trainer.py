@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from activedet import distributed
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError, TrainingCollapseError, TrainingError
 from activedet.training.health import Health, assess, dead_branch
@@ -76,10 +77,11 @@ def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
 
 
 def batches(ids: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """One epoch of shuffled mini-batches (the last one may be smaller)."""
+    """One epoch of shuffled mini-batches (the last one may be smaller); under DDP this
+    rank's share of the epoch (:func:`activedet.distributed.epoch_part`)."""
     ids = list(ids)
-    order = torch.randperm(len(ids), generator=generator).tolist()
-    return [[ids[j] for j in order[s:s + batch_size]] for s in range(0, len(ids), batch_size)]
+    order = distributed.epoch_part(torch.randperm(len(ids), generator=generator).tolist())
+    return [[ids[j] for j in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
 def check_finite(losses: dict[str, torch.Tensor], it: int, lr: float, policy: str = "stop",
@@ -122,9 +124,11 @@ def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tenso
 
 def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
-    """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs."""
-    return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
-                        lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
+    """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (under
+    DistributedDataParallel in a distributed run, each process on its share of every epoch)."""
+    with distributed.data_parallel(adapter, find_unused_parameters=True):
+        return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
+                            lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
 
 
 LossFn = Callable[[Any, Any, int], "dict[str, torch.Tensor]"]
@@ -139,7 +143,8 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
     gen = torch.Generator().manual_seed(seed)
-    per_epoch = math.ceil(len(labeled) / cfg.batch_size)
+    share = len(distributed.epoch_part(labeled))  # this process's images per epoch (all in one process)
+    per_epoch = math.ceil(share / cfg.batch_size)
     total_iters = per_epoch * cfg.epochs
     result = TrainResult()
     start = time.perf_counter()
@@ -158,6 +163,8 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
                 losses = loss_fn(inputs, targets, epoch)
                 total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
+                if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
+                    total = None
                 it += 1
                 if total is None:
                     result.skipped_batches += 1
@@ -171,6 +178,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
+            sums, seen = distributed.reduce_sums(sums, seen)  # DDP: every rank sees the same history
             result.history.append({"stage": "train", "epoch": epoch + 1,
                                    **{k: v / max(1, seen) for k, v in sums.items()}})
             stop_if_dead(result.history, cfg)

@@ -1,0 +1,186 @@
+"""activedet.distributed: sharding rules, one-process no-ops, and 2-process (gloo, CPU)
+scoring that gives the same per-image scores and the same selection as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activedet import distributed
+from activedet.errors import DistributedError, StrategyError
+from activedet.models.factory import build_adapter
+from activedet.strategies.registry import build_strategy
+from tests.conftest import make_detection_dataset, tiny_config
+from tests.distributed.score_worker import score_strategies
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("score_worker.py")
+
+
+def torchrun_env() -> dict[str, str]:
+    """The environment for a torchrun child: this checkout's sources first, one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={distributed.free_port()}", *args]
+    return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------- sharding rules
+@pytest.mark.parametrize("n,block,w", [(12, 1, 2), (11, 3, 2), (8, 3, 3), (2, 4, 3), (0, 2, 2), (7, 2, 5)])
+def test_contiguous_shards_cover_ids_in_order(n: int, block: int, w: int) -> None:
+    ids = list(range(100, 100 + n))
+    parts = [distributed.shard(ids, block, of=(r, w)) for r in range(w)]
+    assert sum(parts, []) == ids
+    for p in parts:  # whole blocks, except the pool's last one: a rank's batches are the one-process batches
+        assert all((ids.index(i) % block == 0) for i in p[::block])
+    sizes = [-(-len(p) // block) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_strided_shards_and_one_process() -> None:
+    ids = [5, 6, 7, 8, 9]
+    assert distributed.shard(ids, strided=True, of=(1, 2)) == [6, 8]
+    assert sorted(sum((distributed.shard(ids, strided=True, of=(r, 3)) for r in range(3)), [])) == ids
+    assert distributed.shard(ids) == ids  # one process: everything
+    with pytest.raises(ValueError, match="block"):
+        distributed.shard(ids, 0, of=(0, 2))
+
+
+def test_helpers_are_no_ops_in_one_process() -> None:
+    assert (distributed.rank(), distributed.world(), distributed.is_main()) == (0, 1, True)
+    assert not distributed.active()
+    assert distributed.init("cpu") is None  # WORLD_SIZE unset: nothing to join
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.gather_scores({3: 1.0, 1: 2.0}, order=[1, 2, 3]) == {1: 2.0, 3: 1.0}
+    assert distributed.score_sharded(lambda ids: {i: float(i) for i in ids}, [4, 2]) == {4: 4.0, 2: 2.0}
+    rows = distributed.gather_rows(lambda ids: np.asarray(ids, float)[:, None], [1, 2, 3])
+    assert rows.shape == (3, 1)
+    assert distributed.on_main(lambda: 7) == 7
+    with pytest.raises(StrategyError, match="boom"):
+        distributed.on_main(lambda: (_ for _ in ()).throw(StrategyError("boom")))
+    t = torch.ones(2)
+    assert distributed.all_reduce_sum([t])[0] is t
+    assert distributed.epoch_part([3, 1, 2]) == [3, 1, 2]
+    assert distributed.reduce_sums({"a": 1.0}, 4) == ({"a": 1.0}, 4)
+
+
+def test_init_without_rendezvous_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(DistributedError, match="torchrun"):
+        distributed.init("cpu")
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(DistributedError, match=f"port {port} on 127.0.0.1 is in use"):
+            distributed.check_port(port)
+    distributed.check_port(distributed.free_port())
+
+
+# --------------------------------------------------------------------- 2 processes = 1 process
+def _checkpoint(path: Path, strategy_name: str, params: dict) -> str:
+    """A briefly trained tiny RetinaNet (the strategy's variant), saved like the loop does."""
+    data = make_detection_dataset(n=12, seed=5)
+    strategy = build_strategy(strategy_name, params)
+    ad = build_adapter(tiny_config(), data.num_classes, strategy)
+    ad.reset(11)
+    if strategy.model_variant == "plain":  # a few steps, so that scores spread out
+        opt = torch.optim.SGD(ad.model.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(3):
+            x, y = ad.load_batch(data, data.ids[:4], False)
+            loss = sum(ad.train_loss(x, y).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.save({"round": 0, "model": ad.state_dict()}, path)
+    return str(path)
+
+
+def test_two_process_scoring_matches_one_process(tmp_path: Path) -> None:
+    plain = _checkpoint(tmp_path / "plain.pt", "entropy", {})
+    mial = _checkpoint(tmp_path / "mial.pt", "mial", {})
+    spec = {"n": 12, "data_seed": 5, "seed": 9, "budget": 3, "labeled": [1, 2, 3, 4],
+            "strategies": [
+                {"name": "random", "checkpoint": plain},
+                {"name": "entropy", "params": {"batch_size": 3, "min_score": 0.0}, "checkpoint": plain},
+                {"name": "coreset", "params": {"batch_size": 3}, "checkpoint": plain},
+                {"name": "mial", "params": {"batch_size": 3, "top_k": 50}, "checkpoint": mial},
+                {"name": "cdal", "params": {"batch_size": 3, "min_score": 0.0}, "checkpoint": plain},
+                {"name": "isal", "params": {"batch_size": 3, "reference": "labeled", "depth": 3, "repeats": 1,
+                                            "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
+                 "checkpoint": plain},
+            ]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    assert two.pop("_world") == 2
+    one = score_strategies(spec)
+    for name in ("random", "entropy", "coreset", "cdal", "mial", "isal"):
+        assert two[name]["selected"] == one[name]["selected"], name
+        assert two[name]["scores"].keys() == one[name]["scores"].keys(), name
+        a = np.array([one[name]["scores"][k] for k in one[name]["scores"]])
+        b = np.array([two[name]["scores"][k] for k in one[name]["scores"]])
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+    # the checks are not vacuous: every scoring strategy scored the 8 unlabeled images (core-set: its picks)
+    assert all(len(one[n]["scores"]) == 8 for n in ("entropy", "mial", "isal"))
+    assert len(one["coreset"]["scores"]) == 3 and len(one["cdal"]["scores"]) == 3 and one["random"]["scores"] == {}
+    assert len(set(one["isal"]["scores"].values())) > 1
+
+
+def test_two_process_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
+    """The plain schedule under DDP: each rank trains on half of every epoch (7 images: 4
+    each, padded), and both end with the same weights and the same (averaged) loss history."""
+    spec = {"n": 12, "data_seed": 5, "train_images": 7}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["_world"] == 2 and out["changed"]
+    assert out["alone"] == [False, [1, 2, 3]] and out["outside"] == [True, [1, 2]]
+    a, b = out["digests"]
+    assert a == pytest.approx(b, rel=1e-9, abs=0.0)
+    assert out["images"] == [8, 8]  # 2 epochs x 4 of the 7 (padded to 8) images per rank
+    assert [row["epoch"] for row in out["history"]] == [1, 2]
+    assert all(np.isfinite(v) for row in out["history"] for k, v in row.items() if k not in ("stage", "epoch"))
+
+
+def test_simulate_nproc_refuses_a_busy_port_and_a_bad_count(tmp_path: Path, capsys) -> None:
+    import socket
+
+    from activedet.cli import main
+    from tests.loop.test_runner import write_config
+
+    cfg = write_config(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "2",
+                     "--master-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
