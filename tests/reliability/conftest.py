@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -53,4 +54,7 @@ def ledger_rows(run_dir: Path) -> list[tuple]:
 def cli_process(*args: str, **kwargs) -> subprocess.Popen:
     """``python -m activedet.cli ARGS`` in a subprocess on this checkout's sources."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "activedet.cli", *args], env=env, **kwargs)
+    # a suite started in the background (CI, nohup, `cmd &`) inherits SIGINT ignored, and
+    # Python then leaves it ignored: give the child the default so Ctrl-C reaches it
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen([sys.executable, "-m", "activedet.cli", *args], env=env, preexec_fn=reset, **kwargs)
