@@ -90,11 +90,9 @@ def no_progress(history: Sequence[Mapping[str, Any]], min_drop: float = 0.0) -> 
     return HEALTHY
 
 
-def assess(history: Sequence[Mapping[str, Any]], arch: str | None = None, patience: int = 3,
-           final: bool = True) -> Health:
+def assess(history: Sequence[Mapping[str, Any]], patience: int = 3, final: bool = True) -> Health:
     """Health of a training history (rows as the trainers record them). ``final``: the
-    history is complete, so progress over the whole run is judged too. ``arch`` is
-    accepted for callers that know it; the degenerate values are keyed by loss name."""
+    history is complete, so progress over the whole run is judged too."""
     dead = dead_branch(history, patience)
     if dead.unhealthy or not final:
         return dead
