@@ -14,6 +14,11 @@ round as mean ± std over seeds, the mean over cycles 1..N (round 0 is the same 
 for every strategy of a seed) and the labeled boxes at which the mean curve first reaches
 random's final value (when ``random`` is among the strategies). Writes ``DIR/summary.json``;
 finished runs already in DIR are reused.
+
+Every strategy must train as much as random: the full-lr labeled iterations of each round
+(:func:`activedet.training.budget.labeled_budget`) are compared before anything runs, and a
+strategy whose count differs from random's is refused unless ``--allow-unequal-budgets``.
+The table prints each strategy's iterations at the first and last round's labeled-set size.
 """
 
 from __future__ import annotations
@@ -58,6 +63,27 @@ def override(data: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
+def build(base: dict[str, Any], strategy: dict[str, Any], seed: int, sets: list[str]) -> dict[str, Any]:
+    """The config of one (strategy, seed) run as a plain mapping."""
+    data = json.loads(json.dumps(base))
+    for s in sets:
+        override(data, s)
+    data["seed"] = seed
+    data["strategy"] = dict(strategy)
+    return data
+
+
+def budgets(data: dict[str, Any], sizes: list[int]) -> list[dict[str, int]]:
+    """Labeled-iteration budget of ``data``'s strategy at each labeled-set size."""
+    from activedet.config import config_from_dict
+    from activedet.loop.runner import resolve
+    from activedet.training.budget import labeled_budget
+
+    cfg = config_from_dict(json.loads(json.dumps(data)))
+    strategy = resolve(cfg)
+    return [labeled_budget(strategy.trainer, cfg.train, strategy.params, n).as_dict() for n in sizes]
+
+
 def run_one(base: dict[str, Any], strategy: dict[str, Any], seed: int, run_dir: Path, sets: list[str]) -> list[dict]:
     """Simulate one (strategy, seed) through the CLI unless already complete; its rounds."""
     from activedet.loop.ledger import Ledger
@@ -67,11 +93,7 @@ def run_one(base: dict[str, Any], strategy: dict[str, Any], seed: int, run_dir: 
         with Ledger(run_dir) as ledger:
             done = bool(ledger.meta().get("complete"))
     if not done:
-        data = json.loads(json.dumps(base))
-        for s in sets:
-            override(data, s)
-        data["seed"] = seed
-        data["strategy"] = dict(strategy)
+        data = build(base, strategy, seed, sets)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = run_dir.parent / f"{run_dir.name}.yaml"
         cfg.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -122,10 +144,11 @@ def table(summary: dict[str, Any]) -> str:
         mc, sc = s["mean_over_cycles"]
         reach = s.get("boxes_to_random_final")
         reach_txt = "-" if reach is None else f"{reach:.0f}"
-        rows.append(f"{label:<28} {rounds}   {mc:.4f}±{sc:.4f}   {reach_txt}")
+        its = "/".join(str(b["full_lr"]) for b in s.get("budget", []))
+        rows.append(f"{label:<28} {rounds}   {mc:.4f}±{sc:.4f}   {reach_txt:<23} {its}")
     n = len(next(iter(summary["strategies"].values()))["per_round"])
     head = f"{'strategy':<28} " + "  ".join(f"{'round ' + str(k):<11}" for k in range(n)) + \
-        f"   {metric} mean r1..{n - 1}   boxes to random's final"
+        f"   {metric} mean r1..{n - 1}   boxes to random's final full-lr its (first/last round)"
     return "\n".join([head, *rows])
 
 
@@ -136,16 +159,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--strategy", action="append", required=True, help="NAME or LABEL=NAME:key=value,...")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override key.path=value")
+    ap.add_argument("--allow-unequal-budgets", action="store_true",
+                    help="run strategies whose full-lr labeled iterations differ from random's")
     args = ap.parse_args(argv)
     base = yaml.safe_load(args.base.read_text())
+    specs = [parse_strategy(spec) for spec in args.strategy]
+    loop = build(base, {"name": "random"}, 0, args.sets).get("loop", {})
+    initial, per_cycle, cycles = loop.get("initial", 0.05), loop.get("per_cycle", 0.025), loop.get("cycles", 6)
+    sizes = [int(initial) + k * int(per_cycle) for k in (0, int(cycles))] \
+        if loop.get("unit", "images") == "images" and float(initial) >= 1 and float(per_cycle) >= 1 else []
+    reference = budgets(build(base, {"name": "random"}, 0, args.sets), sizes)
+    budget_of = {label: budgets(build(base, strategy, 0, args.sets), sizes) for label, strategy in specs}
+    for label, b in budget_of.items():
+        if [x["full_lr"] for x in b] != [x["full_lr"] for x in reference] and not args.allow_unequal_budgets:
+            raise SystemExit(f"{label}: {[x['full_lr'] for x in b]} full-lr labeled iterations at {sizes} "
+                             f"images, random {[x['full_lr'] for x in reference]}; make them equal "
+                             "(tests/training/test_budget.py) or pass --allow-unequal-budgets")
     results: dict[str, dict[int, list[dict]]] = {}
-    for spec in args.strategy:
-        label, strategy = parse_strategy(spec)
+    for label, strategy in specs:
         for seed in args.seeds:
             run_dir = args.out / f"{label.replace('/', '_')}-seed{seed}"
             results.setdefault(label, {})[seed] = run_one(base, strategy, seed, run_dir, args.sets)
             print(f"done {label} seed {seed}", file=sys.stderr, flush=True)
     summary = summarise(results)
+    for label, s in summary["strategies"].items():
+        s["budget"] = budget_of[label]
+    summary["budget_sizes"] = sizes
     summary.update(base=str(args.base), sets=args.sets, strategies_spec=args.strategy)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(table(summary))

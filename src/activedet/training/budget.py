@@ -1,0 +1,87 @@
+"""How much labeled training a round gets: SGD iterations on labeled batches, split by lr.
+
+Strategies are compared fairly only when every one of them trains the detector as much:
+MIAL's stage schedule (:mod:`activedet.training.mial`) and the plain step schedule
+(:mod:`activedet.training.trainer`) count their work differently, so a config that gives
+MIAL 8 full-lr labeled passes and random 16 measures the schedule, not the selection.
+:func:`labeled_budget` counts both in one unit — iterations over labeled batches, at the
+base lr (warm-up included) or at a decayed lr — from the settings alone, without training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from activedet.config import TrainConfig
+from activedet.errors import ConfigError
+
+__all__ = ["Budget", "labeled_budget"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Iterations of one round on ``n`` labeled images (one process, global batches).
+
+    ``full_lr``: labeled batches at the base lr; ``reduced_lr``: at a decayed lr;
+    ``unlabeled``: unlabeled batches (MIAL's max/min stages take one per labeled batch).
+    """
+
+    full_lr: int
+    reduced_lr: int
+    unlabeled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"full_lr": self.full_lr, "reduced_lr": self.reduced_lr, "unlabeled": self.unlabeled}
+
+
+def _plain(cfg: TrainConfig, n: int) -> Budget:
+    """The plain trainer: ``epochs × ⌈n / batch⌉`` iterations, ×0.1 from ``⌈step × total⌉`` on."""
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    steps = [s for s in cfg.lr_steps if s < 1]
+    full = min(math.ceil(s * total) for s in steps) if steps else total
+    return Budget(full, total - full)
+
+
+def _stages(schedule: list[Any], repeat: int, cfg: TrainConfig, n: int) -> Budget:
+    """A stage schedule: every stage epoch is ``repeat × ⌈n / batch⌉`` labeled batches; max/min
+    stages pair each with an unlabeled batch."""
+    per_epoch = repeat * math.ceil(n / cfg.batch_size)
+    full = reduced = unlabeled = 0
+    for st in schedule:
+        its = st.epochs * per_epoch
+        if st.lr_scale >= 1.0:
+            full += its
+        else:
+            reduced += its
+        if st.kind in ("max", "min"):
+            unlabeled += its
+    return Budget(full, reduced, unlabeled)
+
+
+def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n: int) -> Budget:
+    """The iterations ``trainer`` (a strategy's ``trainer`` name) runs on ``n`` labeled images
+    under ``cfg`` and the strategy's ``params``, with unlabeled images available.
+
+    ``plain`` and ``learning_loss`` follow ``train.epochs`` / ``train.lr_steps``; ``mial`` and
+    ``mial_iul`` their stage schedules (``train.epochs`` / ``lr_steps`` unused, except that
+    ``mial_iul`` derives ``label_epochs`` from ``train.epochs`` when it is null).
+    """
+    if n < 1:
+        raise ConfigError(f"a labeled budget needs at least one labeled image, got n = {n}")
+    if trainer in ("plain", "learning_loss"):
+        return _plain(cfg, n)
+    if trainer == "mial":
+        from activedet.models.mial_settings import MIALTrainSettings
+        from activedet.training.mial import build_schedule
+
+        s = MIALTrainSettings.pick(dict(params))
+        return _stages(build_schedule(s), s.repeat, cfg, n)
+    if trainer == "mial_iul":
+        from activedet.training.mial import build_schedule
+        from activedet.training.mial_iul import iul_settings
+
+        s = iul_settings(dict(params), cfg.epochs)
+        return _stages(build_schedule(s), s.repeat, cfg, n)
+    raise ConfigError(f"unknown trainer '{trainer}' (known: plain, learning_loss, mial, mial_iul)")
