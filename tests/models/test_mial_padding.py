@@ -72,12 +72,13 @@ def test_size_batches_never_mix_sizes() -> None:
     assert size_batches(ds, ds.ids, 1) == [[i] for i in (1, 4, 2, 6, 3, 5)]
 
 
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 @pytest.mark.parametrize("weighting", ["none", "mil"])
-def test_mial_scores_of_a_mixed_size_batch_equal_one_by_one(weighting: str) -> None:
+def test_mial_scores_of_a_mixed_size_batch_equal_one_by_one(weighting: str, arch: str) -> None:
     ds = _mixed_sizes()
     st = build_strategy("mial", {"top_k": 50, "weighting": weighting})
     st.progress = False
-    ad = build_adapter(tiny_config(strategy={"name": "mial"}), 2, st)
+    ad = build_adapter(tiny_config(strategy={"name": "mial"}, **{"model.arch": arch}), 2, st)
     ad.reset(0)
     with torch.no_grad():  # f1 != f2, so discrepancies are well above float noise
         g = torch.Generator().manual_seed(0)

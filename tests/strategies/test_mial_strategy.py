@@ -31,7 +31,7 @@ FAST = {"label_epochs": 1, "rounds": 1, "repeat": 1}
 
 def test_registered_with_its_model_trainer_and_defaults() -> None:
     cls = get_strategy_class("mial")
-    assert (cls.model_variant, cls.trainer, cls.archs, cls.tasks) == ("mial", "mial", ("retinanet",), ("detection",))
+    assert (cls.model_variant, cls.trainer, cls.archs, cls.tasks) == ("mial", "mial", ("retinanet", "fcos"), ("detection",))
     d = cls.settings_type.defaults()
     assert (d["lambda"], d["top_k"], d["aggregate"], d["weighting"], d["uncertainty"]) == (0.5, 10000, "topk", "none", "abs")
     assert (d["iul"], d["iur"], d["reweight"], d["order"]) == (True, True, "mil", "max_min")
@@ -51,22 +51,28 @@ def test_bad_settings_fail_at_construction_naming_the_key(params: dict, key: str
         build_strategy("mial", params)
 
 
-def test_only_retinanet_detection() -> None:
+def test_retinanet_or_fcos_detection() -> None:
     s = build_strategy("mial")
     s.check_model("detection", "retinanet")
-    for task, arch in [("detection", "fcos"), ("classification", "resnet18")]:
+    s.check_model("detection", "fcos")
+    for task, arch in [("detection", "faster_rcnn"), ("classification", "resnet18")]:
         with pytest.raises(StrategyError):
             s.check_model(task, arch)
+    # regression_loss is RetinaNet's: set for FCOS (which keeps its GIoU + centerness), it is an error
+    s = build_strategy("mial", {"regression_loss": "l1"})
+    s.check_model("detection", "retinanet")
+    with pytest.raises(StrategyError, match="regression_loss"):
+        s.check_model("detection", "fcos")
 
 
 # ---------------------------------------------------------------------------- scoring
 
 
-def _adapter(num_classes: int = 2, seed: int = 0) -> DetectionAdapter:
+def _adapter(num_classes: int = 2, seed: int = 0, arch: str = "retinanet") -> DetectionAdapter:
     """A fresh MIAL detector whose f1, f2 and f_mil are redrawn with a large spread: at
     torchvision's init (N(0, 0.01²) through four convs) f1 and f2 agree to ~1e-8, below
     float32 resolution of the probabilities, so scores would be rounding noise."""
-    ad = DetectionAdapter(tiny_config().model, num_classes, "mial", "cpu", {})
+    ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, num_classes, "mial", "cpu", {})
     ad.reset(seed)
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
@@ -94,10 +100,11 @@ def _reference_scores(ad: DetectionAdapter, ds, ids, k: int, squared: bool, weig
     return out
 
 
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 @pytest.mark.parametrize("squared,weighting,k", [(False, "none", 50), (True, "mil", 10000)])
-def test_scores_match_a_direct_computation(squared: bool, weighting: str, k: int) -> None:
+def test_scores_match_a_direct_computation(squared: bool, weighting: str, k: int, arch: str) -> None:
     ds = make_detection_dataset(n=5, seed=6)
-    ad = _adapter()
+    ad = _adapter(arch=arch)
     s = build_strategy("mial", {"top_k": k, "uncertainty": "squared" if squared else "abs",
                                 "weighting": weighting, "batch_size": 2})
     pool = Pool.from_dataset(ds)
@@ -217,3 +224,32 @@ def test_single_class_run_completes(tmp_path) -> None:
     assert [h["stage"] for h in rounds[1]["train_log"]] == ["label", "min", "max", "label"]
     assert all(math.isfinite(v) for v in rounds[2]["scores"].values())
     assert json.loads(json.dumps(status))["rounds"][2]["metrics"] is not None
+
+
+def test_fcos_two_cycle_simulate_on_builtin_shapes(tmp_path) -> None:
+    """`activedet simulate` of a tiny FCOS + MIAL config: every stage trains (FCOS's centerness
+    loss recorded), every unlabeled image of rounds 1 and 2 is scored, the top ones chosen."""
+    cfg = tmp_path / "mial_fcos.yaml"
+    cfg.write_text(
+        "task: detection\ndevice: cpu\nseed: 0\n"
+        "dataset: {train: 'builtin:shapes', options: {n_train: 12, n_test: 4, image_size: 64, num_classes: 2,"
+        " max_objects: 2}}\n"
+        "model: {arch: fcos, backbone: mobilenet_v2, pretrained: false, image_size: 64, score_thresh: 0.001}\n"
+        "train: {epochs: 1, batch_size: 2, lr: 0.001}\n"
+        "loop: {initial: 2, per_cycle: 2, cycles: 2, unit: images}\n"
+        "strategy: {name: mial, label_epochs: 1, rounds: 1, repeat: 1, top_k: 20, batch_size: 4}\n")
+    assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    with Ledger(tmp_path / "run") as ledger:
+        assert ledger.meta()["complete"]
+        rounds = ledger.rounds()
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    labeled = set(rounds[0]["selected"])
+    for r in rounds:
+        assert [h["stage"] for h in r["train_log"]] == ["label", "max", "min", "label"]
+        assert all("bbox_ctrness" in h and math.isfinite(h["bbox_ctrness"]) for h in r["train_log"])
+        assert "AP50" in r["metrics"]
+    assert len(rounds[1]["scores"]) == 12 - 2 and not labeled & set(rounds[1]["scores"])
+    assert set(rounds[2]["scores"]) == set(rounds[1]["scores"]) - set(rounds[1]["selected"])
+    for r in rounds[1:]:
+        assert all(math.isfinite(v) and v > 0 for v in r["scores"].values())
+        assert r["selected"] == _ranking(r["scores"])[:2]

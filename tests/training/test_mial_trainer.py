@@ -23,8 +23,8 @@ from tests.conftest import make_detection_dataset, tiny_config
 
 
 
-def _adapter(seed: int = 0, **head_kwargs) -> DetectionAdapter:
-    cfg = tiny_config()
+def _adapter(seed: int = 0, arch: str = "retinanet", **head_kwargs) -> DetectionAdapter:
+    cfg = tiny_config(**{"model.arch": arch})
     ad = DetectionAdapter(cfg.model, 2, "mial", "cpu", head_kwargs)
     ad.reset(seed)
     return ad
@@ -103,8 +103,9 @@ def test_unlabeled_subset_is_sized_like_the_labeled_set() -> None:
 # ---------------------------------------------------------------------------- isolation
 
 
-def test_stage_trainable_partitions_the_parameters() -> None:
-    ad = _adapter()
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+def test_stage_trainable_partitions_the_parameters(arch: str) -> None:
+    ad = _adapter(arch=arch)
     names = [n for n, _ in ad.model.named_parameters()]
     mx, mn, lb = (stage_trainable(ad.model, k, "classifiers") for k in ("max", "min", "label"))
     assert all(lb.values())
@@ -115,15 +116,18 @@ def test_stage_trainable_partitions_the_parameters() -> None:
     assert stage_trainable(ad.model, "min") == mn
     assert any(n.startswith("head.f_mil.") for n in names if mn[n])
     assert any(n.startswith("backbone.") for n in names if mn[n])
+    if arch == "fcos":  # FCOS's box branch holds the centerness: head in the max stage, trained in min
+        assert head["head.regression_head.bbox_ctrness.weight"] and mn["head.regression_head.bbox_ctrness.weight"]
 
 
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 @pytest.mark.parametrize(("kind", "max_params"), [("max", "classifiers"), ("max", "head"), ("min", "head")])
-def test_stage_updates_exactly_its_parameters(kind: str, max_params: str) -> None:
+def test_stage_updates_exactly_its_parameters(kind: str, max_params: str, arch: str) -> None:
     """Max (Eq. 8): the head moves (max_params head), or only f1/f2 (classifiers). Min
     (Eq. 9): f1/f2 stay, everything else moves. Frozen tensors, buffers included, stay
     bit-identical."""
     ds = make_detection_dataset(n=6, seed=3, empty_every=3)
-    ad = _adapter()
+    ad = _adapter(arch=arch)
     cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
     s = MIALTrainSettings.pick({"repeat": 1, "max_params": max_params})
     flags = {n: p.requires_grad for n, p in ad.model.named_parameters()}
@@ -150,6 +154,7 @@ def test_stage_updates_exactly_its_parameters(kind: str, max_params: str) -> Non
     row = rows[0]
     assert row["stage"] == kind and math.isfinite(row["unlabeled_discrepancy"])
     assert {"classification", "bbox_regression", "mil"} <= set(row)
+    assert ("bbox_ctrness" in row) == (arch == "fcos")
     assert ("unlabeled_mil" in row) == (kind == "min")
 
 

@@ -183,7 +183,8 @@ def build_detector(cfg: ModelConfig, num_classes: int,
 
     The model is built with ``num_classes + 1`` outputs (torchvision's convention: label 0
     is background; dense heads keep an unused channel 0). ``head_factory(in_channels,
-    num_anchors, num_outputs)`` replaces RetinaNet's head (MIAL).
+    num_anchors, num_outputs)`` replaces RetinaNet's or FCOS's head (MIAL); FCOS's
+    ``model.box_prior`` is applied to the new head's box branch too.
     """
     if num_classes < 1:
         raise ConfigError(f"a detector needs at least one class, got {num_classes}")
@@ -199,16 +200,17 @@ def build_detector(cfg: ModelConfig, num_classes: int,
         head = head_factory(backbone.out_channels, gen.num_anchors_per_location()[0], k) if head_factory else None
         return RetinaNet(backbone, k, anchor_generator=gen, head=head,
                          score_thresh=cfg.score_thresh, **common)
-    if head_factory is not None:
-        raise ConfigError(f"this strategy needs model.arch 'retinanet', not '{cfg.arch}'")
     if cfg.arch == "fcos":
         backbone = build_backbone(cfg.backbone, cfg.pretrained, "p6p7")
         # FCOS uses one point per location; sizes equal the strides (8..128)
         gen = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
-        model = FCOS(backbone, k, anchor_generator=gen, score_thresh=cfg.score_thresh, **common)
+        head = head_factory(backbone.out_channels, 1, k) if head_factory else None
+        model = FCOS(backbone, k, anchor_generator=gen, head=head, score_thresh=cfg.score_thresh, **common)
         if cfg.box_prior is not None:
             init_box_prior(model, cfg.box_prior)
         return model
+    if head_factory is not None:
+        raise ConfigError(f"this strategy needs model.arch 'retinanet' or 'fcos', not '{cfg.arch}'")
     if cfg.arch == "faster_rcnn":
         backbone = build_backbone(cfg.backbone, cfg.pretrained, "pool")
         sizes = anchor_sizes(cfg, 4)

@@ -41,12 +41,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def _head_factory(variant: str, kwargs: dict[str, Any]) -> Callable[[int, int, int], nn.Module] | None:
+def _head_factory(variant: str, kwargs: dict[str, Any], arch: str) -> Callable[[int, int, int], nn.Module] | None:
     if variant in ("plain", "learning_loss"):  # learning_loss: plain head + model.loss_module
         return None
     if variant == "mial":
-        from activedet.models.mial_head import MIALHead
+        from activedet.models.mial_head import MIALFCOSHead, MIALHead
 
+        if arch == "fcos":  # FCOS keeps its own box loss: RetinaNet's regression_loss does not apply
+            fcos_kwargs = {k: v for k, v in kwargs.items() if k != "regression_loss"}
+            return lambda ch, anchors, k: MIALFCOSHead(ch, anchors, k, **fcos_kwargs)
         return lambda ch, anchors, k: MIALHead(ch, anchors, k, **kwargs)
     raise ConfigError(f"unknown detector variant '{variant}'")
 
@@ -79,7 +82,7 @@ class DetectionAdapter:
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            factory = _head_factory(self.variant, self.head_kwargs)
+            factory = _head_factory(self.variant, self.head_kwargs, self.arch)
             self.model = build_detector(self.cfg, self.num_classes, factory).to(self.device)
             if self.variant == "learning_loss":
                 from activedet.models.learning_loss import attach_loss_module

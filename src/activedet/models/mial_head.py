@@ -14,6 +14,10 @@ therefore records ``num_anchors_per_level = [H_l * W_l * A for each feature map]
 head (the same split torchvision's eval path computes); ``compute_loss`` and the helpers
 use it and check that it matches the outputs they are given, or take an explicit
 ``num_anchors_per_level`` when outputs come from elsewhere.
+
+FCOS. :class:`MIALFCOSHead` is the same head for torchvision's FCOS, where every location
+is an instance (one "anchor" per location): FCOS's box and centerness branch and labeled
+losses, everything else inherited.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.retinanet import RetinaNetRegressionHead
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops import sigmoid_focal_loss
 
 from activedet.models import mial_losses as L
 
-__all__ = ["MIALHead", "MIALClassificationTower", "MIALRegressionHead", "PARAMETER_GROUPS"]
+__all__ = ["MIALHead", "MIALFCOSHead", "MIALClassificationTower", "MIALRegressionHead", "PARAMETER_GROUPS"]
 
 #: parameter group -> the head's submodules in it (names are prefixes of named_parameters)
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -224,8 +230,8 @@ class MIALHead(nn.Module):
             MIALClassificationTower(in_channels, num_anchors, num_classes, prior_probability=None, **tower)
             if use_mil else None
         )
-        self.regression_head = MIALRegressionHead(in_channels, num_anchors, loss=regression_loss,
-                                                  beta=smooth_l1_beta, **tower)
+        self.regression_head: nn.Module = self._regression_head(in_channels, num_anchors, conv_depth, norm_layer,
+                                                                regression_loss, smooth_l1_beta)
         #: anchors per pyramid level of the last forward: [H_l * W_l * A]
         self.num_anchors_per_level: list[int] = []
 
@@ -245,11 +251,7 @@ class MIALHead(nn.Module):
         ``self.num_anchors_per_level``.
         """
         self.num_anchors_per_level = [int(f.shape[-2] * f.shape[-1]) * self.num_anchors for f in x]
-        out = {
-            "cls_logits": self.f1(x),
-            "cls_logits2": self.f2(x),
-            "bbox_regression": self.regression_head(x),
-        }
+        out = {"cls_logits": self.f1(x), "cls_logits2": self.f2(x), **self._box_outputs(x)}
         if self.f_mil is not None:
             out["mil_logits"] = self.f_mil(x)
         return out
@@ -282,7 +284,7 @@ class MIALHead(nn.Module):
         cls2 = self._focal_loss(targets, head_outputs["cls_logits2"], matched_idxs)
         losses = {
             "classification": (cls1 + cls2) / (2 if self.det_reduction == "mean" else 1),
-            "bbox_regression": self.regression_head.compute_loss(targets, head_outputs, anchors, matched_idxs),
+            **self._box_losses(targets, head_outputs, anchors, matched_idxs),
         }
         if self.use_mil:
             labels = L.image_labels_from_targets(targets, self.num_object_classes, first_class=self.first_class,
@@ -290,6 +292,23 @@ class MIALHead(nn.Module):
             scores = self.image_class_scores(head_outputs, num_anchors_per_level)
             losses["mil"] = self.mil_loss_weight * L.mil_loss(scores, labels, class_reduction=self.mil_class_reduction)
         return losses
+
+    # the detector-specific parts (RetinaNet here; :class:`MIALFCOSHead` overrides them)
+
+    def _regression_head(self, in_channels: int, num_anchors: int, conv_depth: int, norm_layer: _NormLayer,
+                         loss: Literal["smooth_l1", "l1"], beta: float) -> nn.Module:
+        """The box branch f_r."""
+        return MIALRegressionHead(in_channels, num_anchors, loss=loss, beta=beta, conv_depth=conv_depth,
+                                  norm_layer=norm_layer)
+
+    def _box_outputs(self, x: list[Tensor]) -> dict[str, Tensor]:
+        """The box branch's outputs: ``bbox_regression`` (N, HWA, 4)."""
+        return {"bbox_regression": self.regression_head(x)}
+
+    def _box_losses(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                    anchors: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+        """The box branch's labeled losses: ``bbox_regression`` (see :class:`MIALRegressionHead`)."""
+        return {"bbox_regression": self.regression_head.compute_loss(targets, head_outputs, anchors, matched_idxs)}
 
     def _focal_loss(self, targets: list[dict[str, Tensor]], logits: Tensor, matched_idxs: list[Tensor]) -> Tensor:
         """torchvision's RetinaNet classification loss with this head's alpha, gamma; scalar."""
@@ -411,6 +430,93 @@ class MIALHead(nn.Module):
         _check_choice("group", group, tuple(PARAMETER_GROUPS))
         for _, p in self.named_parameter_groups()[group]:
             p.requires_grad_(trainable)
+
+
+
+def _group_norm_32(channels: int) -> nn.Module:
+    """FCOS's tower normalisation (torchvision's ``FCOSHead`` default): GroupNorm, 32 groups."""
+    return nn.GroupNorm(32, channels)
+
+
+class MIALFCOSHead(MIALHead):
+    """MIAL on FCOS: every location is an instance. A drop-in ``head`` for torchvision's FCOS::
+
+        head = MIALFCOSHead(backbone.out_channels, 1, C + 1)
+        model = torchvision.models.detection.FCOS(backbone, C + 1, anchor_generator=gen, head=head)
+
+    f1, f2 and f_mil are :class:`MIALClassificationTower` s (one "anchor" per location,
+    GroupNorm towers like FCOS's classification head); the box branch f_r is torchvision's
+    ``FCOSRegressionHead`` (boxes and centerness), so ``model.box_prior``
+    (:func:`activedet.models.detection.init_box_prior`) applies to it unchanged. Everything
+    MIAL computes on the classifiers (MIL scores, discrepancies, pseudo labels, selection)
+    is :class:`MIALHead` 's, on the (N, HW, K) location arrays.
+
+    Labeled loss: FCOS's own. ``classification``: the focal losses of f1 and f2, each
+    torchvision FCOS's (summed over the locations of the batch, divided by the batch's
+    foreground count), combined by ``det_reduction``; ``bbox_regression`` (GIoU) and
+    ``bbox_ctrness`` (BCE) straight from ``FCOSHead.compute_loss``; ``mil`` as in
+    :class:`MIALHead`. Eval mode: detections from f1 and the centerness (torchvision's
+    FCOS postprocessing reads ``cls_logits``, ``bbox_regression``, ``bbox_ctrness``).
+    The RetinaNet-only keys ``regression_loss`` and ``smooth_l1_beta`` do not exist here.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        *,
+        conv_depth: int = 4,
+        prior_probability: float = 0.01,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        use_mil: bool = True,
+        mil_weighting: L.MILMode = "paper",
+        mil_class_activation: L.ClassActivation = "auto",
+        mil_class_reduction: Literal["sum", "mean"] = "sum",
+        mil_loss_weight: float = 1.0,
+        first_class: int = 1,
+        norm_layer: _NormLayer = _group_norm_32,
+        det_reduction: Literal["mean", "sum"] = "sum",
+    ) -> None:
+        super().__init__(
+            in_channels, num_anchors, num_classes, conv_depth=conv_depth, prior_probability=prior_probability,
+            focal_alpha=focal_alpha, focal_gamma=focal_gamma, use_mil=use_mil, mil_weighting=mil_weighting,
+            mil_class_activation=mil_class_activation, mil_class_reduction=mil_class_reduction,
+            mil_loss_weight=mil_loss_weight, first_class=first_class, norm_layer=norm_layer,
+            det_reduction=det_reduction)
+        self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)  # FCOSHead.compute_loss reads it
+
+    def _regression_head(self, in_channels: int, num_anchors: int, conv_depth: int, norm_layer: _NormLayer,
+                         loss: Literal["smooth_l1", "l1"], beta: float) -> nn.Module:
+        """torchvision's ``FCOSRegressionHead`` (``loss``, ``beta``: RetinaNet's, unused)."""
+        return FCOSRegressionHead(in_channels, num_anchors, num_convs=conv_depth, norm_layer=norm_layer)
+
+    def _box_outputs(self, x: list[Tensor]) -> dict[str, Tensor]:
+        """``bbox_regression`` (N, HW, 4) and ``bbox_ctrness`` (N, HW, 1)."""
+        reg, ctrness = self.regression_head(x)
+        return {"bbox_regression": reg, "bbox_ctrness": ctrness}
+
+    def _box_losses(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                    anchors: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+        """FCOS's ``bbox_regression`` (GIoU) and ``bbox_ctrness`` losses (torchvision's code)."""
+        tv = FCOSHead.compute_loss(self, targets, head_outputs, anchors, matched_idxs)  # type: ignore[arg-type]
+        return {"bbox_regression": tv["bbox_regression"], "bbox_ctrness": tv["bbox_ctrness"]}
+
+    def _focal_loss(self, targets: list[dict[str, Tensor]], logits: Tensor, matched_idxs: list[Tensor]) -> Tensor:
+        """torchvision FCOS's classification loss with this head's alpha, gamma; scalar.
+
+        logits (N, HW, K); matched_idxs per image (HW,), GT index or -1. Summed over all
+        locations of the batch and divided by the batch's foreground count (at least 1).
+        """
+        gt = torch.zeros_like(logits)
+        num_fg = 0
+        for b, (tgt, matched) in enumerate(zip(targets, matched_idxs)):
+            fg = torch.where(matched >= 0)[0]
+            gt[b, fg, tgt["labels"][matched[fg]]] = 1.0
+            num_fg += fg.numel()
+        loss = sigmoid_focal_loss(logits, gt, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
+        return loss / max(1, num_fg)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

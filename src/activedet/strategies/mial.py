@@ -1,4 +1,8 @@
-"""MIAL: multiple instance active learning (Yuan et al., CVPR 2021 / TPAMI), RetinaNet.
+"""MIAL: multiple instance active learning (Yuan et al., CVPR 2021 / TPAMI), RetinaNet or FCOS.
+
+With ``model.arch: fcos`` every FCOS location is an instance (one "anchor" per location):
+:class:`~activedet.models.mial_head.MIALFCOSHead`; the box branch and its losses are FCOS's
+(GIoU + centerness, ``model.box_prior``), so ``regression_loss`` is RetinaNet's only.
 
 The strategy holds MIAL's settings and scores images; the model variant ``"mial"`` (the
 head with f1, f2 and f_mil, :mod:`activedet.models.mial_head`) and the trainer ``"mial"``
@@ -12,7 +16,7 @@ class attributes the loop reads. The loop hands ``strategy.params`` to the train
   ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
   ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``;
 - head (:class:`~activedet.models.mial_settings.MIALHeadSettings`): ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
-  ``regression_loss`` (``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
+  ``regression_loss`` (RetinaNet: ``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
   (``mean`` of the f1 and f2 focal losses, authors' code | ``sum``, paper Eq. 1);
 - selection (Sec. 3.4): ``top_k`` (10,000, clipped to the anchor count), ``aggregate``
   (``topk`` | ``mean`` | ``max``), ``uncertainty`` (``abs`` paper | ``squared`` code),
@@ -123,11 +127,22 @@ class MIALStrategy(Strategy):
     name = "mial"
     reference = "Yuan et al. 2021, Multiple Instance Active Learning for Object Detection (MIAL)"
     tasks = ("detection",)
-    archs = ("retinanet",)
+    archs = ("retinanet", "fcos")
     model_variant = "mial"
     trainer = "mial"
     settings_type = MIALSettings
     ranks = True  # its _select scores a fraction of the pool, then ranks like the others
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._given = set(params)  # the keys set in the config (not defaulted)
+
+    def check_model(self, task: str, arch: str) -> None:
+        """Also: ``regression_loss`` is RetinaNet's; FCOS keeps its GIoU box and centerness losses."""
+        super().check_model(task, arch)
+        if arch == "fcos" and "regression_loss" in self._given:
+            raise StrategyError("strategy key 'regression_loss' applies to model.arch 'retinanet' only: with "
+                                "'fcos' the MIAL head keeps FCOS's GIoU box and centerness losses; remove the key")
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],
@@ -149,7 +164,7 @@ class MIALStrategy(Strategy):
         left out, so a score does not depend on the batch-mates)."""
         head = getattr(adapter.model, "head", None)
         if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
-            raise StrategyError("strategy 'mial' needs a RetinaNet with the MIAL head (model variant 'mial')")
+            raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")
         p = self.params
         out: dict[int, float] = {}
         infs = (inf for chunk in size_batches(pool.dataset, ids, p["batch_size"])

@@ -104,7 +104,7 @@ def build_schedule(s: Any) -> list[Stage]:
 def _mial_head(model: nn.Module) -> Any:
     head = getattr(model, "head", None)
     if head is None or not hasattr(head, "unlabeled_loss") or not hasattr(head, "named_parameter_groups"):
-        raise ConfigError("trainer 'mial' needs a RetinaNet with the MIAL head (strategy 'mial', "
+        raise ConfigError("trainer 'mial' needs a RetinaNet or FCOS with the MIAL head (strategy 'mial', "
                           f"model variant 'mial'); got head {type(head).__name__}")
     return head
 
@@ -205,7 +205,7 @@ def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
                                      pseudo_threshold=s.pseudo_threshold, valid=valid), {}
 
 
-#: RetinaNet + MIAL head: the model's own loss dict on labeled batches
+#: RetinaNet or FCOS + MIAL head: the model's own loss dict on labeled batches
 DETECTION_STAGES = StageOps("MIAL", lambda adapter, kind, s: _stage_mode(adapter.model, kind, s.max_params),
                             lambda adapter, inputs, targets: adapter.model(inputs, targets),
                             _unlabeled_losses)
@@ -277,7 +277,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
 
 def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
-    """Train ``adapter.model`` (RetinaNet + MIAL head) for one active-learning cycle.
+    """Train ``adapter.model`` (RetinaNet or FCOS + MIAL head) for one active-learning cycle.
 
     Args:
         adapter: a :class:`~activedet.models.detection_adapter.DetectionAdapter` of variant
