@@ -184,3 +184,51 @@ def test_simulate_nproc_refuses_a_busy_port_and_a_bad_count(tmp_path: Path, caps
     assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
     assert "--nproc must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) -> None:
+    """The same global batch (4 labeled, 4 unlabeled images; 2 per rank): every stage's
+    gradients under DDP equal one process's, term by term. Mean-over-images terms (the
+    labeled detection + MIL loss, the min stage's MIL loss) match exactly; the discrepancy
+    terms are sums over the batch's images (the authors' form), so DDP's average over ranks
+    gives 1/2 of the one-process sum: the scale a per-process batch of 2 has in one process."""
+    spec = {"mode": "grads", "n": 12, "data_seed": 5, "labeled": [1, 2, 3, 4], "unlabeled": [5, 6, 7, 9]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert two.pop("_world") == 2
+    from tests.distributed.score_worker import grad_check
+
+    one = grad_check(spec)
+    scale = {"label/labeled": 1.0, "max/discrepancy": 0.5, "min/discrepancy": 0.5, "min/mil": 1.0}
+    assert sorted(two) == sorted(one) == sorted(scale)
+    for key, factor in scale.items():
+        assert two[key].keys() == one[key].keys(), key  # the same parameters got gradients (stage freezing)
+        a = torch.cat([one[key][n].flatten() for n in one[key]]).numpy()
+        b = torch.cat([two[key][n].flatten() for n in one[key]]).numpy()
+        assert np.abs(a).max() > 1e-6, key  # not vacuous
+        np.testing.assert_allclose(b, factor * a, rtol=1e-4, atol=1e-6 * np.abs(a).max(), err_msg=key)
+    # stage freezing is seen through the wrapper: the max stage leaves the backbone alone,
+    # the min stage f1/f2 (the head's second classifier)
+    assert not any(n.startswith("backbone.") for n in one["max/discrepancy"])
+    assert any(n.startswith("backbone.") for n in one["min/discrepancy"])
+
+
+def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path: Path) -> None:
+    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage) and the
+    learning-loss trainer under DDP: both ranks end with the same weights and history."""
+    spec = {"mode": "trainers", "n": 12, "data_seed": 5}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out.pop("_world") == 2
+    for name in ("mial", "learning_loss"):
+        a, b = out[name]["digests"]
+        assert a == pytest.approx(b, rel=1e-12, abs=0.0), name
+        h0, h1 = out[name]["histories"]
+        assert h0 == h1, name
+        assert any(k.startswith("backbone.") for k in out[name]["changed"]), name
+    assert [row["stage"] for row in out["mial"]["histories"][0]] == ["label", "max", "min", "label"]
+    assert any(k.startswith("loss_module.") for k in out["learning_loss"]["changed"])

@@ -462,14 +462,14 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
-#: trainers that run under DistributedDataParallel; the others train on rank 0 alone
-DDP_TRAINERS = frozenset({"plain"})
+#: trainers that run under DistributedDataParallel (every built-in one); others train on rank 0 alone
+DDP_TRAINERS = frozenset({"plain", "mial", "mial_iul", "learning_loss"})
 
 
 def train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
     """``fn()`` (one round's training) on every rank when the strategy's trainer runs under
     DDP; else on rank 0 alone, its weights then handed to the other ranks. One process: ``fn()``."""
-    if not distributed.active() or (strategy.trainer in DDP_TRAINERS and distributed.supports_ddp(adapter)):
+    if not distributed.active() or strategy.trainer in DDP_TRAINERS:
         return fn()
     result = distributed.on_main(fn)
     distributed.sync_state(adapter)

@@ -115,7 +115,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tenso
     was dropped for a non-finite loss (``cfg.on_nonfinite: skip_batch``). A loss with no
     trainable input (every term frozen) takes no step."""
     total = check_finite(losses, it, lr, cfg.on_nonfinite, where)
-    if total is None:
+    if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
         return False
     if total.requires_grad:
         sgd_step(optimizer, total, cfg.grad_clip)
@@ -126,7 +126,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (under
     DistributedDataParallel in a distributed run, each process on its share of every epoch)."""
-    with distributed.data_parallel(adapter, find_unused_parameters=True):
+    with distributed.data_parallel(adapter):
         return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
                             lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
 
@@ -138,7 +138,10 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                  progress: bool, loss_fn: LossFn, desc: str = "train") -> TrainResult:
     """SGD over seeded shuffled batches of ``labeled`` for ``cfg.epochs`` epochs, minimising
     the sum of ``loss_fn(inputs, targets, epoch)`` (epoch counted from 0); warm-up, step
-    decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch."""
+    decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch.
+    Inside :func:`activedet.distributed.data_parallel` the losses are computed through a
+    DDP wrapper (:func:`~activedet.distributed.synced`) and each rank takes its share of
+    every epoch: ``cfg.batch_size`` is per process."""
     labeled = list(labeled)
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
@@ -148,7 +151,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
     total_iters = per_epoch * cfg.epochs
     result = TrainResult()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), distributed.synced(adapter.model) as call:
         torch.manual_seed(seed)
         opt = make_optimizer(adapter.model.parameters(), cfg)
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
@@ -161,7 +164,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 for g in opt.param_groups:
                     g["lr"] = lr
                 inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
-                losses = loss_fn(inputs, targets, epoch)
+                losses = call(lambda: loss_fn(inputs, targets, epoch))
                 total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
                 if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
                     total = None
