@@ -56,8 +56,8 @@ from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
-from activedet.training.trainer import (TrainResult, batches, guarded_step, make_optimizer, stop_if_dead,
-                                         warmup_factor, warmup_length)
+from activedet.training.trainer import (Precision, TrainResult, batches, guarded_step, make_optimizer,
+                                         model_device, stop_if_dead, warmup_factor, warmup_length)
 
 __all__ = [
     "Stage",
@@ -233,6 +233,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     if paired and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
     # distributed: a DDP wrapper per stage, built after the stage froze its parameters
+    amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
     with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
@@ -254,15 +255,18 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                     for g in opt.param_groups:
                         g["lr"] = step_lr
                     inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
-                    losses = call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
-                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage"):
+                    with amp.autocast():
+                        losses = call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
+                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage", amp.scaler):
                         add("", losses, len(batch))
                     images += len(batch)
                     if paired:
                         ubatch = unl_batches[b % len(unl_batches)]
                         uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
-                        ulosses, extra = call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, s))
-                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)"):
+                        with amp.autocast():
+                            ulosses, extra = call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, s))
+                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)",
+                                        amp.scaler):
                             add("unlabeled_", ulosses, len(ubatch))
                             add("", extra, len(ubatch))
                         images += len(ubatch)
