@@ -137,6 +137,32 @@ def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def kcenter_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`k_center_greedy_sharded` on seeded random features for each ``spec["cases"]``
+    entry (centers, candidates, budget, block, duplicates); rank 0's picks and gains and
+    how many feature rows each rank computed."""
+    from activedet.strategies.diversity import k_center_greedy_sharded
+
+    out = []
+    for case in spec["cases"]:
+        n_c, n, dup = int(case["centers"]), int(case["candidates"]), int(case.get("duplicates", 0))
+        feats = np.random.default_rng(int(case["seed"])).normal(size=(n_c + n, 5))
+        if dup:
+            feats[n_c + n - dup:] = feats[n_c:n_c + dup]  # ties: equal rows
+        asked: list[int] = []
+
+        def features(ids: list[int]) -> np.ndarray:
+            asked.extend(ids)
+            return feats[ids]
+
+        picks, gains = k_center_greedy_sharded(features, list(range(n_c)), list(range(n_c, n_c + n)),
+                                               int(case["budget"]), np.random.default_rng(3), 4,
+                                               int(case["block"]))
+        out.append({"picks": picks, "gains": gains,
+                    "rows": distributed.all_gather_object(len([i for i in asked if i >= n_c]))})
+    return {"cases": out}
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     spec = json.loads(Path(argv[0]).read_text())
@@ -145,6 +171,8 @@ def main(argv: list[str]) -> int:
         mode = spec.get("mode")
         if mode == "grads":
             result = grad_check(spec)
+        elif mode == "kcenter":
+            result = kcenter_check(spec)
         elif mode == "trainers":
             result = trainers_check(spec)
         else:

@@ -232,3 +232,33 @@ def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path
         assert any(k.startswith("backbone.") for k in out[name]["changed"]), name
     assert [row["stage"] for row in out["mial"]["histories"][0]] == ["label", "max", "min", "label"]
     assert any(k.startswith("loss_module.") for k in out["learning_loss"]["changed"])
+
+
+def test_two_process_k_center_matches_one_process(tmp_path: Path) -> None:
+    """Distributed k-center greedy (each rank holds its shard of the candidates' features,
+    one all-gather per pick) gives the one-process picks and gains: with and without
+    existing centers, with tied (duplicated) rows, and with a rank left without candidates."""
+    from activedet.strategies.diversity import k_center_greedy
+
+    cases = [{"seed": 1, "centers": 6, "candidates": 23, "budget": 7, "block": 3},
+             {"seed": 2, "centers": 0, "candidates": 17, "budget": 5, "block": 2},
+             {"seed": 3, "centers": 4, "candidates": 20, "budget": 12, "block": 4, "duplicates": 8},
+             {"seed": 4, "centers": 3, "candidates": 3, "budget": 2, "block": 4}]
+    spec = {"mode": "kcenter", "cases": cases}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    assert two["_world"] == 2
+    for case, got in zip(cases, two["cases"]):
+        n_c, n, dup = case["centers"], case["candidates"], case.get("duplicates", 0)
+        feats = np.random.default_rng(case["seed"]).normal(size=(n_c + n, 5))
+        if dup:
+            feats[n_c + n - dup:] = feats[n_c:n_c + dup]
+        picks, gains = k_center_greedy(feats, np.arange(n_c + n) < n_c, case["budget"],
+                                       np.random.default_rng(3), 4)
+        assert got["picks"] == [p - n_c for p in picks], case
+        np.testing.assert_allclose(got["gains"], gains, rtol=1e-12)
+        assert sum(got["rows"]) == n  # every candidate's features computed once, on one rank
+    assert two["cases"][3]["rows"] == [3, 0]  # one block of 4: rank 1 holds no candidate
+    assert len(set(two["cases"][2]["picks"])) == cases[2]["budget"]
