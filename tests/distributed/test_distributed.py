@@ -179,8 +179,15 @@ def test_simulate_nproc_refuses_a_busy_port_and_a_bad_count(tmp_path: Path, caps
         port = s.getsockname()[1]
         assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "2",
                      "--master-port", str(port)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+        assert main(["select", str(cfg), "--project", str(tmp_path / "project"), "--budget", "2", "--nproc", "2",
+                     "--master-port", str(port)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("activedet select: error: port") and "in use" in err[0]
+    assert main(["select", str(cfg), "--project", str(tmp_path / "project"), "--budget", "2", "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "project").exists()
     assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
     assert "--nproc must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -262,3 +269,32 @@ def test_two_process_k_center_matches_one_process(tmp_path: Path) -> None:
         assert sum(got["rows"]) == n  # every candidate's features computed once, on one rank
     assert two["cases"][3]["rows"] == [3, 0]  # one block of 4: rank 1 holds no candidate
     assert len(set(two["cases"][2]["picks"])) == cases[2]["budget"]
+
+
+def test_more_processes_than_score_blocks_give_the_one_process_answer(tmp_path: Path) -> None:
+    """3 processes, 8 unlabeled images in blocks of 4: the third rank has nothing to score
+    (and no reference images for ISAL, no core-set candidates); the selections and scores
+    are still those of one process."""
+    plain = _checkpoint(tmp_path / "plain.pt", "entropy", {})
+    spec = {"n": 12, "data_seed": 5, "seed": 9, "budget": 3, "labeled": [1, 2, 3, 4],
+            "strategies": [
+                {"name": "entropy", "params": {"batch_size": 4, "min_score": 0.0}, "checkpoint": plain},
+                {"name": "coreset", "params": {"batch_size": 4}, "checkpoint": plain},
+                {"name": "isal", "params": {"batch_size": 4, "reference": "labeled", "depth": 3, "repeats": 1,
+                                            "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
+                 "checkpoint": plain},
+            ]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(3, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    three = json.loads((tmp_path / "out.json").read_text())
+    assert three.pop("_world") == 3
+    assert distributed.shard(list(range(8)), 4, of=(2, 3)) == []  # the premise: rank 2 gets no block
+    one = score_strategies(spec)
+    for name in ("entropy", "coreset", "isal"):
+        assert three[name]["selected"] == one[name]["selected"], name
+        assert three[name]["scores"].keys() == one[name]["scores"].keys(), name
+        a = np.array([one[name]["scores"][k] for k in one[name]["scores"]])
+        b = np.array([three[name]["scores"][k] for k in one[name]["scores"]])
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert len(one["entropy"]["scores"]) == 8 and len(one["isal"]["scores"]) == 8
