@@ -134,6 +134,26 @@ def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
         out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
                      "histories": distributed.all_gather_object(result.history),
                      "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
+    # the classifier (small_cnn, batch norms): plain and MIAL-IUL schedules under DDP
+    from activedet.config import ModelConfig, TrainConfig
+    from activedet.data.classification import load_digits
+    from activedet.models.classifier import ClassificationAdapter
+    from activedet.training.mial_iul import train_mial_iul
+    from activedet.training.trainer import train_plain
+
+    digits = load_digits("train", {"n_train": 40, "size": 16, "seed": 0})
+    tcfg = TrainConfig(epochs=2, batch_size=4, lr=0.01)
+    for name, variant, trainer, params in (("cls_plain", "plain", train_plain, {}),
+                                           ("cls_mial_iul", "mial", train_mial_iul, {"rounds": 1})):
+        adapter = ClassificationAdapter(ModelConfig(arch="small_cnn", image_size=16), 10, variant=variant)
+        adapter.reset(3)
+        before = adapter.state_dict()
+        result = trainer(adapter, digits, digits.ids[:13], digits.ids[13:], tcfg, params, 7, False)
+        after = adapter.state_dict()
+        flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
+        out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
+                     "histories": distributed.all_gather_object(result.history),
+                     "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
     return out
 
 

@@ -223,19 +223,22 @@ def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) 
 
 
 def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path: Path) -> None:
-    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage) and the
-    learning-loss trainer under DDP: both ranks end with the same weights and history."""
+    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage), the
+    learning-loss trainer, and a classifier's plain and MIAL-IUL schedules under DDP: both
+    ranks end with the same weights (batch-norm statistics included) and history."""
     spec = {"mode": "trainers", "n": 12, "data_seed": 5}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out.pop("_world") == 2
-    for name in ("mial", "learning_loss"):
+    for name in ("mial", "learning_loss", "cls_plain", "cls_mial_iul"):
         a, b = out[name]["digests"]
         assert a == pytest.approx(b, rel=1e-12, abs=0.0), name
         h0, h1 = out[name]["histories"]
         assert h0 == h1, name
+        assert out[name]["changed"], name
+    for name in ("mial", "learning_loss"):
         assert any(k.startswith("backbone.") for k in out[name]["changed"]), name
     assert [row["stage"] for row in out["mial"]["histories"][0]] == ["label", "max", "min", "label"]
     assert any(k.startswith("loss_module.") for k in out["learning_loss"]["changed"])
