@@ -232,8 +232,8 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     paired = stage.kind in ("min", "max")
     if paired and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
-    # distributed: a DDP wrapper per stage, built after the stage froze its parameters
     amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
+    # distributed: a DDP wrapper per stage, built after the stage froze its parameters
     with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
