@@ -37,7 +37,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         cfg.seed = args.seed
     if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        return _launch_torchrun(args)
+        return _launch_torchrun(args, _simulate_words(args), f"continue with: {_resume_command(args)}")
     distributed.init(cfg.device)  # under torchrun: join the group; else nothing
     main_rank = distributed.is_main()
     try:
@@ -59,15 +59,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_torchrun(args: argparse.Namespace) -> int:
-    """``activedet simulate --nproc N``: run the same command under ``torchrun`` with N
-    processes on this host, all traffic on 127.0.0.1."""
-    import subprocess
-
-    from activedet import distributed
-
-    port = args.master_port if args.master_port is not None else distributed.free_port()
-    distributed.check_port(port)
+def _simulate_words(args: argparse.Namespace) -> list[str]:
     words = ["simulate", args.config, "--out", args.out]
     words += ["--resume"] * args.resume + ["--quiet"] * args.quiet + ["--json"] * args.json
     if args.device:
@@ -76,11 +68,23 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         words += ["--seed", str(args.seed)]
     for item in args.set:
         words += ["--set", item]
+    return words
+
+
+def _launch_torchrun(args: argparse.Namespace, words: list[str], after: str) -> int:
+    """``activedet simulate|select --nproc N``: run the command ``words`` under ``torchrun``
+    with N processes on this host, all traffic on 127.0.0.1. ``after``: what the user can
+    do when the run stops (said in the message)."""
+    import subprocess
+    import tempfile
+
+    from activedet import distributed
+
+    port = args.master_port if args.master_port is not None else distributed.free_port()
+    distributed.check_port(port)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
            *(["--verbose"] if args.verbose else []), *words]
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="activedet-launch-") as tmp:
         error_file = Path(tmp) / "error"
         env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
@@ -93,9 +97,8 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         return 0
     if reported:  # a rank said what went wrong, on one line, above
         return int(reported) if reported.isdigit() else 2
-    print(f"activedet simulate: error: the {args.nproc}-process run stopped (a process exited with code "
-          f"{code} or was killed); the ledger holds the last complete step; continue with: "
-          f"{_resume_command(args)}", file=sys.stderr)
+    print(f"activedet {words[0]}: error: the {args.nproc}-process run stopped (a process exited with code "
+          f"{code} or was killed); {after}", file=sys.stderr)
     return 1
 
 
@@ -219,17 +222,43 @@ def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _select_words(args: argparse.Namespace) -> list[str]:
+    words = ["select", args.config, "--project", args.project, "--budget", str(args.budget), "--unit", args.unit,
+             "--prelabel-score", repr(args.prelabel_score)]
+    for flag, value in (("--strategy", args.strategy), ("--image-url-prefix", args.image_url_prefix),
+                        ("--local-files-root", args.local_files_root), ("--device", args.device)):
+        if value is not None:
+            words += [flag, value]
+    words += ["--replace"] * args.replace + ["--quiet"] * args.quiet + ["--json"] * args.json
+    for item in args.set:
+        words += ["--set", item]
+    return words
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
+    from activedet import distributed
     from activedet.config import load_config
     from activedet.labeling.project import SelectOptions, select
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ActivedetError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
                          prelabel_score=args.prelabel_score)
-    res = select(cfg, args.project, opts, progress=not args.quiet)
+    if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
+        return _launch_torchrun(args, _select_words(args), "the project holds the last complete step; "
+                                "run the same select again")
+    distributed.init(cfg.device)  # under torchrun: join the group; else nothing
+    main_rank = distributed.is_main()
+    try:
+        res = select(cfg, args.project, opts, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if not main_rank:  # ranks other than 0 say nothing
+        return 0
     rows = [{"rank": im.rank, "image_id": im.image_id, "path": im.path, "score": im.score} for im in res.images]
     if args.json:
         print(json.dumps({"round": res.round, "dir": str(res.out_dir), "files": [str(f) for f in res.files],
@@ -578,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    s.add_argument("--nproc", type=int, metavar="N",
+                   help="run N processes on this host under torchrun (training and scoring distributed; "
+                        "rank 0 alone writes the project)")
+    s.add_argument("--master-port", type=int, metavar="PORT",
+                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
     s.set_defaults(func=_cmd_select)
@@ -698,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split())  # one line
         if not getattr(e, "mirrored", False):  # a distributed run: rank 0 reported it already
             print(f"activedet {args.command}: error: {msg}", file=sys.stderr)
-            if os.environ.get(ERROR_FILE_ENV):  # launched by `simulate --nproc`: say it was reported
+            if os.environ.get(ERROR_FILE_ENV):  # launched by `simulate|select --nproc`: say it was reported
                 Path(os.environ[ERROR_FILE_ENV]).write_text("2")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early

@@ -101,6 +101,7 @@ class TrainConfig:
     on_collapse: str = "retry"  # retry | stop | warn: a round whose training collapsed
     max_retries: int = 2  # retry: re-initialisations with derived seeds before giving up
     on_nonfinite: str = "stop"  # stop | skip_batch: a NaN/inf training loss
+    amp: bool = False  # mixed precision (float16 autocast + GradScaler) on CUDA; ignored, with a warning, on CPU
 
 
 @dataclass

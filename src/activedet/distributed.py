@@ -305,45 +305,61 @@ def sync_state(adapter: Any) -> None:
 
 
 # ---------------------------------------------------------------------- training
-def supports_ddp(adapter: Any) -> bool:
-    """Whether ``adapter`` trains through ``adapter.model(...)`` alone, so that wrapping
-    the model in DDP syncs every gradient (the detection adapter; the classifier calls
-    the model's parts directly)."""
-    return getattr(adapter, "task", None) == "detection"
-
-
 def ddp_active() -> bool:
     """True while a trainer runs under :func:`data_parallel` with more than one process."""
     return _DDP_ACTIVE and active()
 
 
 @contextlib.contextmanager
-def data_parallel(adapter: Any, find_unused_parameters: bool = False) -> Iterator[Any]:
-    """Train ``adapter.model`` under DistributedDataParallel for the block: the model is
-    wrapped (``adapter.model`` is the wrapper inside), :func:`epoch_part` deals each epoch
-    out and :func:`reduce_sums` averages the per-epoch loss sums. No-op in one process."""
+def data_parallel(adapter: Any) -> Iterator[Any]:
+    """Train ``adapter.model`` data-parallel for the block: :func:`epoch_part` deals each
+    epoch out, :func:`reduce_sums` / :func:`reduce_counts` add the per-epoch loss sums, and
+    losses computed through :func:`synced` sync their gradients. Afterwards every rank takes
+    rank 0's weights and buffers: gradients kept the parameters in step, but batch-norm
+    statistics last moved on each rank's own batch. No-op in one process."""
     global _DDP_ACTIVE
     if not active():
         yield adapter
         return
-    if not supports_ddp(adapter):
-        raise DistributedError(f"a {getattr(adapter, 'task', '?')} model cannot train under DDP here; "
-                               "train it on rank 0 (distributed.on_main) and broadcast the weights")
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    module = adapter.model
-    dev = next(module.parameters()).device
-    ids = [dev.index] if dev.type == "cuda" else None
-    adapter.model = DDP(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
     _DDP_ACTIVE = True
     try:
         yield adapter
     finally:
         _DDP_ACTIVE = False
-        adapter.model = module
-    # gradients kept the parameters in step, but batch-norm statistics last moved on each
-    # rank's own batch: every rank takes rank 0's (the weights rank 0 saves)
-    _broadcast_tensors(list(module.state_dict().values()))
+    _broadcast_tensors(list(adapter.model.state_dict().values()))
+
+
+class _Call(torch.nn.Module):
+    """A module whose forward is ``fn()``: DistributedDataParallel around it syncs the
+    gradients of ``module``'s parameters whatever code calls them (the model's own
+    forward, or its parts one by one as the MIAL stages and the classifier do)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, fn: Callable[[], Any]) -> Any:  # type: ignore[override]
+        return fn()
+
+
+@contextlib.contextmanager
+def synced(module: torch.nn.Module) -> Iterator[Callable[[Callable[[], T]], T]]:
+    """Inside :func:`data_parallel`, yields ``call``: ``call(fn)`` computes ``fn()`` (losses
+    from ``module``'s parameters; tensors, or dicts / tuples of them) as the forward of a
+    :class:`~torch.nn.parallel.DistributedDataParallel` wrapper of ``module``, so that
+    ``backward()`` of the result averages the gradients over ranks. The wrapper registers
+    the parameters that require grad on entry: enter it after freezing (one per MIAL
+    stage). ``find_unused_parameters`` is on: a step may leave parts of the model out (the
+    unlabeled MIAL losses do). Outside DDP ``call(fn)`` is ``fn()``."""
+    if not ddp_active() or not any(p.requires_grad for p in module.parameters()):
+        yield lambda fn: fn()
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = next(module.parameters()).device
+    ddp = DDP(_Call(module), device_ids=[dev.index] if dev.type == "cuda" else None,
+              find_unused_parameters=True)
+    yield lambda fn: ddp(fn)
 
 
 @_collective
@@ -375,6 +391,20 @@ def reduce_sums(sums: dict[str, float], count: int) -> tuple[dict[str, float], i
     return {k: float(v) for k, v in zip(keys, vec[:-1].tolist())}, int(vec[-1])
 
 
+def reduce_counts(sums: dict[str, float], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per-key loss sums and image counts added over ranks, in rank order (identity outside
+    DDP): every rank gets the same numbers."""
+    if not ddp_active():
+        return sums, counts
+    total_s: dict[str, float] = {}
+    total_c: dict[str, int] = {}
+    for part_s, part_c in all_gather_object((sums, counts)):
+        for k, v in part_s.items():
+            total_s[k] = total_s.get(k, 0.0) + v
+            total_c[k] = total_c.get(k, 0) + part_c[k]
+    return total_s, total_c
+
+
 def finite_everywhere(ok: bool) -> bool:
     """Under DDP: True when the step's loss is finite on every rank (all skip or none)."""
     if not ddp_active():
@@ -385,5 +415,5 @@ def finite_everywhere(ok: bool) -> bool:
 
 __all__ = ["active", "rank", "world", "local_rank", "is_main", "init", "shutdown", "free_port", "check_port",
            "shard", "all_gather_object", "broadcast_object", "barrier", "gather_scores", "score_sharded",
-           "gather_rows", "all_reduce_sum", "all_true", "on_main", "sync_state", "data_parallel",
-           "supports_ddp", "ddp_active", "epoch_part", "reduce_sums", "finite_everywhere"]
+           "gather_rows", "all_reduce_sum", "all_true", "on_main", "sync_state", "data_parallel", "synced",
+           "ddp_active", "epoch_part", "reduce_sums", "reduce_counts", "finite_everywhere"]

@@ -73,14 +73,134 @@ def train_check(spec: dict[str, Any]) -> dict[str, Any]:
             "outside": [distributed.active(), distributed.shard([1, 2, 3], of=None)]}
 
 
+def grad_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """One MIAL step's gradients, per stage and loss term, on ``spec["labeled"]`` /
+    ``spec["unlabeled"]`` (4 images each; 2 per rank under torchrun), computed through
+    :func:`distributed.synced` inside :func:`distributed.data_parallel` as the trainer does
+    (tensors: the worker saves them with ``torch.save``).
+    Batch norms run in eval mode: DDP normalises each rank's batch by its own statistics
+    (no SyncBatchNorm), so only the rest of the model can match one process."""
+    from activedet.models.mial_settings import MIALTrainSettings
+    from activedet.training.mial import DETECTION_STAGES as ops
+
+    data = make_detection_dataset(n=int(spec["n"]), seed=int(spec["data_seed"]))
+    strategy = build_strategy("mial", {})
+    adapter = build_adapter(tiny_config(), data.num_classes, strategy)
+    adapter.reset(3)
+    s = MIALTrainSettings.pick({"pseudo_threshold": 0.0})  # an untrained head has no pseudo label above 0.5
+    lab = distributed.shard(list(spec["labeled"]))
+    unl = distributed.shard(list(spec["unlabeled"]))
+    terms = {"label": ("labeled", None), "max": ("discrepancy", None), "min": ("discrepancy", "mil")}
+    out: dict[str, Any] = {}
+    with distributed.data_parallel(adapter):
+        for kind, names in terms.items():
+            for name in (n for n in names if n):
+                with ops.mode(adapter, kind, s), distributed.synced(adapter.model) as call:
+                    for m in adapter.model.modules():
+                        if isinstance(m, torch.nn.BatchNorm2d):
+                            m.eval()
+                    adapter.model.zero_grad(set_to_none=True)
+                    if name == "labeled":
+                        x, y = adapter.load_batch(data, lab, False)
+                        loss = call(lambda: sum(ops.labeled(adapter, x, y).values()))
+                    else:
+                        x, _ = adapter.load_batch(data, unl, False)
+                        loss = call(lambda: ops.unlabeled(adapter, x, kind, s)[0][name])
+                    loss.backward()
+                    out[f"{kind}/{name}"] = {n: p.grad.detach().clone() for n, p in
+                                             adapter.model.named_parameters() if p.grad is not None}
+    return out
+
+
+def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """A short MIAL cycle (label, max, min, label) and a learning-loss run of tiny RetinaNets
+    (DDP when distributed): every rank's weight digest and the (shared) histories."""
+    from activedet.training.learning_loss import train_learning_loss
+    from activedet.training.mial import train_mial
+
+    data = make_detection_dataset(n=int(spec["n"]), seed=int(spec["data_seed"]))
+    out: dict[str, Any] = {}
+    runs = {"mial": (train_mial, {"label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": 0}),
+            "learning_loss": (train_learning_loss, {})}
+    for name, (trainer, params) in runs.items():
+        strategy = build_strategy(name, params)
+        cfg = tiny_config(**{"train.epochs": 2, "train.batch_size": 2, "train.lr": 0.005})
+        adapter = build_adapter(cfg, data.num_classes, strategy)
+        adapter.reset(3)
+        before = adapter.state_dict()
+        result = trainer(adapter, data, data.ids[:7], data.ids[7:], cfg.train, strategy.params, 7, False)
+        after = adapter.state_dict()
+        flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
+        out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
+                     "histories": distributed.all_gather_object(result.history),
+                     "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
+    # the classifier (small_cnn, batch norms): plain and MIAL-IUL schedules under DDP
+    from activedet.config import ModelConfig, TrainConfig
+    from activedet.data.classification import load_digits
+    from activedet.models.classifier import ClassificationAdapter
+    from activedet.training.mial_iul import train_mial_iul
+    from activedet.training.trainer import train_plain
+
+    digits = load_digits("train", {"n_train": 40, "size": 16, "seed": 0})
+    tcfg = TrainConfig(epochs=2, batch_size=4, lr=0.01)
+    for name, variant, trainer, params in (("cls_plain", "plain", train_plain, {}),
+                                           ("cls_mial_iul", "mial", train_mial_iul, {"rounds": 1})):
+        adapter = ClassificationAdapter(ModelConfig(arch="small_cnn", image_size=16), 10, variant=variant)
+        adapter.reset(3)
+        before = adapter.state_dict()
+        result = trainer(adapter, digits, digits.ids[:13], digits.ids[13:], tcfg, params, 7, False)
+        after = adapter.state_dict()
+        flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
+        out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
+                     "histories": distributed.all_gather_object(result.history),
+                     "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
+    return out
+
+
+def kcenter_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`k_center_greedy_sharded` on seeded random features for each ``spec["cases"]``
+    entry (centers, candidates, budget, block, duplicates); rank 0's picks and gains and
+    how many feature rows each rank computed."""
+    from activedet.strategies.diversity import k_center_greedy_sharded
+
+    out = []
+    for case in spec["cases"]:
+        n_c, n, dup = int(case["centers"]), int(case["candidates"]), int(case.get("duplicates", 0))
+        feats = np.random.default_rng(int(case["seed"])).normal(size=(n_c + n, 5))
+        if dup:
+            feats[n_c + n - dup:] = feats[n_c:n_c + dup]  # ties: equal rows
+        asked: list[int] = []
+
+        def features(ids: list[int]) -> np.ndarray:
+            asked.extend(ids)
+            return feats[ids]
+
+        picks, gains = k_center_greedy_sharded(features, list(range(n_c)), list(range(n_c, n_c + n)),
+                                               int(case["budget"]), np.random.default_rng(3), 4,
+                                               int(case["block"]))
+        out.append({"picks": picks, "gains": gains,
+                    "rows": distributed.all_gather_object(len([i for i in asked if i >= n_c]))})
+    return {"cases": out}
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     spec = json.loads(Path(argv[0]).read_text())
     distributed.init("cpu")
     try:
-        result = train_check(spec) if spec.get("train_images") else score_strategies(spec)
+        mode = spec.get("mode")
+        if mode == "grads":
+            result = grad_check(spec)
+        elif mode == "kcenter":
+            result = kcenter_check(spec)
+        elif mode == "trainers":
+            result = trainers_check(spec)
+        else:
+            result = train_check(spec) if spec.get("train_images") else score_strategies(spec)
         result["_world"] = distributed.world()
-        if distributed.is_main():
+        if distributed.is_main() and mode == "grads":
+            torch.save(result, argv[1])
+        elif distributed.is_main():
             Path(argv[1]).write_text(json.dumps(result))
     finally:
         distributed.shutdown()

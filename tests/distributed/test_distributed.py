@@ -179,8 +179,125 @@ def test_simulate_nproc_refuses_a_busy_port_and_a_bad_count(tmp_path: Path, caps
         port = s.getsockname()[1]
         assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "2",
                      "--master-port", str(port)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"port {port} on 127.0.0.1 is in use" in err[0]
+        assert main(["select", str(cfg), "--project", str(tmp_path / "project"), "--budget", "2", "--nproc", "2",
+                     "--master-port", str(port)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("activedet select: error: port") and "in use" in err[0]
+    assert main(["select", str(cfg), "--project", str(tmp_path / "project"), "--budget", "2", "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "project").exists()
     assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
     assert "--nproc must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) -> None:
+    """The same global batch (4 labeled, 4 unlabeled images; 2 per rank): every stage's
+    gradients under DDP equal one process's, term by term. Mean-over-images terms (the
+    labeled detection + MIL loss, the min stage's MIL loss) match exactly; the discrepancy
+    terms are sums over the batch's images (the authors' form), so DDP's average over ranks
+    gives 1/2 of the one-process sum: the scale a per-process batch of 2 has in one process."""
+    spec = {"mode": "grads", "n": 12, "data_seed": 5, "labeled": [1, 2, 3, 4], "unlabeled": [5, 6, 7, 9]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert two.pop("_world") == 2
+    from tests.distributed.score_worker import grad_check
+
+    one = grad_check(spec)
+    scale = {"label/labeled": 1.0, "max/discrepancy": 0.5, "min/discrepancy": 0.5, "min/mil": 1.0}
+    assert sorted(two) == sorted(one) == sorted(scale)
+    for key, factor in scale.items():
+        assert two[key].keys() == one[key].keys(), key  # the same parameters got gradients (stage freezing)
+        a = torch.cat([one[key][n].flatten() for n in one[key]]).numpy()
+        b = torch.cat([two[key][n].flatten() for n in one[key]]).numpy()
+        assert np.abs(a).max() > 1e-6, key  # not vacuous
+        np.testing.assert_allclose(b, factor * a, rtol=1e-4, atol=1e-6 * np.abs(a).max(), err_msg=key)
+    # stage freezing is seen through the wrapper: the max stage leaves the backbone alone,
+    # the min stage f1/f2 (the head's second classifier)
+    assert not any(n.startswith("backbone.") for n in one["max/discrepancy"])
+    assert any(n.startswith("backbone.") for n in one["min/discrepancy"])
+
+
+def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path: Path) -> None:
+    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage), the
+    learning-loss trainer, and a classifier's plain and MIAL-IUL schedules under DDP: both
+    ranks end with the same weights (batch-norm statistics included) and history."""
+    spec = {"mode": "trainers", "n": 12, "data_seed": 5}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out.pop("_world") == 2
+    for name in ("mial", "learning_loss", "cls_plain", "cls_mial_iul"):
+        a, b = out[name]["digests"]
+        assert a == pytest.approx(b, rel=1e-12, abs=0.0), name
+        h0, h1 = out[name]["histories"]
+        assert h0 == h1, name
+        assert out[name]["changed"], name
+    for name in ("mial", "learning_loss"):
+        assert any(k.startswith("backbone.") for k in out[name]["changed"]), name
+    assert [row["stage"] for row in out["mial"]["histories"][0]] == ["label", "max", "min", "label"]
+    assert any(k.startswith("loss_module.") for k in out["learning_loss"]["changed"])
+
+
+def test_two_process_k_center_matches_one_process(tmp_path: Path) -> None:
+    """Distributed k-center greedy (each rank holds its shard of the candidates' features,
+    one all-gather per pick) gives the one-process picks and gains: with and without
+    existing centers, with tied (duplicated) rows, and with a rank left without candidates."""
+    from activedet.strategies.diversity import k_center_greedy
+
+    cases = [{"seed": 1, "centers": 6, "candidates": 23, "budget": 7, "block": 3},
+             {"seed": 2, "centers": 0, "candidates": 17, "budget": 5, "block": 2},
+             {"seed": 3, "centers": 4, "candidates": 20, "budget": 12, "block": 4, "duplicates": 8},
+             {"seed": 4, "centers": 3, "candidates": 3, "budget": 2, "block": 4}]
+    spec = {"mode": "kcenter", "cases": cases}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    assert two["_world"] == 2
+    for case, got in zip(cases, two["cases"]):
+        n_c, n, dup = case["centers"], case["candidates"], case.get("duplicates", 0)
+        feats = np.random.default_rng(case["seed"]).normal(size=(n_c + n, 5))
+        if dup:
+            feats[n_c + n - dup:] = feats[n_c:n_c + dup]
+        picks, gains = k_center_greedy(feats, np.arange(n_c + n) < n_c, case["budget"],
+                                       np.random.default_rng(3), 4)
+        assert got["picks"] == [p - n_c for p in picks], case
+        np.testing.assert_allclose(got["gains"], gains, rtol=1e-12)
+        assert sum(got["rows"]) == n  # every candidate's features computed once, on one rank
+    assert two["cases"][3]["rows"] == [3, 0]  # one block of 4: rank 1 holds no candidate
+    assert len(set(two["cases"][2]["picks"])) == cases[2]["budget"]
+
+
+def test_more_processes_than_score_blocks_give_the_one_process_answer(tmp_path: Path) -> None:
+    """3 processes, 8 unlabeled images in blocks of 4: the third rank has nothing to score
+    (and no reference images for ISAL, no core-set candidates); the selections and scores
+    are still those of one process."""
+    plain = _checkpoint(tmp_path / "plain.pt", "entropy", {})
+    spec = {"n": 12, "data_seed": 5, "seed": 9, "budget": 3, "labeled": [1, 2, 3, 4],
+            "strategies": [
+                {"name": "entropy", "params": {"batch_size": 4, "min_score": 0.0}, "checkpoint": plain},
+                {"name": "coreset", "params": {"batch_size": 4}, "checkpoint": plain},
+                {"name": "isal", "params": {"batch_size": 4, "reference": "labeled", "depth": 3, "repeats": 1,
+                                            "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
+                 "checkpoint": plain},
+            ]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(3, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    three = json.loads((tmp_path / "out.json").read_text())
+    assert three.pop("_world") == 3
+    assert distributed.shard(list(range(8)), 4, of=(2, 3)) == []  # the premise: rank 2 gets no block
+    one = score_strategies(spec)
+    for name in ("entropy", "coreset", "isal"):
+        assert three[name]["selected"] == one[name]["selected"], name
+        assert three[name]["scores"].keys() == one[name]["scores"].keys(), name
+        a = np.array([one[name]["scores"][k] for k in one[name]["scores"]])
+        b = np.array([three[name]["scores"][k] for k in one[name]["scores"]])
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert len(one["entropy"]["scores"]) == 8 and len(one["isal"]["scores"]) == 8

@@ -102,18 +102,20 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> N
     assert status["complete"] and [len(r["selected"]) for r in status["rounds"]] == [4, 3, 3]
 
 
-def test_two_process_mial_run_records_what_one_process_records(tmp_path: Path) -> None:
-    """MIAL trains on rank 0 alone (its stages are not under DDP) and scores sharded: the
-    2-process ledger has the selections and metrics of the 1-process run."""
+def test_two_process_mial_run_trains_under_ddp(tmp_path: Path) -> None:
+    """MIAL's stages train under DDP (a wrapper per stage) and score sharded: the 2-process
+    run completes with rank 0 alone writing; the weights differ from one process's (each
+    rank takes its share of every epoch, a per-process batch), so the selections may too."""
     cfg = write_config(tmp_path, cycles=1)
     text = cfg.read_text().replace("name: entropy", "name: mial")
     cfg.write_text(text)
     two = simulate(str(cfg), "--out", str(tmp_path / "two"), "--nproc", "2")
     assert two.returncode == 0, two.stderr[-3000:]
-    one = simulate(str(cfg), "--out", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    s2, s1 = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (two, one))
+    assert two.stdout.count('"rounds"') == 1
+    s2 = json.loads(two.stdout.strip().splitlines()[-1])
     assert s2["strategy"] == "mial" and s2["complete"]
-    assert [r["selected"] for r in s2["rounds"]] == [r["selected"] for r in s1["rounds"]]
-    for a, b in zip(s2["rounds"], s1["rounds"]):
-        assert a["metrics"]["AP50"] == b["metrics"]["AP50"]
+    assert [len(r["selected"]) for r in s2["rounds"]] == [4, 3]
+    assert all(r["metrics"] is not None for r in s2["rounds"])
+    with Ledger(tmp_path / "two") as ledger:
+        stages = [row["stage"] for row in ledger.rounds()[0]["train_log"]]
+    assert {"label", "max", "min"} <= set(stages)

@@ -221,10 +221,10 @@ def test_every_later_stage_warms_up(monkeypatch, warmup: int) -> None:
     steps: list[tuple[int, float]] = []
     real = M.guarded_step
 
-    def spy(opt, losses, it, step_lr, cfg, where):
+    def spy(opt, losses, it, step_lr, cfg, where, *rest):
         if "unlabeled" not in where:
             steps.append((it, step_lr))
-        return real(opt, losses, it, step_lr, cfg, where)
+        return real(opt, losses, it, step_lr, cfg, where, *rest)
 
     monkeypatch.setattr(M, "guarded_step", spy)
     ds = make_detection_dataset(n=10, seed=4)

@@ -13,6 +13,7 @@ simulated round and a real one select the same images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from activedet import distributed
 from activedet.config import ExperimentConfig, StrategyConfig, dump_config, image_root
 from activedet.data.base import ImageRecord
 from activedet.data.loading import load_dataset
@@ -36,7 +38,7 @@ from activedet.labeling.sources import PoolListing, display_name, list_unlabeled
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
 from activedet.loop.runner import (_save_checkpoint, auto_image_size, load_checkpoint, select_batch,
-                                   train_model)
+                                   train_everywhere, train_model)
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
 
@@ -191,7 +193,13 @@ def _fingerprint(cfg: ExperimentConfig, dataset: Any, labeled: list[int]) -> str
 # ============================================================================ select
 def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
            progress: bool = True) -> SelectResult:
-    """Train on the labeled set (or reuse the checkpoint), rank the pool, write the batch."""
+    """Train on the labeled set (or reuse the checkpoint), rank the pool, write the batch.
+
+    Under torchrun (:mod:`activedet.distributed`) every process runs this: rank 0 alone
+    holds the project lock, reads and writes the project (ledger, checkpoints, batch
+    files) and evaluates; training and scoring are distributed as in ``simulate``
+    (:func:`activedet.loop.runner.train_everywhere`, sharded :func:`select_batch`); every
+    rank returns rank 0's result, and an error on rank 0 is raised on every rank."""
     project_dir = Path(project_dir)
     if isinstance(opts.budget, bool) or not isinstance(opts.budget, int) or opts.budget < 1:
         raise ConfigError(f"--budget must be a positive integer, got {opts.budget!r}")
@@ -205,13 +213,19 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         cfg.strategy = StrategyConfig(name=opts.strategy, params={})
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
     strategy.check_model(cfg.task, cfg.model.arch)
-    strategy.progress = progress
-    test = None
-    if cfg.dataset.test is not None:
-        test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
-    with run_lock(project_dir, "select"):  # one writer per project directory
-        proj = _open(cfg, project_dir)
-        try:
+    main = distributed.is_main()
+    strategy.progress = progress and main
+    with contextlib.ExitStack() as stack:
+        held: list[Any] = []
+
+        def start() -> dict[str, Any]:  # rank 0: lock, open the project, read what every rank needs
+            stack.enter_context(run_lock(project_dir, "select"))  # one writer per project directory
+            test = None
+            if cfg.dataset.test is not None:
+                test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
+            proj = _open(cfg, project_dir)
+            stack.callback(proj.ledger.close)
+            held[:] = [proj, test]
             if opts.image_url_prefix is None:  # Label Studio serves files from storage folders below its root
                 given = opts.local_files_root is not None
                 local = os.path.realpath(opts.local_files_root) if given else default_local_root(proj.listing.root)
@@ -225,20 +239,23 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
             if test is not None and test.class_names != proj.base.class_names:
                 raise ConfigError(f"test split classes {test.class_names} differ from the labeled set's "
                                   f"{proj.base.class_names}")
-            return _select(cfg, project_dir, opts, strategy, test, proj, progress)
-        finally:
-            proj.ledger.close()
+            return _plan(proj, opts, project_dir, test is not None)
+
+        plan = distributed.on_main(start)  # its error, if any, stops every rank
+        proj, test = held if main else (None, None)
+        base = proj.base if proj is not None else _load_base(cfg)  # the other ranks read dataset.train themselves
+        return _select(cfg, project_dir, opts, strategy, test, proj, base, plan, progress and main)
 
 
-def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strategy: Any, test: Any,
-            proj: _Project, progress: bool) -> SelectResult:
-    ledger, conn = proj.ledger, proj.ledger.conn
-    rounds = {row["round"]: row for row in ledger.rounds()}
+def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool) -> dict[str, Any]:
+    """What rank 0 reads from the project for every rank: the round to select, the pending
+    batch to drop, the ingested labels and the pool's paths (picklable)."""
+    rounds = {row["round"]: row for row in proj.ledger.rounds()}
     pending = (proj.meta.get("labeling") or {}).get("pending_round")
     drop_round: int | None = None
     dropped = 0
     if pending is not None:
-        batch_ids = [b.image_id for b in store.batch(conn, pending)]
+        batch_ids = [b.image_id for b in store.batch(proj.ledger.conn, pending)]
         done = {row.image_id for row in proj.labels if row.round == pending}
         if not opts.replace:
             raise LabelingError(
@@ -250,23 +267,39 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         drop_round = pending if not done else None
     else:
         r = max(rounds) + 1 if rounds else (1 if proj.base_order else 0)
+    return {"r": r, "drop_round": drop_round, "dropped": dropped, "rounds": rounds, "labels": proj.labels,
+            "pool_ids": proj.pool_ids, "root": proj.listing.root, "base_order": proj.base_order,
+            "uid": proj.meta["project"]["uid"], "has_test": has_test}
+
+
+def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strategy: Any, test: Any,
+            proj: _Project | None, base: Any, plan: dict[str, Any], progress: bool) -> SelectResult:
+    """The round of ``plan`` on every rank; ``proj`` (the open project) and ``test`` on rank 0
+    only: every read or write of the project happens in :func:`distributed.on_main`."""
+    r, drop_round, dropped, rounds = plan["r"], plan["drop_round"], plan["dropped"], plan["rounds"]
+    labels: list[store.LabelRow] = plan["labels"]
+    base_order: list[int] = plan["base_order"]
 
     # ---- the labeled set (rounds 0..r-1) and the pool
-    task, root = cfg.task, proj.listing.root
-    extra = {row.image_id: _ingested_record(row, task, root) for row in proj.labels}
-    pool_paths = {i: p for i, p in proj.pool_ids.items() if i not in extra}
-    dataset = project_dataset(task, proj.base.class_names, proj.base, extra, pool_paths, root)
-    costs = {i: proj.base.num_boxes(i) for i in proj.base_order}
+    task, root = cfg.task, plan["root"]
+    extra = {row.image_id: _ingested_record(row, task, root) for row in labels}
+    pool_paths = {i: p for i, p in plan["pool_ids"].items() if i not in extra}
+    dataset = project_dataset(task, base.class_names, base, extra, pool_paths, root)
+    costs = {i: base.num_boxes(i) for i in base_order}
     costs.update({i: (1 if task == "classification" else len(rec.labels)) for i, rec in extra.items()})
-    pool = Pool(list(proj.base_order) + list(extra) + list(pool_paths), costs, dataset)
-    if proj.base_order and not rounds:  # round 0: the labeled set the project starts from
-        with conn:
-            ledger.insert_round(0, proj.base_order, len(proj.base_order), sum(costs[i] for i in proj.base_order),
-                                {}, None)
-        rounds = {row["round"]: row for row in ledger.rounds()}
-    pool.add(proj.base_order, 0)
-    for rd in sorted({row.round for row in proj.labels}):
-        pool.add([row.image_id for row in proj.labels if row.round == rd], rd)
+    pool = Pool(list(base_order) + list(extra) + list(pool_paths), costs, dataset)
+    if base_order and not rounds:  # round 0: the labeled set the project starts from
+        def first_round() -> dict[int, Any]:
+            assert proj is not None
+            with proj.ledger.conn:
+                proj.ledger.insert_round(0, base_order, len(base_order), sum(costs[i] for i in base_order),
+                                         {}, None)
+            return {row["round"]: row for row in proj.ledger.rounds()}
+
+        rounds = distributed.on_main(first_round)
+    pool.add(base_order, 0)
+    for rd in sorted({row.round for row in labels}):
+        pool.add([row.image_id for row in labels if row.round == rd], rd)
     if not pool.unlabeled:
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
 
@@ -277,35 +310,54 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
             raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
         if cfg.model.image_size is None:
             cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
-        adapter = build_adapter(cfg, len(proj.base.class_names), strategy)
-        (project_dir / "checkpoints").mkdir(exist_ok=True)
+        adapter = build_adapter(cfg, len(base.class_names), strategy)
         prev = r - 1
         ckpt = f"checkpoints/round_{prev:03d}.pt"
-        fp = _fingerprint(cfg, dataset, list(pool.labeled))
         row = rounds[prev]
-        if row.get("checkpoint") and store.fingerprint(conn, prev) == fp and (project_dir / ckpt).is_file():
-            load_checkpoint(adapter, project_dir / ckpt)
-            metrics = row.get("metrics")
-        else:
+
+        def start_model() -> tuple[str, Any, str]:  # rank 0: reuse the checkpoint, or what to train from
+            assert proj is not None
+            conn = proj.ledger.conn
+            (project_dir / "checkpoints").mkdir(exist_ok=True)
+            fp = _fingerprint(cfg, dataset, list(pool.labeled))
+            if row.get("checkpoint") and store.fingerprint(conn, prev) == fp and (project_dir / ckpt).is_file():
+                load_checkpoint(adapter, project_dir / ckpt)
+                return "reuse", row.get("metrics"), fp
             with conn:
                 conn.execute("DELETE FROM project_models WHERE round = ?", (prev,))
-            t0 = time.perf_counter()
-            fresh = cfg.loop.reinit or prev == 0
             before = rounds.get(prev - 1, {}).get("checkpoint")
-            if not fresh and before and (project_dir / before).is_file():
+            if not (cfg.loop.reinit or prev == 0) and before and (project_dir / before).is_file():
                 load_checkpoint(adapter, project_dir / before)
-            else:
-                fresh = True
-            result = train_model(cfg, strategy, adapter, dataset, pool, prev, fresh, progress)
-            _save_checkpoint(adapter, project_dir / ckpt, prev)
-            ledger.set_trained(prev, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
-            with conn:
-                store.set_fingerprint(conn, prev, fp)
-            trained = True
-        if test is not None and (trained or metrics is None):
+                return "continue", None, fp
+            return "fresh", None, fp
+
+        how, metrics, fp = distributed.on_main(start_model)
+        if how != "fresh":
+            distributed.sync_state(adapter)  # rank 0 read the weights
+        if how != "reuse":
             t0 = time.perf_counter()
-            metrics = adapter.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
-            ledger.set_metrics(prev, metrics, {"evaluate": time.perf_counter() - t0})
+            result = train_everywhere(lambda: train_model(cfg, strategy, adapter, dataset, pool, prev,
+                                                          how == "fresh", progress), strategy, adapter)
+            seconds = time.perf_counter() - t0
+
+            def record() -> None:  # rank 0: the checkpoint and its row
+                assert proj is not None
+                _save_checkpoint(adapter, project_dir / ckpt, prev)
+                proj.ledger.set_trained(prev, ckpt, result.history, {"train": seconds}, result.health)
+                with proj.ledger.conn:
+                    store.set_fingerprint(proj.ledger.conn, prev, fp)
+
+            distributed.on_main(record)
+            trained = True
+        if plan["has_test"] and (trained or metrics is None):
+            def evaluate() -> dict[str, Any]:  # rank 0 evaluates; the others wait
+                assert proj is not None
+                t0 = time.perf_counter()
+                out = adapter.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
+                proj.ledger.set_metrics(prev, out, {"evaluate": time.perf_counter() - t0})
+                return out
+
+            metrics = distributed.on_main(evaluate)
         if opts.unit == "boxes" and task == "detection":
             pool.costs = _PredictedCosts(pool.costs, adapter, dataset, opts.prelabel_score)
     elif opts.unit == "boxes":
@@ -315,31 +367,38 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
     unit = "images" if task == "classification" else opts.unit
 
-    # ---- select (the simulate code path) and describe the batch
-    chosen, scores, seconds = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed)
+    # ---- select (the simulate code path: sharded scoring, rank 0's choice for all)
+    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
-    spec = BatchSpec(proj.meta["project"]["uid"], r, cfg.strategy.name if r > 0 else "random", task,
-                     list(proj.base.class_names), opts.prelabel_score, opts.image_url_prefix,
-                     opts.local_files_root, root)
-    images = _describe(chosen, scores, dataset, adapter, cfg, r)
-    out_dir = project_dir / "rounds" / f"{r:03d}"
-    out_dir.parent.mkdir(exist_ok=True)
-    files = write_round(images, spec, out_dir)
-    rows = [store.BatchRow(r, im.rank, im.image_id, im.path, im.score,
-                           predicted_boxes(im, spec) if adapter is not None else None) for im in images]
-    with conn:  # one transaction: the round, its batch and the pending state
-        if drop_round is not None:
-            store.delete_round(conn, drop_round)
-        ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
-        store.insert_batch(conn, rows)
-        ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
-                                  "strategy": spec.strategy, "dir": str(out_dir)},
-                        strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
-                        pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
-                        config_yaml=dump_config(cfg), config=cfg.to_dict(),
-                        train_source=cfg.dataset.train)
-    return SelectResult(r, out_dir, images, files, trained, metrics, dropped, len(pool.unlabeled) - len(chosen))
+
+    def write() -> SelectResult:  # rank 0: describe the batch, write its files and the round
+        assert proj is not None
+        ledger, conn = proj.ledger, proj.ledger.conn
+        spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
+                         list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
+                         opts.local_files_root, root)
+        images = _describe(chosen, scores, dataset, adapter, cfg, r)
+        out_dir = project_dir / "rounds" / f"{r:03d}"
+        out_dir.parent.mkdir(exist_ok=True)
+        files = write_round(images, spec, out_dir)
+        rows = [store.BatchRow(r, im.rank, im.image_id, im.path, im.score,
+                               predicted_boxes(im, spec) if adapter is not None else None) for im in images]
+        with conn:  # one transaction: the round, its batch and the pending state
+            if drop_round is not None:
+                store.delete_round(conn, drop_round)
+            ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds_sel, scores)
+            store.insert_batch(conn, rows)
+            ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
+                                      "strategy": spec.strategy, "dir": str(out_dir)},
+                            strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
+                            pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
+                            config_yaml=dump_config(cfg), config=cfg.to_dict(),
+                            train_source=cfg.dataset.train)
+        return SelectResult(r, out_dir, images, files, trained, metrics, dropped,
+                            len(pool.unlabeled) - len(chosen))
+
+    return distributed.on_main(write)
 
 
 def _describe(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,

@@ -352,7 +352,7 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             hold(k - 1)
         labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
         unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
-        result = _train_everywhere(lambda: train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh,
+        result = train_everywhere(lambda: train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh,
                                                        progress, labeled, unlabeled), exp.strategy, adapter)
         ckpt = f"checkpoints/round_{k:03d}.pt"
         sums[ckpt] = distributed.on_main(lambda: _save_checkpoint(adapter, run_dir / ckpt, k))
@@ -462,14 +462,14 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
-#: trainers that run under DistributedDataParallel; the others train on rank 0 alone
-DDP_TRAINERS = frozenset({"plain"})
+#: trainers that run under DistributedDataParallel (every built-in one); others train on rank 0 alone
+DDP_TRAINERS = frozenset({"plain", "mial", "mial_iul", "learning_loss"})
 
 
-def _train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
+def train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
     """``fn()`` (one round's training) on every rank when the strategy's trainer runs under
     DDP; else on rank 0 alone, its weights then handed to the other ranks. One process: ``fn()``."""
-    if not distributed.active() or (strategy.trainer in DDP_TRAINERS and distributed.supports_ddp(adapter)):
+    if not distributed.active() or strategy.trainer in DDP_TRAINERS:
         return fn()
     result = distributed.on_main(fn)
     distributed.sync_state(adapter)
@@ -493,4 +493,4 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 __all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
-           "train_model", "select_batch"]
+           "train_model", "train_everywhere", "select_batch"]

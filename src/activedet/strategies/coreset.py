@@ -4,7 +4,9 @@ Features come from ``adapter.features``: for dense detectors the global-average-
 classification and regression tower outputs, concatenated (ISAL's supplementary D.2);
 for classifiers the penultimate layer (ISAL D.1, Sener & Savarese).
 
-k-center greedy (:func:`activedet.strategies.diversity.k_center_greedy`): every candidate
+k-center greedy (:func:`activedet.strategies.diversity.k_center_greedy`; distributed:
+:func:`~activedet.strategies.diversity.k_center_greedy_sharded`, each process holding its
+shard of the candidates' features): every candidate
 keeps its distance to the nearest center (labeled image or earlier pick); the next pick is
 the candidate farthest from every center.
 """
@@ -16,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
-from activedet.strategies.diversity import k_center_greedy, min_distances, squared_euclidean
+from activedet.strategies.diversity import (k_center_greedy, k_center_greedy_sharded, min_distances,
+                                           squared_euclidean)
 from activedet.strategies.registry import register
 
 @dataclass(frozen=True)
@@ -53,16 +55,14 @@ class CoresetStrategy(Strategy):
         cands = candidate_subset(pool, subset, rng)
         if budget > len(cands):
             raise ConfigError(f"strategy key 'subset' = {subset}: smaller than the budget {budget}")
-        labeled = list(pool.labeled)
         bs = int(self.params["batch_size"])
-        feats = distributed.gather_rows(lambda part: adapter.features(pool.dataset, part, bs),
-                                        labeled + cands, bs)  # sharded over processes
-        if not np.isfinite(feats).all():
-            raise StrategyError("strategy 'coreset': the model produced non-finite features")
-        mask = np.zeros(len(labeled) + len(cands), dtype=bool)
-        mask[:len(labeled)] = True
-        picks, gains = k_center_greedy(feats, mask, budget, rng, int(self.params["chunk_size"]))
-        ids = [cands[p - len(labeled)] for p in picks]
+        try:  # distributed: each process holds its shard of the candidates' features
+            picks, gains = k_center_greedy_sharded(lambda part: adapter.features(pool.dataset, part, bs),
+                                                   list(pool.labeled), cands, budget, rng,
+                                                   int(self.params["chunk_size"]), bs)
+        except StrategyError as e:
+            raise StrategyError(f"strategy 'coreset': {e}") from None
+        ids = [cands[p] for p in picks]
         self.last_scores = {i: float(np.sqrt(max(g, 0.0))) if np.isfinite(g) else 0.0
                             for i, g in zip(ids, gains)}
         return ids

@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from activedet import distributed
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
 
@@ -112,6 +113,66 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, bu
         gains.append(float(masked[idx]))
         taken[idx] = True
         dist = torch.minimum(dist, min_distances(x, x[idx:idx + 1], chunk_size, distance))
+    return picks, gains
+
+
+def k_center_greedy_sharded(features: Callable[[list[int]], np.ndarray], centers: Sequence[int],
+                            candidates: Sequence[int], budget: int, rng: np.random.Generator,
+                            chunk_size: int = 2048, block: int = 1,
+                            distance: Distance = squared_euclidean) -> tuple[list[int], list[float]]:
+    """:func:`k_center_greedy` over ``centers + candidates`` (the centers taken) with each
+    process holding only its shard of the candidates' features.
+
+    ``features(ids)`` -> (len(ids), D) rows. The centers' rows are gathered on every rank;
+    the candidates are sharded in ``block``-sized blocks (:func:`activedet.distributed.shard`).
+    Each greedy step: every rank proposes its farthest free candidate (ties: lowest index)
+    with its feature row, one all-gather, all take the farthest (ties: lowest index) and
+    update their distances to it. Returns indices into ``candidates`` in pick order and each
+    pick's distance, as :func:`k_center_greedy` gives them (rows of ``candidates`` offset by
+    ``len(centers)``) in one process. Non-finite features are a :class:`StrategyError`."""
+    centers, candidates = list(centers), list(candidates)
+    n, n_c = len(candidates), len(centers)
+    if budget > n:
+        raise StrategyError(f"k-center greedy asked for {budget} picks but only {n} rows are free")
+    if chunk_size < 1:
+        raise ConfigError(f"strategy key 'chunk_size' = {chunk_size!r} must be >= 1")
+    if not distributed.active():
+        x = np.asarray(features(centers + candidates))
+        if not np.isfinite(x).all():
+            raise StrategyError("the model produced non-finite features")
+        mask = np.arange(n_c + n) < n_c
+        picks, gains = k_center_greedy(x, mask, budget, rng, chunk_size, distance)
+        return [p - n_c for p in picks], gains
+    c = torch.as_tensor(distributed.gather_rows(features, centers, block) if n_c else np.zeros((0, 0)),
+                        dtype=torch.float64)
+    mine = distributed.shard(list(range(n)), block)
+    lo = mine[0] if mine else 0
+    x = torch.as_tensor(np.asarray(features([candidates[j] for j in mine])) if mine else np.zeros((0, 0)),
+                        dtype=torch.float64)
+    if not distributed.all_true(bool(torch.isfinite(x).all() and torch.isfinite(c).all())):
+        raise StrategyError("the model produced non-finite features")
+    dist = torch.full((len(mine),), float("inf"), dtype=torch.float64)  # no center: +inf (as in one process)
+    if mine and n_c:
+        dist = min_distances(x, c, chunk_size, distance)
+    taken = torch.zeros(n, dtype=torch.bool)  # every rank: the whole candidate mask
+    picks: list[int] = []
+    gains: list[float] = []
+    for _ in range(budget):
+        masked = dist.masked_fill(taken[lo:lo + len(mine)], -float("inf"))
+        if n_c == 0 and not picks:  # no center yet: a seeded draw, the same on every rank
+            free = np.flatnonzero(~taken.numpy())
+            want = int(free[rng.integers(len(free))])
+            j = want - lo if lo <= want < lo + len(mine) else None
+        else:
+            j = int(masked.argmax()) if mine else None
+        offer = (float(masked[j]), lo + j, x[j].numpy()) if j is not None else (-float("inf"), n, None)
+        value, idx, row = max(distributed.all_gather_object(offer), key=lambda o: (o[0], -o[1]))
+        picks.append(idx)
+        gains.append(value)
+        taken[idx] = True
+        if mine:
+            dist = torch.minimum(dist, min_distances(x, torch.as_tensor(row, dtype=torch.float64)[None],
+                                                     chunk_size, distance))
     return picks, gains
 
 

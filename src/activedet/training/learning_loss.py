@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from activedet import distributed
 from activedet.config import TrainConfig
 from activedet.errors import ConfigError
 from activedet.models.learning_loss import (LearningLossSettings, classifier_levels, detection_losses_and_levels,
@@ -64,7 +65,8 @@ def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unla
         return {"target": target_loss.mean(),
                 "loss_prediction": lam * loss_ranking_loss(pred, target_loss, margin)}
 
-    result = train_epochs(adapter, dataset, labeled, cfg, seed, progress, losses)
+    with distributed.data_parallel(adapter):  # DDP in a distributed run, like train_plain
+        result = train_epochs(adapter, dataset, labeled, cfg, seed, progress, losses)
     for row in result.history:
         row["stop_grad"] = row["epoch"] - 1 >= stop
     return result

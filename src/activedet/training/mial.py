@@ -51,12 +51,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from activedet import distributed
 from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
-from activedet.training.trainer import (TrainResult, batches, guarded_step, make_optimizer, stop_if_dead,
-                                         warmup_factor, warmup_length)
+from activedet.training.trainer import (Precision, TrainResult, batches, guarded_step, make_optimizer,
+                                         model_device, stop_if_dead, warmup_factor, warmup_length)
 
 __all__ = [
     "Stage",
@@ -231,7 +232,9 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     paired = stage.kind in ("min", "max")
     if paired and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
-    with ops.mode(adapter, stage.kind, s):
+    amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
+    # distributed: a DDP wrapper per stage, built after the stage froze its parameters
+    with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
         for e in range(stage.epochs):
@@ -252,15 +255,18 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                     for g in opt.param_groups:
                         g["lr"] = step_lr
                     inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
-                    losses = ops.labeled(adapter, inputs, targets)  # train mode: set by ops.mode
-                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage"):
+                    with amp.autocast():
+                        losses = call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
+                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage", amp.scaler):
                         add("", losses, len(batch))
                     images += len(batch)
                     if paired:
                         ubatch = unl_batches[b % len(unl_batches)]
                         uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
-                        ulosses, extra = ops.unlabeled(adapter, uinputs, stage.kind, s)
-                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)"):
+                        with amp.autocast():
+                            ulosses, extra = call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, s))
+                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)",
+                                        amp.scaler):
                             add("unlabeled_", ulosses, len(ubatch))
                             add("", extra, len(ubatch))
                         images += len(ubatch)
@@ -269,6 +275,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                         loss = float(sum(v.detach() for v in losses.values()))
                         bar.set_postfix(stage=stage.kind, round=stage.round, loss=f"{loss:.3f}")
                         bar.update(1)
+            sums, counts = distributed.reduce_counts(sums, counts)  # DDP: every rank, the same history
             rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
                          **{k: sums[k] / max(1, counts[k]) for k in sums}})
         adapter.model.zero_grad(set_to_none=True)
@@ -315,11 +322,12 @@ def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], 
     schedule = build_schedule(s)
     if not subset:
         schedule = [st for st in schedule if st.kind == "label"]  # still ends at final_lr_scale
-    per_epoch = math.ceil(len(labeled) / cfg.batch_size) * s.repeat
-    total_iters = sum(st.epochs for st in schedule) * per_epoch
     result = TrainResult()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with distributed.data_parallel(adapter), torch.random.fork_rng(devices=[]):
+        share = len(distributed.epoch_part(labeled))  # this process's labeled images per epoch
+        per_epoch = math.ceil(share / cfg.batch_size) * s.repeat
+        total_iters = sum(st.epochs for st in schedule) * per_epoch
         torch.manual_seed(seed)
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         epoch = 1

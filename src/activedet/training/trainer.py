@@ -9,6 +9,7 @@ sampler) is seeded inside ``fork_rng`` and restored afterwards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
 import math
@@ -100,25 +101,67 @@ def check_finite(losses: dict[str, torch.Tensor], it: int, lr: float, policy: st
     return total  # type: ignore[return-value]
 
 
-def sgd_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, grad_clip: float | None) -> None:
+class Precision:
+    """``train.amp`` for one training run: float16 autocast and a gradient scaler on CUDA
+    (the torch.amp recipe); on any other device ``amp`` is ignored with a warning and
+    training runs in float32, so a config written for a GPU machine also runs on a laptop.
+    Disabled, :meth:`autocast` does nothing and the scaler passes ``backward`` / ``step``
+    through unchanged."""
+
+    def __init__(self, amp: bool, device: torch.device | str) -> None:
+        device = torch.device(device)
+        self.enabled = bool(amp) and device.type == "cuda"
+        if amp and not self.enabled:
+            _warn_amp_ignored(device.type)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled)
+
+    def autocast(self) -> Any:
+        """Context for the forward pass and losses (float16 where torch.autocast allows)."""
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.enabled)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_amp_ignored(device_type: str) -> None:  # once per process and device type, not every stage
+    log.warning("train.amp is ignored on %s (mixed precision runs on CUDA only): training in float32",
+                device_type)
+
+
+def model_device(adapter: Any) -> torch.device:
+    """The device of ``adapter.model``'s parameters (CPU for a model without any)."""
+    return next((p.device for p in adapter.model.parameters()), torch.device("cpu"))
+
+
+def sgd_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, grad_clip: float | None,
+             scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward and one step; with an enabled ``scaler`` (``train.amp``) the loss is scaled,
+    gradients unscaled before clipping, and a step with inf/NaN gradients skipped by it."""
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    if scaler is None or not scaler.is_enabled():
+        total.backward()
+        if grad_clip:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        return
+    scaler.scale(total).backward()
     if grad_clip:
+        scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tensor], it: int, lr: float,
-                 cfg: TrainConfig, where: str) -> bool:
+                 cfg: TrainConfig, where: str, scaler: torch.amp.GradScaler | None = None) -> bool:
     """One SGD step on the summed ``losses`` (clipped per ``cfg``); ``False`` when the batch
     was dropped for a non-finite loss (``cfg.on_nonfinite: skip_batch``). A loss with no
     trainable input (every term frozen) takes no step."""
     total = check_finite(losses, it, lr, cfg.on_nonfinite, where)
-    if total is None:
+    if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
         return False
     if total.requires_grad:
-        sgd_step(optimizer, total, cfg.grad_clip)
+        sgd_step(optimizer, total, cfg.grad_clip, scaler)
     return True
 
 
@@ -126,7 +169,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (under
     DistributedDataParallel in a distributed run, each process on its share of every epoch)."""
-    with distributed.data_parallel(adapter, find_unused_parameters=True):
+    with distributed.data_parallel(adapter):
         return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
                             lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
 
@@ -138,7 +181,10 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                  progress: bool, loss_fn: LossFn, desc: str = "train") -> TrainResult:
     """SGD over seeded shuffled batches of ``labeled`` for ``cfg.epochs`` epochs, minimising
     the sum of ``loss_fn(inputs, targets, epoch)`` (epoch counted from 0); warm-up, step
-    decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch."""
+    decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch.
+    Inside :func:`activedet.distributed.data_parallel` the losses are computed through a
+    DDP wrapper (:func:`~activedet.distributed.synced`) and each rank takes its share of
+    every epoch: ``cfg.batch_size`` is per process."""
     labeled = list(labeled)
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
@@ -148,7 +194,8 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
     total_iters = per_epoch * cfg.epochs
     result = TrainResult()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    amp = Precision(cfg.amp, model_device(adapter))
+    with torch.random.fork_rng(devices=[]), distributed.synced(adapter.model) as call:
         torch.manual_seed(seed)
         opt = make_optimizer(adapter.model.parameters(), cfg)
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
@@ -161,7 +208,8 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 for g in opt.param_groups:
                     g["lr"] = lr
                 inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
-                losses = loss_fn(inputs, targets, epoch)
+                with amp.autocast():
+                    losses = call(lambda: loss_fn(inputs, targets, epoch))
                 total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
                 if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
                     total = None
@@ -170,7 +218,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                     result.skipped_batches += 1
                     bar.update(1)
                     continue
-                sgd_step(opt, total, cfg.grad_clip)
+                sgd_step(opt, total, cfg.grad_clip, amp.scaler)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
                 result.images += len(batch)
