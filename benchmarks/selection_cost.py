@@ -215,18 +215,37 @@ def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.dev
             return _o(dataset, ids, augment, generator)
         ad.load_batch = counted  # type: ignore[method-assign]
 
+    parts: dict[str, list[float]] = {"mial_train": [], "mial_select": [], "random_train": [], "random_select": []}
+
+    def timed(key: str, fn: Callable[[], Any]) -> None:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        parts[key].append(time.perf_counter() - t0)
+
     def mial_cycle() -> None:
         mial_ad.reset(1)
-        train_mial(mial_ad, ds, labeled, unlabeled, cfg, st.params, 1, False)
-        st.select(mial_ad, pool, budget, np.random.default_rng(0))
+        timed("mial_train", lambda: train_mial(mial_ad, ds, labeled, unlabeled, cfg, st.params, 1, False))
+        timed("mial_select", lambda: st.select(mial_ad, pool, budget, np.random.default_rng(0)))
 
     def random_cycle() -> None:
         plain_ad.reset(1)
-        train_plain(plain_ad, ds, labeled, unlabeled, cfg, rnd.params, 1, False)
-        rnd.select(plain_ad, pool, budget, np.random.default_rng(0))
+        timed("random_train", lambda: train_plain(plain_ad, ds, labeled, unlabeled, cfg, rnd.params, 1, False))
+        timed("random_select", lambda: rnd.select(plain_ad, pool, budget, np.random.default_rng(0)))
 
     t = alternate({"mial_cycle": mial_cycle, "random_cycle": random_cycle}, args.repeats, device,
                   warmup=False)
+    t.update(parts)
+    # one labeled SGD step's forward + backward on the same batch: MIAL head vs plain RetinaNet head
+    inputs, targets = plain_ad.load_batch(ds, labeled[:cfg.batch_size], False)
+
+    def step(ad: DetectionAdapter) -> None:
+        ad.model.zero_grad(set_to_none=True)
+        sum(ad.train_loss(inputs, targets).values()).backward()
+
+    t.update(alternate({"mial_step": lambda: step(mial_ad), "plain_step": lambda: step(plain_ad)},
+                       max(5, args.repeats), device))
     runs = args.repeats
     per = {k: [v[0] // runs, v[1] // runs] for k, v in counts.items()}
     return {"labeled": len(labeled), "pool": len(unlabeled), "batch_size": cfg.batch_size,
@@ -234,7 +253,9 @@ def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.dev
             "labeled_iters": {"mial": per["mial"][0], "random": per["random"][0]},
             "unlabeled_iters": {"mial": per["mial"][1], "random": per["random"][1]},
             "full_lr_labeled_passes": full_lr, "labeled_passes": lab_passes, "times_s": t,
-            "ratio": ratio(t, "mial_cycle", "random_cycle")}
+            "ratio": ratio(t, "mial_cycle", "random_cycle"), "train_ratio": ratio(t, "mial_train", "random_train"),
+            "select_share_of_mial_cycle": ratio(t, "mial_select", "mial_cycle"),
+            "labeled_step_ratio": ratio(t, "mial_step", "plain_step")}
 
 
 def main() -> None:
@@ -304,6 +325,12 @@ def main() -> None:
         t = r["times_s"]
         row(f"mial cycle / random cycle ({r['labeled_iters']['mial']} vs {r['labeled_iters']['random']} "
             f"labeled its)", r["ratio"], "<= 1.15", f"{med(t, 'mial_cycle'):.2f} / {med(t, 'random_cycle'):.2f}")
+        row("  mial training / random training", r["train_ratio"], "-",
+            f"{med(t, 'mial_train'):.2f} / {med(t, 'random_train'):.2f}")
+        row("  one labeled step (fwd + bwd): MIAL head / plain head", r["labeled_step_ratio"], "-",
+            f"{med(t, 'mial_step'):.3f} / {med(t, 'plain_step'):.3f}")
+        row("  mial selection / whole mial cycle", r["select_share_of_mial_cycle"], "-",
+            f"{med(t, 'mial_select'):.2f} / {med(t, 'mial_cycle'):.2f}")
         print(f"  MIAL stages {' '.join(r['stages'])} ({r['full_lr_labeled_passes']} of {r['labeled_passes']} "
               f"labeled passes at full lr, {r['unlabeled_iters']['mial']} unlabeled its); random: "
               f"{r['labeled_passes']} epochs, lr x0.1 after {r['full_lr_labeled_passes']}")
