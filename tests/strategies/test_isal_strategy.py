@@ -250,3 +250,34 @@ def test_lissa_check_with_a_failed_eigenvalue_says_unknown(cls_setup, monkeypatc
     from activedet.errors import StrategyError
     with pytest.raises(StrategyError, match="'scale' = 'auto'"):
         auto.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("arch", ["fcos", "retinanet"])
+def test_one_pass_gradients_equal_the_two_pass_path(arch: str):
+    """ISAL's batched path for dense detectors takes pseudo boxes and per-image gradients
+    from one forward pass; the former path ran inference, then a loss pass over the images
+    with pseudo boxes. Same images, same kept ids, same gradients; images without pseudo
+    boxes drop out; the model's parameters keep their requires_grad and no hook is left."""
+    from activedet.strategies.isal import _Model
+
+    data = make_detection_dataset(6, seed=2)
+    ad = build_adapter(tiny_config(**{"model.arch": arch, "model.image_size": 80}), 2)  # 64 px images resized
+    ad.reset(0)
+    next(ad.model.backbone.parameters()).requires_grad_(False)  # a frozen part stays frozen
+    flags = [p.requires_grad for p in ad.model.parameters()]
+    st = build_strategy("isal", {"max_pseudo_boxes": 5})
+    names, params = st._parameters(ad)
+    m = _Model(ad, names, params)
+    best = [float(inf.scores.max()) if inf.scores.numel() else 0.0 for inf in ad.infer(data, data.ids, 6)]
+    threshold = sorted(best)[len(best) // 2]  # about half of the images keep a pseudo box
+    p = {**st.params, "pseudo_score_threshold": threshold}
+    kept, grads = m.dense_image_grads(data, list(data.ids), p)
+    ref_kept, inputs, targets = m.pseudo_targets(data, list(data.ids), p)
+    assert kept == ref_kept and 0 < len(kept) < len(data.ids)
+    ref = m.sample_grads(inputs, targets, len(kept), batched=True)
+    for a, b in zip(grads, ref):
+        assert a.shape == b.shape and float(b.abs().max()) > 0
+        assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max())
+    assert [p.requires_grad for p in ad.model.parameters()] == flags
+    assert not any(mod._forward_hooks for mod in ad.model.modules())
+    assert m.image_grads(data, list(data.ids), p, batched=True)[0] == kept

@@ -212,6 +212,8 @@ def layer_per_sample_grads(
     loss_fn: Callable[[], Tensor],
     layers: Sequence[nn.Module],
     n: int,
+    *,
+    cut_below: bool = False,
 ) -> list[Tensor]:
     """Closed-form per-sample gradients of the weights of final ``Conv2d`` / ``Linear`` layers.
 
@@ -228,6 +230,11 @@ def layer_per_sample_grads(
         loss_fn: closure returning the summed per-sample losses (a scalar).
         layers: ``nn.Conv2d`` (``groups == 1``) or ``nn.Linear`` modules.
         n: batch size N.
+        cut_below: each layer's output is handed on as a new leaf (detached, requiring
+            grad), so the autograd graph starts at these outputs: nothing below them is
+            recorded when the model's parameters are frozen. Only for layers none of
+            which feeds another (a detector's final convs), and the loss must not reach
+            ``dY`` through anything but these outputs.
 
     Returns:
         ``[(N, *layer.weight.shape) for layer in layers]``, detached (biases excluded).
@@ -244,8 +251,11 @@ def layer_per_sample_grads(
     calls: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layers]
 
     def recorder(k: int) -> Callable[..., None]:
-        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+            if cut_below:
+                output = output.detach().requires_grad_(True)
             calls[k].append((inputs[0].detach(), output))
+            return output if cut_below else None
         return hook
 
     handles = [layer.register_forward_hook(recorder(k)) for k, layer in enumerate(layers)]

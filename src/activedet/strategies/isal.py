@@ -27,7 +27,10 @@ Gradients are taken only for the adapter's ``gradient_parameters()`` (or the nam
 ``parameters``). Per-image gradients come from one batched pass where the model allows it
 (closed form ``dY ⊗ X`` for the conv / linear weights of classifiers and of the final
 convs of FCOS / RetinaNet, ``torch.func.vmap`` as a classifier fallback) and from a
-per-image loop otherwise (``batched: false``, and Faster R-CNN).
+per-image loop otherwise (``batched: false``, and Faster R-CNN). For FCOS / RetinaNet the
+batched path takes the pseudo boxes and the gradients from the same forward pass
+(:meth:`_Model.dense_image_grads`), so an image costs about one inference pass plus its
+loss.
 
 ``last_scores`` holds ``-I`` (higher = selected first). ``grad_similarity`` is the same
 with ``s_test = ∇l(R)`` (no inverse Hessian; paper Sec. 4.4.2).
@@ -35,9 +38,10 @@ with ``s_test = ∇l(R)`` (no inverse Hessian; paper Sec. 4.4.2).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -191,15 +195,31 @@ def detection_image_losses(model: nn.Module, images: list[Tensor], targets: list
     head_out = model.head(features)
     anchors = model.anchor_generator(image_list, features)
     per_level = [f.shape[-2] * f.shape[-1] for f in features]
-    out = []
-    for i in range(len(images)):
-        one = {k: v[i:i + 1] for k, v in head_out.items()}
-        if hasattr(model, "center_sampling_radius"):  # FCOS
-            losses = model.compute_loss([tgts[i]], one, [anchors[i]], per_level)
-        else:
-            losses = model.compute_loss([tgts[i]], one, [anchors[i]])
-        out.append(sum(losses.values()))
-    return torch.stack(out)
+    return torch.stack([_dense_image_loss(model, head_out, anchors, tgts[i], per_level, i)
+                        for i in range(len(images))])
+
+
+def _dense_image_loss(model: nn.Module, head_out: dict[str, Tensor], anchors: list[Tensor], target: dict,
+                      per_level: list[int], i: int) -> Tensor:
+    """Training loss (sum of its terms) of image ``i`` of a batch's head outputs (N, A, ·),
+    ``target`` in the transformed image's coordinates."""
+    one = {k: v[i:i + 1] for k, v in head_out.items()}
+    if hasattr(model, "center_sampling_radius"):  # FCOS
+        return sum(model.compute_loss([target], one, [anchors[i]], per_level).values())
+    return sum(model.compute_loss([target], one, [anchors[i]]).values())
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` with ``requires_grad`` False inside (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _Model:
@@ -260,6 +280,75 @@ class _Model:
                 images.append(dataset.load_image(inf.image_id).to(self.adapter.device))
                 targets.append({k: v.to(self.adapter.device) for k, v in tgt.items()})
         return kept, images, targets
+
+    def image_grads(self, dataset: Any, ids: list[int], params: dict[str, Any],
+                    batched: bool) -> tuple[list[int], list[Tensor]]:
+        """The images of ``ids`` that get a score, and their stacked per-image gradients
+        ``[(n, *p.shape)]`` against their UUIC pseudo labels (:meth:`pseudo_targets`,
+        :meth:`sample_grads`). Batched dense detectors take :meth:`dense_image_grads`:
+        pseudo boxes and gradients from one forward pass."""
+        if batched and self.detection and _is_dense(self.model) and self.layers() is not None:
+            return self.dense_image_grads(dataset, ids, params)
+        kept, inputs, targets = self.pseudo_targets(dataset, ids, params)
+        if not kept:
+            return [], []
+        return kept, self.sample_grads(inputs, targets, len(kept), batched)
+
+    def dense_image_grads(self, dataset: Any, ids: list[int], params: dict[str, Any]) -> tuple[list[int], list[Tensor]]:
+        """:meth:`image_grads` of FCOS / RetinaNet from one forward pass over ``ids``.
+
+        The detections come from the adapter's own post-processing (``_infer_dense``) of
+        that pass, the pseudo boxes from them as in :meth:`pseudo_targets`, and each kept
+        image's training loss from the same head outputs (batch-norm frozen, as in
+        :func:`_loss_mode`, which for these models computes what eval mode does), back to
+        the final convs only (:func:`layer_per_sample_grads` with ``cut_below``, every
+        parameter frozen during the pass, so no graph is kept below those convs). Equals
+        the two-pass path (inference, then a loss pass over the kept images) when the
+        batch is padded alike, i.e. always for images of one size.
+        """
+        from torchvision.models.detection.transform import resize_boxes
+
+        model, device = self.model, self.adapter.device
+        layers = self.layers()
+        assert layers is not None
+        images = [dataset.load_image(i).to(device) for i in ids]
+        seen: dict[str, Any] = {}
+        kept: list[int] = []
+
+        def head_hook(_m: nn.Module, _inp: Any, out: dict[str, Tensor]) -> dict[str, Tensor]:
+            seen["head"] = out  # graph-connected, for the losses
+            return {k: v.detach() for k, v in out.items()}  # what the post-processing reads
+
+        def anchor_hook(_m: nn.Module, inp: Any, out: list[Tensor]) -> None:
+            seen["image_list"], seen["features"], seen["anchors"] = inp[0], inp[1], out
+
+        def loss() -> Tensor:
+            dets = self.adapter._infer_dense(images, keep_anchors=False)
+            image_list, anchors = seen["image_list"], seen["anchors"]
+            per_level = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
+            terms = []
+            for row, (img, det) in enumerate(zip(images, dets)):
+                tgt = pseudo_boxes(det.boxes, det.scores, det.labels, float(params["pseudo_score_threshold"]),
+                                   int(params["max_pseudo_boxes"]))
+                if tgt is None:
+                    continue
+                kept.append(row)
+                target = {"boxes": resize_boxes(tgt["boxes"].to(device), tuple(img.shape[-2:]),
+                                                image_list.image_sizes[row]),
+                          "labels": tgt["labels"].to(device)}
+                terms.append(_dense_image_loss(model, seen["head"], anchors, target, per_level, row))
+            return torch.stack(terms).sum() if terms else torch.zeros((), device=device)
+
+        handles = [model.head.register_forward_hook(head_hook),
+                   model.anchor_generator.register_forward_hook(anchor_hook)]
+        model.eval()
+        try:
+            with _frozen(model), torch.enable_grad():
+                grads = layer_per_sample_grads(loss, layers, len(ids), cut_below=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return [int(ids[r]) for r in kept], [g[kept] for g in grads]
 
     def sample_grads(self, inputs: Any, targets: Any, n: int, batched: bool) -> list[Tensor]:
         """Stacked per-image gradients ``[(n, *p.shape)]`` of the chosen parameters.
@@ -420,10 +509,9 @@ class InfluenceStrategy(Strategy):
                 lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
             out: dict[int, float] = {}
             for chunk in _chunks(ids, bs):
-                kept, inputs, targets = m.pseudo_targets(pool.dataset, chunk, self.params)
+                kept, g = m.image_grads(pool.dataset, chunk, self.params, bool(self.params["batched"]))
                 if not kept:
                     continue
-                g = m.sample_grads(inputs, targets, len(kept), bool(self.params["batched"]))
                 infl = influence_scores(s_test, g)  # (N,) most negative = most helpful
                 out.update({i: float(-x) for i, x in zip(kept, infl.tolist())})
         self.last_info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
