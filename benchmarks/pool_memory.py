@@ -7,7 +7,9 @@ runs do not share a heap): load the json, verify every image (the decode check o
 ``entropy`` on a randomly initialised detector at the images' size, and record the
 per-image scores in a ledger (:class:`activedet.loop.ledger.Ledger`). The child reports
 its peak resident memory (``ru_maxrss``), its resident memory after each step, and the
-wall time; the table gives the ratio of each size's peak to the first one's.
+wall time; the table gives the ratio of each size's peak to the first one's. With
+``--workers N`` the images are decoded in N loader processes; "worker MiB" is the peak of
+the largest of them (0: none ran).
 
 The last line extrapolates to a pool of 1M images from what grows per image: the resident
 memory held after the pool is built (records: ids, paths, sizes, boxes) and after scoring
@@ -121,6 +123,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     steps["ledger"] = rss_kb()
     scores = strategy.last_scores or {}
     return {"n": len(data), "scored": len(scores), "peak_kb": peak_kb(), "steps_kb": steps,
+            "worker_peak_kb": int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss),
             "seconds": time.perf_counter() - t0, "score_seconds": t2 - t1,
             "digest": float(sum(scores.values())), "selected": [int(i) for i in chosen]}
 
@@ -163,11 +166,12 @@ def main() -> None:
         return
     results = [measure(args, int(n)) for n in args.sizes.split(",")]
     base = results[0]
-    print(f"{'images':>8} {'peak MiB':>9} {'ratio':>6} {'scoring s':>10} {'img/s':>7}   "
+    print(f"{'images':>8} {'peak MiB':>9} {'ratio':>6} {'worker MiB':>10} {'scoring s':>10} {'img/s':>7}   "
           f"resident MiB after: " + ", ".join(base["steps_kb"]))
     for r in results:
         steps = " ".join(f"{v / 1024:.0f}" for v in r["steps_kb"].values())
         print(f"{r['n']:>8} {r['peak_kb'] / 1024:>9.1f} {r['peak_kb'] / base['peak_kb']:>6.3f} "
+              f"{r['worker_peak_kb'] / 1024:>10.1f} "
               f"{r['score_seconds']:>10.1f} {r['n'] / r['score_seconds']:>7.0f}   {steps}")
     big = results[-1]
     if big["n"] > base["n"]:
