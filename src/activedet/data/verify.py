@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "ACTIVEDET_CACHE_DIR"
 POLICIES = ("error", "skip")
-#: Show a progress bar when at least this many images must be decoded.
+#: Show a progress bar when a split has at least this many on-disk images.
 PROGRESS_MIN = 500
 
 Key = tuple[str, int, int]  # absolute path, size in bytes, mtime in ns
