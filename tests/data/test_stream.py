@@ -161,3 +161,14 @@ def test_classifier_streams_with_workers() -> None:
         out[workers] = (ad.features(ds, ds.ids, 4), [inf.probs for inf in ad.infer(ds, ds.ids, 4)])
     assert np.array_equal(out[0][0], out[2][0])
     assert all(torch.equal(a, b) for a, b in zip(out[0][1], out[2][1]))
+
+
+def test_dataset_workers_reaches_the_adapter_and_is_checked() -> None:
+    from activedet.config import config_from_dict
+    from activedet.models.factory import build_adapter
+
+    cfg = tiny_config(**{"dataset.workers": 3})
+    assert build_adapter(cfg, 2).workers == 3
+    assert build_adapter(tiny_config(), 2).workers == 0
+    with pytest.raises(ConfigError, match=r"dataset.workers.*-2"):
+        config_from_dict({"dataset": {"workers": -2}})
