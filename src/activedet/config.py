@@ -44,6 +44,7 @@ class DatasetConfig:
     # without annotations, or a text file of paths); `train` is then the labeled set
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
     bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
+    workers: int = 0  # image-loading worker processes of scoring and evaluation passes (0: the main process)
 
 
 def image_root(dataset: DatasetConfig, split: str) -> str | None:
@@ -238,7 +239,7 @@ def _number_from_string(value: Any, ref: Any) -> Any:
 
 
 _INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
-             "eval_batch_size", "detections_per_img", "max_retries"}
+             "eval_batch_size", "detections_per_img", "max_retries", "workers"}
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
@@ -301,6 +302,8 @@ def validate(cfg: ExperimentConfig) -> None:
     if not 0 <= cfg.train.warmup_fraction < 1:
         raise ConfigError(f"config key 'train.warmup_fraction' = {cfg.train.warmup_fraction!r} "
                           "must be a fraction in [0, 1)")
+    if cfg.dataset.workers < 0:
+        raise ConfigError(f"config key 'dataset.workers' = {cfg.dataset.workers!r} must be >= 0")
     if cfg.train.max_retries < 0:
         raise ConfigError(f"config key 'train.max_retries' = {cfg.train.max_retries!r} must be >= 0")
     if cfg.model.box_prior is not None and not cfg.model.box_prior > 0:

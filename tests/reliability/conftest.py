@@ -47,6 +47,9 @@ def ledger_rows(run_dir: Path) -> list[tuple]:
     con = sqlite3.connect(run_dir / "ledger.sqlite")
     rows = con.execute("SELECT round, selected, labeled_images, labeled_boxes, scores, checkpoint, metrics "
                        "FROM rounds ORDER BY round").fetchall()
+    rows = [r[:4] + (r[4] if r[4] is not None else tuple(con.execute(  # per-image scores: their own table
+        "SELECT image_id, score FROM scores WHERE round = ? ORDER BY image_id", (r[0],))) or None,) + r[5:]
+        for r in rows]
     con.close()
     return rows
 

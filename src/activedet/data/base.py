@@ -21,6 +21,17 @@ from PIL import Image
 from activedet.errors import DatasetError
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+#: the crowd regions of an image without any, shared by every such record (read-only): a
+#: pool of a million images would otherwise hold two million empty arrays (~340 B per image)
+NO_CROWD_BOXES = _frozen(np.zeros((0, 4), np.float32))
+NO_CROWD_LABELS = _frozen(np.zeros((0,), np.int64))
+
+
 @dataclass
 class ImageRecord:
     """One image and its ground truth.
@@ -43,8 +54,8 @@ class ImageRecord:
     path: Path | None = None  # where to read the image from
     array: np.ndarray | None = None  # (H, W, 3) uint8, for in-memory datasets
     label: int | None = None  # classification: class index 0..C-1
-    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    crowd_boxes: np.ndarray = field(default_factory=lambda: NO_CROWD_BOXES)
+    crowd_labels: np.ndarray = field(default_factory=lambda: NO_CROWD_LABELS)
 
     def __post_init__(self) -> None:
         if self.difficult is None:

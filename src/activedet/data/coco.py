@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from activedet.data.base import DetectionDataset, ImageRecord, check_box, image_size
+from activedet.data.base import (NO_CROWD_BOXES, NO_CROWD_LABELS, DetectionDataset, ImageRecord, check_box,
+                                 image_size)
 from activedet.errors import DatasetError
 
 
@@ -100,8 +101,8 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
             labels=np.array([t[1] for t in train], dtype=np.int64),
             difficult=np.array([t[2] for t in train], dtype=bool),
             path=root / im["file_name"],
-            crowd_boxes=_stack([t[0] for t in crowd]),
-            crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64),
+            crowd_boxes=_stack([t[0] for t in crowd]) if crowd else NO_CROWD_BOXES,
+            crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64) if crowd else NO_CROWD_LABELS,
         ))
     return DetectionDataset(records, class_names, name or json_path.stem, source=where)
 

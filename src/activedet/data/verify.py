@@ -15,13 +15,14 @@ every image is simply decoded.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "ACTIVEDET_CACHE_DIR"
 POLICIES = ("error", "skip")
-#: Show a progress bar when at least this many images must be decoded.
+#: Show a progress bar when a split has at least this many on-disk images.
 PROGRESS_MIN = 500
 
 Key = tuple[str, int, int]  # absolute path, size in bytes, mtime in ns
@@ -131,56 +132,62 @@ def _file_key(path: Path) -> Key | None:
     return (str(path.resolve()), int(st.st_size), int(st.st_mtime_ns))
 
 
-def _on_disk(dataset: Any) -> list[tuple[int, Path]]:
-    out = []
+def _on_disk(dataset: Any) -> Iterator[tuple[int, Path]]:
     for i in dataset.ids:
         r = dataset.record(i)
         if r.array is None and r.path is not None:
-            out.append((i, Path(r.path)))
-    return out
+            yield i, Path(r.path)
 
 
 def _workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) + 2))
 
 
+#: images checked per step (stat, cache look-up, decoding, cache update): what verification
+#: holds at a time, so its memory does not grow with the pool
+CHUNK = 4096
+
+
 def find_unreadable(dataset: Any, split: str, progress: bool = True,
                     cache: VerifiedCache | None = None) -> list[BadImage]:
-    """Decode every on-disk image of ``dataset`` not already in the cache; the unreadable
-    ones in image-id order."""
+    """Decode every on-disk image of ``dataset`` not already in the cache, :data:`CHUNK`
+    images at a time (each chunk's good files are recorded in the cache before the next
+    starts); the unreadable ones in image-id order."""
     items = _on_disk(dataset)
-    if not items:
+    first = list(itertools.islice(items, CHUNK))
+    if not first:
         return []
     own = cache is None
     cache = cache or VerifiedCache()
+    pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="verify")
+    bar = tqdm(total=len(dataset), desc=f"verifying {split} images", unit="img",
+               disable=not progress or len(dataset) < PROGRESS_MIN, leave=False)
     try:
         bad: list[BadImage] = []
-        keyed: list[tuple[int, Path, Key]] = []
-        for i, path in items:
-            key = _file_key(path)
-            if key is None:
-                bad.append(BadImage(split, i, path, "file not found"))
-            else:
-                keyed.append((i, path, key))
-        known = cache.known([k for *_, k in keyed])
-        todo = [t for t in keyed if t[2] not in known]
-        good: list[Key] = []
-        if todo:
-            pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="verify")
-            try:
-                results = pool.map(lambda t: decode_error(t[1]), todo)
-                bar = tqdm(results, total=len(todo), desc=f"verifying {split} images", unit="img",
-                           disable=not progress or len(todo) < PROGRESS_MIN, leave=False)
-                for (i, path, key), reason in zip(todo, bar):
-                    if reason is None:
-                        good.append(key)
-                    else:
-                        bad.append(BadImage(split, i, path, reason))
-            finally:  # Ctrl-C: drop queued work instead of decoding the rest first
-                pool.shutdown(wait=True, cancel_futures=True)
+        chunk = first
+        while chunk:
+            keyed: list[tuple[int, Path, Key]] = []
+            for i, path in chunk:
+                key = _file_key(path)
+                if key is None:
+                    bad.append(BadImage(split, i, path, "file not found"))
+                else:
+                    keyed.append((i, path, key))
+            known = cache.known([k for *_, k in keyed])
+            todo = [t for t in keyed if t[2] not in known]
+            good: list[Key] = []
+            for (i, path, key), reason in zip(todo, pool.map(lambda t: decode_error(t[1]), todo)):
+                if reason is None:
+                    good.append(key)
+                else:
+                    bad.append(BadImage(split, i, path, reason))
             cache.add(good)
+            bar.update(len(chunk))
+            chunk = list(itertools.islice(items, CHUNK))
         return sorted(bad, key=lambda b: b.image_id)
-    finally:
+    finally:  # Ctrl-C: drop queued work instead of decoding the rest first
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
         if own:
             cache.close()
 

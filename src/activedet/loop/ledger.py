@@ -12,11 +12,12 @@ checkpoint is recorded, and *done* when its metrics are recorded.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from activedet.errors import ResumeError, RunDirError
 from activedet.training.health import assess
@@ -31,15 +32,27 @@ CREATE TABLE IF NOT EXISTS rounds (
     labeled_images INTEGER NOT NULL, -- cumulative
     labeled_boxes INTEGER NOT NULL,  -- cumulative
     seconds TEXT NOT NULL,           -- json {stage: seconds}
-    scores TEXT,                     -- json {image id: score} of every scored image
+    scores TEXT,                     -- json {image id: score}: ledgers written before the scores table
     checkpoint TEXT,                 -- model trained on rounds 0..round
     train_log TEXT,                  -- json list of per-epoch/stage loss rows
     health TEXT,                     -- json {unhealthy, reason, attempts} of the round's training
     metrics TEXT,                    -- json metrics on the test split
     selected_at REAL NOT NULL,
-    done_at REAL
+    done_at REAL,
+    scored INTEGER                   -- number of rows of this round in `scores` (NULL: none recorded)
 );
+-- per-image scores of a round, written in chunks before the round's row: rows of a round
+-- without a row in `rounds` are leftovers of an interrupted step, never read
+CREATE TABLE IF NOT EXISTS scores (
+    round INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (round, image_id)
+) WITHOUT ROWID;
 """
+
+#: per-image scores written per transaction by :meth:`Ledger.add_round`
+SCORE_CHUNK = 10_000
 
 
 def _dumps(obj: Any) -> str:
@@ -97,9 +110,9 @@ class Ledger:
         """Ledgers written before a column existed get it (NULL for old rounds)."""
         have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
         with self.conn:
-            for name in ("health",):
+            for name, kind in (("health", "TEXT"), ("scored", "INTEGER")):
                 if name not in have:
-                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} TEXT")
+                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.conn.close()
@@ -128,18 +141,60 @@ class Ledger:
     @_writes
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                   seconds: dict[str, float], scores: dict[int, float] | None) -> None:
+        """Record round ``round_``. The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows
+        per transaction (leftovers of an earlier interrupted attempt are dropped in the
+        first), then the round's row in one more: until that last commit the round, and
+        its scores, are not recorded."""
+        scored = None
+        if scores is not None:
+            items = iter(scores.items())
+            scored = 0
+            with self.conn:
+                self.conn.execute("DELETE FROM scores WHERE round = ?", (round_,))
+                scored += self._put_scores(round_, itertools.islice(items, SCORE_CHUNK))
+            while True:
+                with self.conn:
+                    n = self._put_scores(round_, itertools.islice(items, SCORE_CHUNK))
+                if not n:
+                    break
+                scored += n
         with self.conn:
-            self.insert_round(round_, selected, labeled_images, labeled_boxes, seconds, scores)
+            self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
 
     def insert_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                      seconds: dict[str, float], scores: dict[int, float] | None) -> None:
-        """:meth:`add_round` without committing (for a caller's own ``with ledger.conn:``)."""
+        """:meth:`add_round` without committing (for a caller's own ``with ledger.conn:``):
+        the scores are written in the caller's transaction."""
+        scored = None
+        if scores is not None:
+            self.conn.execute("DELETE FROM scores WHERE round = ?", (round_,))
+            scored = self._put_scores(round_, scores.items())
+        self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
+
+    def _put_scores(self, round_: int, items: Iterable[tuple[int, float]]) -> int:
+        rows = [(round_, int(k), float(v)) for k, v in items]
+        self.conn.executemany("INSERT INTO scores (round, image_id, score) VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def _insert_row(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
+                    seconds: dict[str, float], scored: int | None) -> None:
         self.conn.execute(
-            "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scores, "
+            "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scored, "
             "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (round_, _dumps([int(i) for i in selected]), labeled_images, labeled_boxes,
-             _dumps(seconds), None if scores is None else _dumps({str(k): float(v) for k, v in scores.items()}),
-             time.time()))
+             _dumps(seconds), scored, time.time()))
+
+    def scores(self, round_: int) -> dict[int, float] | None:
+        """Round ``round_``'s per-image scores (None: none recorded, or no such round)."""
+        row = self.conn.execute("SELECT scores, scored FROM rounds WHERE round = ?", (round_,)).fetchone()
+        if row is None:
+            return None
+        if row[0] is not None:  # a ledger written before the scores table
+            return {int(k): v for k, v in json.loads(row[0]).items()}
+        if row[1] is None:
+            return None
+        cur = self.conn.execute("SELECT image_id, score FROM scores WHERE round = ? ORDER BY image_id", (round_,))
+        return dict(cur)
 
     def _merge_seconds(self, round_: int, seconds: dict[str, float]) -> str:
         row = self.conn.execute("SELECT seconds FROM rounds WHERE round = ?", (round_,)).fetchone()
@@ -161,17 +216,18 @@ class Ledger:
             self.conn.execute("UPDATE rounds SET metrics = ?, seconds = ?, done_at = ? WHERE round = ?",
                               (_dumps(metrics), self._merge_seconds(round_, seconds), time.time(), round_))
 
-    def rounds(self) -> list[dict[str, Any]]:
-        """All rounds in order, json fields decoded."""
+    def rounds(self, scores: bool = True) -> list[dict[str, Any]]:
+        """All rounds in order, json fields decoded; ``scores=False`` leaves each round's
+        per-image scores out (``"scores"``: None), so the reader does not hold them all."""
         cur = self.conn.execute(
             "SELECT round, selected, labeled_images, labeled_boxes, seconds, scores, checkpoint, "
             "train_log, metrics, health FROM rounds ORDER BY round")
         out = []
-        for r in cur:
+        for r in cur.fetchall():
             out.append({
                 "round": r[0], "selected": json.loads(r[1]), "labeled_images": r[2], "labeled_boxes": r[3],
                 "seconds": json.loads(r[4]),
-                "scores": None if r[5] is None else {int(k): v for k, v in json.loads(r[5]).items()},
+                "scores": self.scores(r[0]) if scores else None,
                 "checkpoint": r[6], "train_log": None if r[7] is None else json.loads(r[7]),
                 "metrics": None if r[8] is None else json.loads(r[8]),
                 "health": None if r[9] is None else json.loads(r[9]),
@@ -184,7 +240,7 @@ class Ledger:
         meta = self.meta()
         rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds",
                                      "health", "train_log")}
-                  for r in self.rounds()]
+                  for r in self.rounds(scores=False)]
         for r in rounds:  # ledgers from before health was recorded: judge the recorded log
             if r["health"] is None and r["train_log"]:
                 verdict = assess(r["train_log"])

@@ -314,11 +314,11 @@ class FollowerLedger:
 
     @staticmethod
     def snapshot(ledger: Ledger, quarantined: dict[int, str]) -> dict[str, Any]:
-        rounds = [{k: r[k] for k in ("round", "selected", "checkpoint", "metrics")} for r in ledger.rounds()]
+        rounds = [{k: r[k] for k in ("round", "selected", "checkpoint", "metrics")} for r in ledger.rounds(scores=False)]
         meta = {"checkpoint_sha256": ledger.meta().get("checkpoint_sha256")}
         return {"rounds": rounds, "meta": meta, "quarantined": dict(quarantined)}
 
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self, scores: bool = True) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rounds]
 
     def meta(self) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
            hooks: Sequence[Hook]) -> None:
     cfg, pool = exp.cfg, exp.pool
     targets = budget_targets(cfg.loop, pool)
-    done = {r["round"]: r for r in ledger.rounds()}
+    done = {r["round"]: r for r in ledger.rounds(scores=False)}
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
     sums: dict[str, str] = dict(ledger.meta().get("checkpoint_sha256") or {})

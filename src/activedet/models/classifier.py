@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from activedet.config import ModelConfig
+from activedet.data.stream import image_batches
 from activedet.errors import ActivedetError, ConfigError
 from activedet.evaluation.classification import classification_metrics
 from activedet.models.base import Inference
@@ -172,6 +173,8 @@ class ClassificationAdapter:
         self.image_size = int(model_cfg.image_size)
         self.device = resolve_device(device)
         self.eval_batch_size = eval_batch_size
+        #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
+        self.workers = 0
         self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(STD).view(1, 3, 1, 1)
         self.reset(0)
@@ -201,8 +204,12 @@ class ClassificationAdapter:
     def _load_inputs(self, dataset: Any, ids: Sequence[int], augment: bool,
                      generator: torch.Generator | None) -> torch.Tensor:
         """(B, 3, S, S) normalised float32 on the device."""
+        return self._inputs([np.asarray(dataset.load_array(i)) for i in ids], augment, generator)
+
+    def _inputs(self, arrays: list[np.ndarray], augment: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """(B, 3, S, S) normalised float32 on the device from (H, W, 3) uint8 arrays."""
         s = self.image_size
-        arrays = [np.asarray(dataset.load_array(i)) for i in ids]
         if not arrays:
             return torch.zeros((0, 3, s, s), device=self.device)
         if all(a.shape == arrays[0].shape for a in arrays):
@@ -277,9 +284,8 @@ class ClassificationAdapter:
         self.model.eval()
         ids = list(ids)
         with tqdm(total=len(ids), disable=not progress, desc="inference", unit="img") as bar:
-            for start in range(0, len(ids), batch_size):
-                chunk = ids[start:start + batch_size]
-                f, logits = self._heads(self._load_inputs(dataset, chunk, False, None))
+            for chunk, arrays in image_batches(dataset, ids, batch_size, self.workers, pixels="array"):
+                f, logits = self._heads(self._inputs(arrays, False, None))
                 yield chunk, f.float().cpu(), [lg.float().cpu() for lg in logits]
                 bar.update(len(chunk))
 

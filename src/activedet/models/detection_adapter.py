@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from activedet.config import ModelConfig
+from activedet.data.stream import image_batches
 from activedet.errors import ConfigError
 from activedet.models.base import Inference
 from activedet.models.detection import build_detector, resolve_backbone
@@ -73,6 +74,8 @@ class DetectionAdapter:
         self.head_kwargs = dict(head_kwargs or {})
         self.device = resolve_device(device)
         self.model: nn.Module = nn.Identity()
+        #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
+        self.workers = 0
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
@@ -137,14 +140,15 @@ class DetectionAdapter:
         (K,) of each kept detection, ``num_anchors_per_level``, ``anchors`` (A, 4) in
         original image pixels and ``valid`` (A,) bool: the anchor's centre is in the image,
         not in the padding of a batch of different sizes (A depends on the batch). ``keep_anchors=False`` leaves the per-anchor arrays out.
+        Images are decoded on demand, batch by batch (:func:`activedet.data.stream.image_batches`
+        with ``self.workers`` loader processes): memory does not grow with ``len(ids)``.
         """
         ids = list(ids)
         self.model.eval()
         bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress, leave=False)
         with torch.no_grad():
-            for start in range(0, len(ids), batch_size):
-                chunk = ids[start:start + batch_size]
-                images = [dataset.load_image(i).to(self.device) for i in chunk]
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers):
+                images = [img.to(self.device) for img in loaded]
                 if isinstance(self.model, FasterRCNN):
                     outs = self._infer_two_stage(images)
                 else:
@@ -244,8 +248,8 @@ class DetectionAdapter:
         self.model.eval()
         rows = []
         with torch.no_grad():
-            for start in range(0, len(ids), batch_size):
-                images = [dataset.load_image(i).to(self.device) for i in ids[start:start + batch_size]]
+            for _, loaded in image_batches(dataset, ids, batch_size, self.workers):
+                images = [img.to(self.device) for img in loaded]
                 image_list, _ = self.model.transform(images)
                 feats = list(self.model.backbone(image_list.tensors).values())
                 head = getattr(self.model, "head", None)

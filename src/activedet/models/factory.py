@@ -20,9 +20,11 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
     if cfg.task == "detection":
         from activedet.models.detection_adapter import DetectionAdapter
 
-        adapter = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+        adapter: Any = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
         cfg.model.backbone = adapter.cfg.backbone  # model.offline_fallback: the config records what runs
-        return adapter
-    from activedet.models.classifier import ClassificationAdapter
+    else:
+        from activedet.models.classifier import ClassificationAdapter
 
-    return ClassificationAdapter(cfg.model, num_classes, variant, cfg.device, **kwargs)
+        adapter = ClassificationAdapter(cfg.model, num_classes, variant, cfg.device, **kwargs)
+    adapter.workers = cfg.dataset.workers  # image-loading processes of scoring and evaluation
+    return adapter

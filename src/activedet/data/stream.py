@@ -1,0 +1,93 @@
+"""Images streamed from a dataset in batches, decoded on demand.
+
+A pool is a list of image ids whose records hold paths, not pixels; scoring, feature
+extraction and evaluation read it through :func:`image_batches`, so at most a bounded
+number of decoded batches exist at any time whatever the pool's size:
+
+- ``workers = 0``: batches are decoded in this process, one at a time (the next batch is
+  decoded after the consumer asked for it);
+- ``workers = W > 0``: a :class:`torch.utils.data.DataLoader` with ``W`` worker processes,
+  each at most ``prefetch`` batches ahead: at most ``W * prefetch`` batches are decoded
+  and waiting, plus the one being consumed.
+
+Batches come in the order of ``ids`` in both modes, with the same pixels, so the scores
+computed from them do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from activedet.errors import ActivedetError, ConfigError
+
+#: batches each worker process decodes ahead of the consumer (``DataLoader.prefetch_factor``)
+PREFETCH = 2
+
+
+class _Batches(Dataset):
+    """Item ``k``: (ids, pixels) of the ``k``-th block of ``batch_size`` ids."""
+
+    def __init__(self, dataset: Any, ids: Sequence[int], batch_size: int, pixels: str) -> None:
+        self.dataset, self.ids, self.batch_size = dataset, list(ids), batch_size
+        self.load = dataset.load_image if pixels == "image" else dataset.load_array
+
+    def __len__(self) -> int:
+        return -(-len(self.ids) // self.batch_size)
+
+    def __getitem__(self, k: int) -> tuple[list[int], list[torch.Tensor]]:
+        chunk = self.ids[k * self.batch_size:(k + 1) * self.batch_size]
+        return chunk, [self.load(i) for i in chunk]
+
+
+class _InWorker(_Batches):
+    """:class:`_Batches` in a loader process: an :class:`ActivedetError` comes back as a
+    value, so the caller re-raises it with its type and message (a DataLoader would wrap
+    it in a worker traceback)."""
+
+    def __getitem__(self, k: int) -> Any:
+        try:
+            return super().__getitem__(k)
+        except ActivedetError as e:
+            return _Failed(type(e), str(e))
+
+
+class _Failed:
+    def __init__(self, kind: type, message: str) -> None:
+        self.kind, self.message = kind, message
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: int = 0,
+                  prefetch: int = PREFETCH, pixels: str = "image") -> Iterator[tuple[list[int], list[Any]]]:
+    """Yield ``(chunk, images)`` for consecutive blocks of ``batch_size`` of ``ids``:
+    ``images[j]`` is ``dataset.load_image(chunk[j])``, (3, H, W) float32 in [0, 1] on the
+    CPU (``pixels="image"``), or ``dataset.load_array(chunk[j])``, (H, W, 3) uint8
+    (``pixels="array"``). ``workers`` processes decode ahead (see the module docstring); errors raised
+    while decoding (:class:`~activedet.errors.DatasetError`) reach the caller unchanged."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+    if workers < 0:
+        raise ConfigError(f"the number of image-loading workers must be >= 0, got {workers!r}")
+    if pixels not in ("image", "array"):
+        raise ConfigError(f"pixels must be 'image' or 'array', got {pixels!r}")
+    batches = _Batches(dataset, ids, batch_size, pixels)
+    if workers == 0 or len(batches) <= 1:
+        for k in range(len(batches)):
+            yield batches[k]
+        return
+    loader = DataLoader(_InWorker(dataset, ids, batch_size, pixels), batch_size=None, shuffle=False, num_workers=min(workers, len(batches)),
+                        prefetch_factor=prefetch, collate_fn=_as_is, persistent_workers=False)
+    for item in loader:
+        if isinstance(item, _Failed):
+            raise item.kind(item.message)
+        chunk, images = item
+        yield list(chunk), list(images)
+
+
+__all__ = ["PREFETCH", "image_batches"]
