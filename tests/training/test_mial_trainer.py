@@ -47,7 +47,7 @@ def test_settings_defaults_follow_the_notes() -> None:
     assert (s.lam, s.iul, s.iur, s.reweight, s.order) == (0.5, True, True, "mil", "max_min")
     assert (s.label_epochs, s.rounds, s.repeat, s.min_epochs, s.max_epochs) == (3, 2, 2, 1, 1)
     assert s.final_lr_scale == pytest.approx(0.1)
-    assert (s.max_params, s.stage_warmup_iters) == ("head", 10)
+    assert (s.max_params, s.stage_warmup_iters) == ("head", 0)
     # keys of other components (selection settings) are ignored
     assert MIALTrainSettings.pick({"top_k": 5, "aggregate": "max"}) == s
 

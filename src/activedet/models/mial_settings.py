@@ -35,10 +35,12 @@ class _Schedule(Settings):
     final_lr_scale: float = setting(0.1, "lr multiplier of the very last label stage", gt=0, le=1e3,
                                     provenance="authors' code (the paper gives no schedule)")
     stage_warmup_iters: int = setting(
-        10, "linear lr warm-up (from 0.001x) at the start of every stage after the first (which "
-            "takes train.warmup_iters): each stage builds a fresh optimizer", ge=0,
-        provenance="activedet: without it the first max-stage steps spike the labeled loss; "
-                   "the authors' code has no per-stage warm-up (0)")
+        0, "linear lr warm-up (from 0.001x) at the start of every stage after the first (which "
+           "takes train.warmup_iters): each stage builds a fresh optimizer", ge=0,
+        provenance="the authors' code: 0. A warm-up damps the labeled-loss spike of the first "
+                   "max-stage steps at a high lr, but it is training below full lr that the plain "
+                   "trainer does not get (training/budget.py), and on CPU-sized stages of 5-40 "
+                   "iterations it outlasted whole stages (NOTES.md, MIAL on FCOS)")
 
 
 @dataclass(frozen=True)

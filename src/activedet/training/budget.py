@@ -5,7 +5,9 @@ MIAL's stage schedule (:mod:`activedet.training.mial`) and the plain step schedu
 (:mod:`activedet.training.trainer`) count their work differently, so a config that gives
 MIAL 8 full-lr labeled passes and random 16 measures the schedule, not the selection.
 :func:`labeled_budget` counts both in one unit — iterations over labeled batches, at the
-base lr (warm-up included) or at a decayed lr — from the settings alone, without training.
+base lr after warm-up, in a warm-up, or at a decayed lr — from the settings alone, without
+training. A warm-up is not full-lr training: MIAL's per-stage warm-up (``stage_warmup_iters``)
+makes every stage start below the lr the plain trainer runs at, so it counts separately.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Mapping
 
 from activedet.config import TrainConfig
 from activedet.errors import ConfigError
+from activedet.training.trainer import warmup_length
 
 __all__ = ["Budget", "labeled_budget"]
 
@@ -24,40 +27,50 @@ __all__ = ["Budget", "labeled_budget"]
 class Budget:
     """Iterations of one round on ``n`` labeled images (one process, global batches).
 
-    ``full_lr``: labeled batches at the base lr; ``reduced_lr``: at a decayed lr;
+    ``full_lr``: labeled batches at the base lr; ``warmup``: in a linear warm-up towards it;
+    ``reduced_lr``: at a decayed lr (a warm-up inside a decayed stage counts here);
     ``unlabeled``: unlabeled batches (MIAL's max/min stages take one per labeled batch).
     """
 
     full_lr: int
     reduced_lr: int
     unlabeled: int = 0
+    warmup: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"full_lr": self.full_lr, "reduced_lr": self.reduced_lr, "unlabeled": self.unlabeled}
+        return {"full_lr": self.full_lr, "warmup": self.warmup, "reduced_lr": self.reduced_lr,
+                "unlabeled": self.unlabeled}
 
 
 def _plain(cfg: TrainConfig, n: int) -> Budget:
-    """The plain trainer: ``epochs × ⌈n / batch⌉`` iterations, ×0.1 from ``⌈step × total⌉`` on."""
+    """The plain trainer: ``epochs × ⌈n / batch⌉`` iterations, the first
+    :func:`~activedet.training.trainer.warmup_length` a warm-up, ×0.1 from ``⌈step × total⌉`` on."""
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
     steps = [s for s in cfg.lr_steps if s < 1]
     full = min(math.ceil(s * total) for s in steps) if steps else total
-    return Budget(full, total - full)
+    warm = min(warmup_length(total, cfg), full)
+    return Budget(full - warm, total - full, 0, warm)
 
 
-def _stages(schedule: list[Any], repeat: int, cfg: TrainConfig, n: int) -> Budget:
-    """A stage schedule: every stage epoch is ``repeat × ⌈n / batch⌉`` labeled batches; max/min
-    stages pair each with an unlabeled batch."""
+def _stages(schedule: list[Any], repeat: int, stage_warmup: int, cfg: TrainConfig, n: int) -> Budget:
+    """A stage schedule (:func:`activedet.training.mial.run_schedule`): every stage epoch is
+    ``repeat × ⌈n / batch⌉`` labeled batches; max/min stages pair each with an unlabeled batch;
+    the first stage warms up over :func:`warmup_length` of the whole schedule, every later
+    one over ``stage_warmup`` iterations."""
     per_epoch = repeat * math.ceil(n / cfg.batch_size)
-    full = reduced = unlabeled = 0
-    for st in schedule:
+    total = sum(st.epochs for st in schedule) * per_epoch
+    full = reduced = unlabeled = warm = 0
+    for k, st in enumerate(schedule):
         its = st.epochs * per_epoch
         if st.lr_scale >= 1.0:
-            full += its
+            w = min(warmup_length(total, cfg) if k == 0 else stage_warmup, its)
+            full += its - w
+            warm += w
         else:
             reduced += its
         if st.kind in ("max", "min"):
             unlabeled += its
-    return Budget(full, reduced, unlabeled)
+    return Budget(full, reduced, unlabeled, warm)
 
 
 def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n: int) -> Budget:
@@ -77,11 +90,11 @@ def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n:
         from activedet.training.mial import build_schedule
 
         s = MIALTrainSettings.pick(dict(params))
-        return _stages(build_schedule(s), s.repeat, cfg, n)
+        return _stages(build_schedule(s), s.repeat, s.stage_warmup_iters, cfg, n)
     if trainer == "mial_iul":
         from activedet.training.mial import build_schedule
         from activedet.training.mial_iul import iul_settings
 
         s = iul_settings(dict(params), cfg.epochs)
-        return _stages(build_schedule(s), s.repeat, cfg, n)
+        return _stages(build_schedule(s), s.repeat, s.stage_warmup_iters, cfg, n)
     raise ConfigError(f"unknown trainer '{trainer}' (known: plain, learning_loss, mial, mial_iul)")
