@@ -12,7 +12,10 @@ A strategy is ``NAME`` or ``LABEL=NAME:key=value,key=value`` (values read as YAM
 Prints, per strategy, the metric (top-1 for classification, AP50 for detection) of every
 round as mean ± std over seeds, the mean over cycles 1..N (round 0 is the same random set
 for every strategy of a seed) and the labeled boxes at which the mean curve first reaches
-random's final value (when ``random`` is among the strategies). Writes ``DIR/summary.json``;
+random's final value (when ``random`` is among the strategies), and the difference to random
+paired by seed (the same seed draws the same round-0 set), averaged over rounds 1..N: at the
+same round (per image) and against random's curve interpolated at the strategy's labeled
+boxes (per box: what an annotator pays for). Writes ``DIR/summary.json``;
 finished runs already in DIR are reused.
 
 Every strategy must train as much as random: the full-lr labeled iterations of each round
@@ -114,6 +117,35 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def interp(x: float, xs: list[float], ys: list[float]) -> float | None:
+    """Linear interpolation of the curve (xs increasing, ys) at x; None outside [xs[0], xs[-1]]."""
+    if not xs or x < xs[0] or x > xs[-1]:
+        return None
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+def paired(curves: dict[int, list[float]], boxes: dict[int, list[float]], rand_curves: dict[int, list[float]],
+           rand_boxes: dict[int, list[float]]) -> dict[str, Any]:
+    """Differences to random paired by seed (same seed = same round-0 set), rounds 1..N averaged
+    per seed, then mean ± std over seeds: ``per_image`` at the same round, ``per_box`` against
+    random's curve interpolated at this strategy's labeled boxes (rounds outside random's box
+    range are left out; a seed with none left out of the box mean)."""
+    per_image, per_box = [], []
+    for seed, c in curves.items():
+        if seed not in rand_curves:
+            continue
+        per_image.append(statistics.fmean(c[k] - rand_curves[seed][k] for k in range(1, len(c))))
+        diffs = [c[k] - r for k in range(1, len(c))
+                 if (r := interp(boxes[seed][k], rand_boxes[seed], rand_curves[seed])) is not None]
+        if diffs:
+            per_box.append(statistics.fmean(diffs))
+    return {"per_image": mean_std(per_image) if per_image else None,
+            "per_box": mean_std(per_box) if per_box else None, "per_box_seeds": len(per_box)}
+
+
 def summarise(results: dict[str, dict[int, list[dict]]]) -> dict[str, Any]:
     """label -> seed -> rounds  =>  per label: per-round mean/std, mean over cycles, boxes."""
     first = next(iter(next(iter(results.values())).values()))
@@ -129,6 +161,13 @@ def summarise(results: dict[str, dict[int, list[dict]]]) -> dict[str, Any]:
                                     "seeds": sorted(by_seed)}
     rand = out["strategies"].get("random")
     if rand is not None:
+        metric_of_seed = {label: {seed: [r["metrics"][metric] for r in rounds] for seed, rounds in by_seed.items()}
+                          for label, by_seed in results.items()}
+        boxes_of_seed = {label: {seed: [float(r["labeled_boxes"]) for r in rounds] for seed, rounds in by_seed.items()}
+                         for label, by_seed in results.items()}
+        for label, st in out["strategies"].items():
+            st["vs_random"] = paired(metric_of_seed[label], boxes_of_seed[label], metric_of_seed["random"],
+                                     boxes_of_seed["random"])
         target = rand["per_round"][-1][0]
         for s in out["strategies"].values():
             hit = [b for (m, _), b in zip(s["per_round"], s["boxes"]) if m >= target]
@@ -145,10 +184,14 @@ def table(summary: dict[str, Any]) -> str:
         reach = s.get("boxes_to_random_final")
         reach_txt = "-" if reach is None else f"{reach:.0f}"
         its = "/".join(str(b["full_lr"]) for b in s.get("budget", []))
-        rows.append(f"{label:<28} {rounds}   {mc:.4f}±{sc:.4f}   {reach_txt:<23} {its}")
+        vs = s.get("vs_random") or {}
+        d_img = "-" if not vs.get("per_image") else "{:+.4f}±{:.4f}".format(*vs["per_image"])
+        d_box = "-" if not vs.get("per_box") else "{:+.4f}±{:.4f}".format(*vs["per_box"])
+        rows.append(f"{label:<28} {rounds}   {mc:.4f}±{sc:.4f}   {d_img:<16} {d_box:<16} {reach_txt:<23} {its}")
     n = len(next(iter(summary["strategies"].values()))["per_round"])
     head = f"{'strategy':<28} " + "  ".join(f"{'round ' + str(k):<11}" for k in range(n)) + \
-        f"   {metric} mean r1..{n - 1}   boxes to random's final full-lr its (first/last round)"
+        f"   {metric} mean r1..{n - 1}   Δ/image (paired) Δ at equal boxes boxes to random's final " \
+        "full-lr its (first/last round)"
     return "\n".join([head, *rows])
 
 

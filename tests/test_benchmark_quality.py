@@ -47,3 +47,22 @@ def test_summary_means_stds_and_boxes_to_random(quality) -> None:
     assert r["mean_over_cycles"][0] == pytest.approx(0.525)  # rounds 1..2, then over seeds
     assert b["boxes_to_random_final"] == 20 and r["boxes_to_random_final"] == 30
     assert "better" in quality.table(s)
+
+
+def test_paired_differences_per_image_and_at_equal_boxes(quality) -> None:
+    def rounds(curve, boxes):
+        return [{"metrics": {"AP50": m}, "labeled_boxes": b} for m, b in zip(curve, boxes)]
+
+    # seed 0: "crowded" buys +0.1 per image with more boxes; at its 20 boxes (round 1)
+    # random's curve reads 0.4 -> 0.5 - 0.4 = +0.1; round 2's 40 boxes lie outside
+    # random's range (max 30) and are left out
+    results = {"random": {0: rounds([0.2, 0.4, 0.6], [10, 20, 30])},
+               "crowded": {0: rounds([0.2, 0.5, 0.7], [10, 20, 40])},
+               "sparse": {0: rounds([0.2, 0.4, 0.5], [10, 15, 20])}}
+    s = quality.summarise(results)["strategies"]
+    assert s["crowded"]["vs_random"]["per_image"][0] == pytest.approx(0.1)
+    assert s["crowded"]["vs_random"]["per_box"][0] == pytest.approx(0.1)
+    # sparse: per image -0.05; at 15 boxes random reads 0.3 (+0.1), at 20 boxes 0.4 (+0.1)
+    assert s["sparse"]["vs_random"]["per_image"][0] == pytest.approx(-0.05)
+    assert s["sparse"]["vs_random"]["per_box"][0] == pytest.approx(0.1)
+    assert quality.interp(35, [10, 20, 30], [0.2, 0.4, 0.6]) is None
