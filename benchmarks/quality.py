@@ -18,10 +18,11 @@ same round (per image) and against random's curve interpolated at the strategy's
 boxes (per box: what an annotator pays for). Writes ``DIR/summary.json``;
 finished runs already in DIR are reused.
 
-Every strategy must train as much as random: the full-lr labeled iterations of each round
-(:func:`activedet.training.budget.labeled_budget`) are compared before anything runs, and a
-strategy whose count differs from random's is refused unless ``--allow-unequal-budgets``.
-The table prints each strategy's iterations at the first and last round's labeled-set size.
+Every strategy must train as much as random: the labeled iterations of each round at full
+and at decayed lr (:func:`activedet.training.budget.labeled_budget`) are compared before
+anything runs, and a strategy whose counts differ from random's is refused unless
+``--allow-unequal-budgets``. The table prints each strategy's full-lr iterations at the
+first and last round's labeled-set size.
 """
 
 from __future__ import annotations
@@ -213,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         if loop.get("unit", "images") == "images" and float(initial) >= 1 and float(per_cycle) >= 1 else []
     reference = budgets(build(base, {"name": "random"}, 0, args.sets), sizes)
     budget_of = {label: budgets(build(base, strategy, 0, args.sets), sizes) for label, strategy in specs}
+    def its(b: list[dict[str, int]]) -> list[tuple[int, int]]:
+        return [(x["full_lr"], x["reduced_lr"]) for x in b]
+
     for label, b in budget_of.items():
-        if [x["full_lr"] for x in b] != [x["full_lr"] for x in reference] and not args.allow_unequal_budgets:
-            raise SystemExit(f"{label}: {[x['full_lr'] for x in b]} full-lr labeled iterations at {sizes} "
-                             f"images, random {[x['full_lr'] for x in reference]}; make them equal "
-                             "(tests/training/test_budget.py) or pass --allow-unequal-budgets")
+        if its(b) != its(reference) and not args.allow_unequal_budgets:
+            raise SystemExit(f"{label}: (full-lr, decayed) labeled iterations {its(b)} at {sizes} images, "
+                             f"random {its(reference)}; make them equal (tests/training/test_budget.py) "
+                             "or pass --allow-unequal-budgets")
     results: dict[str, dict[int, list[dict]]] = {}
     for label, strategy in specs:
         for seed in args.seeds:
