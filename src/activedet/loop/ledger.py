@@ -151,13 +151,9 @@ class Ledger:
             scored = 0
             with self.conn:
                 self.conn.execute("DELETE FROM scores WHERE round = ?", (round_,))
-                scored += self._put_scores(round_, itertools.islice(items, SCORE_CHUNK))
-            while True:
+            for chunk in iter(lambda: list(itertools.islice(items, SCORE_CHUNK)), []):
                 with self.conn:
-                    n = self._put_scores(round_, itertools.islice(items, SCORE_CHUNK))
-                if not n:
-                    break
-                scored += n
+                    scored += self._put_scores(round_, chunk)
         with self.conn:
             self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
 
@@ -187,11 +183,14 @@ class Ledger:
     def scores(self, round_: int) -> dict[int, float] | None:
         """Round ``round_``'s per-image scores (None: none recorded, or no such round)."""
         row = self.conn.execute("SELECT scores, scored FROM rounds WHERE round = ?", (round_,)).fetchone()
-        if row is None:
-            return None
-        if row[0] is not None:  # a ledger written before the scores table
-            return {int(k): v for k, v in json.loads(row[0]).items()}
-        if row[1] is None:
+        return None if row is None else self._scores(round_, row[0], row[1])
+
+    def _scores(self, round_: int, legacy: str | None, scored: int | None) -> dict[int, float] | None:
+        """The scores of a round whose row holds ``legacy`` (json scores of a ledger written
+        before the scores table) and ``scored`` (its row count in ``scores``)."""
+        if legacy is not None:
+            return {int(k): v for k, v in json.loads(legacy).items()}
+        if scored is None:
             return None
         cur = self.conn.execute("SELECT image_id, score FROM scores WHERE round = ? ORDER BY image_id", (round_,))
         return dict(cur)
@@ -221,13 +220,13 @@ class Ledger:
         per-image scores out (``"scores"``: None), so the reader does not hold them all."""
         cur = self.conn.execute(
             "SELECT round, selected, labeled_images, labeled_boxes, seconds, scores, checkpoint, "
-            "train_log, metrics, health FROM rounds ORDER BY round")
+            "train_log, metrics, health, scored FROM rounds ORDER BY round")
         out = []
         for r in cur.fetchall():
             out.append({
                 "round": r[0], "selected": json.loads(r[1]), "labeled_images": r[2], "labeled_boxes": r[3],
                 "seconds": json.loads(r[4]),
-                "scores": self.scores(r[0]) if scores else None,
+                "scores": self._scores(r[0], r[5], r[10]) if scores else None,
                 "checkpoint": r[6], "train_log": None if r[7] is None else json.loads(r[7]),
                 "metrics": None if r[8] is None else json.loads(r[8]),
                 "health": None if r[9] is None else json.loads(r[9]),

@@ -279,13 +279,9 @@ def diverse_choice(mode: BatchMode, adapter: Any, pool: Any, batch_size: int,
         return feats
 
     def choose(candidates: list[int], k: int) -> list[int]:
-        if mode == "kcenter":
-            labeled = list(pool.labeled)
-            feats = features(labeled + candidates)
-            mask = np.zeros(len(feats), dtype=bool)
-            mask[:len(labeled)] = True
-            picks, _ = k_center_greedy(feats, mask, k, rng)
-            return [p - len(labeled) for p in picks]
+        if mode == "kcenter":  # labeled images are the centers; sharded over processes as in core-set
+            picks, _ = k_center_greedy_sharded(features, list(pool.labeled), candidates, k, rng, block=batch_size)
+            return picks
         if mode == "kmeanspp":
             return kmeanspp_seeding(features(candidates), k, rng)
         if mode == "class_balanced":
