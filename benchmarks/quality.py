@@ -18,11 +18,12 @@ same round (per image) and against random's curve interpolated at the strategy's
 boxes (per box: what an annotator pays for). Writes ``DIR/summary.json``;
 finished runs already in DIR are reused.
 
-Every strategy must train as much as random: the labeled iterations of each round at full
-and at decayed lr (:func:`activedet.training.budget.labeled_budget`) are compared before
-anything runs, and a strategy whose counts differ from random's is refused unless
-``--allow-unequal-budgets``. The table prints each strategy's full-lr iterations at the
-first and last round's labeled-set size.
+Every strategy must train as much as random: the labeled iterations at full and at decayed
+lr (:func:`activedet.training.budget.labeled_budget`) at every round's labeled-set size
+(:func:`~activedet.training.budget.protocol_sizes`; a set of sizes when the loop counts
+boxes or fractions) are compared before anything runs, and a strategy whose counts differ
+from random's is refused unless ``--allow-unequal-budgets``. The table prints each
+strategy's full-lr iterations at the first and last of those sizes.
 """
 
 from __future__ import annotations
@@ -36,9 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-CLI = "import sys; from activedet.cli import main; sys.exit(main(sys.argv[1:]))"
-
 
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
     """``LABEL=NAME:k=v,k=v`` | ``NAME:k=v`` | ``NAME`` -> (label, strategy mapping)."""
@@ -54,26 +52,25 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def override(data: dict[str, Any], assignment: str) -> None:
-    """Set ``a.b.c=value`` (value read as YAML) in a nested mapping."""
-    key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise SystemExit(f"--set {assignment!r}: expected key=value")
-    node = data
-    *parents, leaf = key.split(".")
-    for p in parents:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[leaf] = yaml.safe_load(raw)
+    """Set ``a.b.c=value`` (value read as YAML) in a raw config mapping
+    (:func:`activedet.config.apply_overrides`)."""
+    from activedet.config import apply_overrides
+    from activedet.errors import ConfigError
+
+    try:
+        apply_overrides(data, [assignment])
+    except ConfigError as e:
+        raise SystemExit(f"--set: {e}") from None
 
 
 def build(base: dict[str, Any], strategy: dict[str, Any], seed: int, sets: list[str]) -> dict[str, Any]:
-    """The config of one (strategy, seed) run as a plain mapping."""
+    """The config of one (strategy, seed) run as a plain mapping: ``base`` with the seed and
+    the strategy, then the ``--set`` overrides (``strategy.*`` ones included)."""
     data = json.loads(json.dumps(base))
-    for s in sets:
-        override(data, s)
     data["seed"] = seed
     data["strategy"] = dict(strategy)
+    for s in sets:
+        override(data, s)
     return data
 
 
@@ -83,7 +80,7 @@ def budgets(data: dict[str, Any], sizes: list[int]) -> list[dict[str, int]]:
     from activedet.loop.runner import resolve
     from activedet.training.budget import labeled_budget
 
-    cfg = config_from_dict(json.loads(json.dumps(data)))
+    cfg = config_from_dict(data)
     strategy = resolve(cfg)
     return [labeled_budget(strategy.trainer, cfg.train, strategy.params, n).as_dict() for n in sizes]
 
@@ -92,18 +89,21 @@ def run_one(base: dict[str, Any], strategy: dict[str, Any], seed: int, run_dir: 
     """Simulate one (strategy, seed) through the CLI unless already complete; its rounds."""
     from activedet.loop.ledger import Ledger
 
+    data = build(base, strategy, seed, sets)
+    cfg = run_dir.parent / f"{run_dir.name}.yaml"
     done = False
     if (run_dir / Ledger.FILENAME).exists():
         with Ledger(run_dir) as ledger:
             done = bool(ledger.meta().get("complete"))
-    if not done:
-        data = build(base, strategy, seed, sets)
+        if done and (not cfg.exists() or yaml.safe_load(cfg.read_text()) != data):
+            raise SystemExit(f"{run_dir} is a finished run of another config than this one ({cfg}); "
+                             "use a new --out")
+    if not done:  # an unfinished run is resumed; `simulate --resume` names keys that differ
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg = run_dir.parent / f"{run_dir.name}.yaml"
         cfg.write_text(yaml.safe_dump(data, sort_keys=False))
         resume = ["--resume"] if (run_dir / Ledger.FILENAME).exists() else []
-        proc = subprocess.run([sys.executable, "-c", CLI, "simulate", str(cfg), "--out", str(run_dir), "--quiet",
-                               *resume], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "activedet", "simulate", str(cfg), "--out", str(run_dir),
+                               "--quiet", *resume], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{run_dir.name}: activedet simulate failed:\n{proc.stderr[-2000:]}")
     with Ledger(run_dir) as ledger:
@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-unequal-budgets", action="store_true",
                     help="run strategies whose full-lr labeled iterations differ from random's")
     args = ap.parse_args(argv)
-    base = yaml.safe_load(args.base.read_text())
+    from activedet.config import config_from_dict, load_config
+    from activedet.training.budget import protocol_sizes
+
+    base = load_config(args.base).to_dict()  # relative dataset paths resolved from BASE's folder
     specs = [parse_strategy(spec) for spec in args.strategy]
-    loop = build(base, {"name": "random"}, 0, args.sets).get("loop", {})
-    initial, per_cycle, cycles = loop.get("initial", 0.05), loop.get("per_cycle", 0.025), loop.get("cycles", 6)
-    sizes = [int(initial) + k * int(per_cycle) for k in (0, int(cycles))] \
-        if loop.get("unit", "images") == "images" and float(initial) >= 1 and float(per_cycle) >= 1 else []
+    sizes = protocol_sizes(config_from_dict(build(base, {"name": "random"}, 0, args.sets)).loop)
     reference = budgets(build(base, {"name": "random"}, 0, args.sets), sizes)
     budget_of = {label: budgets(build(base, strategy, 0, args.sets), sizes) for label, strategy in specs}
     def its(b: list[dict[str, int]]) -> list[tuple[int, int]]:

@@ -12,24 +12,11 @@ import pytest
 from activedet.config import TrainConfig, load_config
 from activedet.errors import ConfigError
 from activedet.loop.runner import resolve
-from activedet.training.budget import labeled_budget
+from activedet.training.budget import labeled_budget, protocol_sizes
 from activedet.training.trainer import lr_factor
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-#: labeled-set sizes for protocols given in fractions or boxes (and awkward ones: batch remainders)
-SIZES = (40, 61, 160, 827, 1000, 1655, 4000)
-
-
-def protocol_sizes(loop) -> list[int]:
-    """The labeled-set sizes of every round when the loop counts images, else :data:`SIZES`.
-    (Below a warm-up's length the schedules cannot agree: MIAL's first stage ends its warm-up
-    early and its later stages run at full lr while the plain trainer is still warming up.)"""
-    if loop.unit == "images" and loop.initial >= 1 and loop.per_cycle >= 1:
-        return [int(loop.initial + k * loop.per_cycle) for k in range(loop.cycles + 1)]
-    return list(SIZES)
-
-
 @pytest.mark.parametrize("epochs,steps,n,bs,warm", [(12, [0.8], 20, 4, 10), (15, [0.8], 41, 4, 0),
                                                     (26, [0.77], 9, 2, 3), (5, [], 10, 3, 0), (10, [0.5, 0.9], 33, 8, 7)])
 def test_plain_budget_counts_the_trainers_own_lr_schedule(epochs, steps, n, bs, warm) -> None:

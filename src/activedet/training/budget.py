@@ -16,11 +16,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from activedet.config import TrainConfig
+from activedet.config import LoopConfig, TrainConfig
 from activedet.errors import ConfigError
 from activedet.training.trainer import warmup_length
 
-__all__ = ["Budget", "labeled_budget"]
+__all__ = ["Budget", "labeled_budget", "protocol_sizes", "SIZES"]
+
+#: labeled-set sizes to compare budgets at when the loop's sizes are not known in images
+#: (fractions of the pool, or box budgets), awkward ones included (batch remainders)
+SIZES = (40, 61, 160, 827, 1000, 1655, 4000)
 
 
 @dataclass(frozen=True)
@@ -98,3 +102,12 @@ def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n:
         s = iul_settings(dict(params), cfg.epochs)
         return _stages(build_schedule(s), s.repeat, s.stage_warmup_iters, cfg, n)
     raise ConfigError(f"unknown trainer '{trainer}' (known: plain, learning_loss, mial, mial_iul)")
+
+
+def protocol_sizes(loop: LoopConfig) -> list[int]:
+    """The labeled-set size of every round when ``loop`` counts images, else :data:`SIZES`.
+    (Below a warm-up's length the schedules cannot agree: MIAL's first stage ends its warm-up
+    early and its later stages run at full lr while the plain trainer is still warming up.)"""
+    if loop.unit == "images" and loop.initial >= 1 and loop.per_cycle >= 1:
+        return [int(loop.initial + k * loop.per_cycle) for k in range(loop.cycles + 1)]
+    return list(SIZES)
