@@ -45,8 +45,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt as e:
         signum = signal_number(e)
-        print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
-              f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
+        if main_rank:  # one line for the run, not one per process
+            print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
+                  f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
         return 128 + signum
     finally:
         distributed.shutdown()
@@ -104,16 +105,20 @@ def _launch_torchrun(args: argparse.Namespace, words: list[str], after: str) -> 
 
 #: where a rank of a launched run writes its exit code after printing its one-line error
 ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
-#: torchrun's own traceback and summary, and DDP's advice, hidden from the user (the ranks' lines stay)
-_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was",
-                   "Traceback (most recent call last)")
+#: torchrun's own lines and DDP's advice, hidden from the user (the ranks' lines stay)
+_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was")
+#: a traceback with a frame from these files is torchrun's own failure report
+_LAUNCHER_FRAMES = ("torch/distributed/run.py", "torch/distributed/launcher/", "torch/distributed/elastic/")
 
 
 def _relay_stderr(fd: int) -> None:
     """Copy torchrun's stderr to ours as it comes (progress bars included), leaving out
-    torchrun's own traceback and failure summary."""
+    torchrun's own traceback and failure summary. A traceback is held until it ends (its
+    exception line) or shows a launcher frame: a rank's own traceback is passed on whole,
+    torchrun's report dropped with everything after it."""
 
     buf, quiet = b"", False
+    held: list[str] | None = None  # the lines of a traceback not yet judged
     while True:
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -125,12 +130,23 @@ def _relay_stderr(fd: int) -> None:
                 break
             text, buf = buf[:cut + 1], buf[cut + 1:]
             for seg in text.decode(errors="replace").splitlines(keepends=True):
-                if not seg.startswith("[rank") and seg.startswith("Traceback (most recent call last)"):
-                    quiet = True  # torchrun's ChildFailedError report: to the end
-                if quiet or any(n in seg for n in _LAUNCHER_NOISE):
+                if quiet:
                     continue
-                sys.stderr.write(seg)
+                if held is None and seg.startswith("Traceback (most recent call last)"):
+                    held = []
+                if held is not None:
+                    held.append(seg)
+                    if any(f in seg for f in _LAUNCHER_FRAMES):
+                        quiet, held = True, None  # torchrun's ChildFailedError report: to the end
+                    elif len(held) > 1 and not seg.startswith((" ", "\t")):  # the exception line
+                        sys.stderr.writelines(held)
+                        held = None
+                    continue
+                if not any(n in seg for n in _LAUNCHER_NOISE):
+                    sys.stderr.write(seg)
             sys.stderr.flush()
+    if held:
+        sys.stderr.writelines(held)
     if buf and not quiet:
         sys.stderr.write(buf.decode(errors="replace"))
 
@@ -143,8 +159,11 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--device", args.device]
     if args.seed is not None:
         words += ["--seed", str(args.seed)]
-    if getattr(args, "nproc", None):
-        words += ["--nproc", str(args.nproc)]
+    from activedet.distributed import env_world
+
+    nproc = getattr(args, "nproc", None) or env_world()  # a process of a launched run: its count
+    if nproc > 1:
+        words += ["--nproc", str(nproc)]
     return shlex.join(words)
 
 
@@ -724,7 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr = LineProgress(stderr)  # type: ignore[assignment]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not getattr(args, "quiet", False):  # the current round and its result, without -v
+    if os.environ.get("RANK", "0") not in ("", "0"):  # a torchrun process other than rank 0: rank 0 logs
+        logging.getLogger("activedet").setLevel(logging.ERROR)
+    elif not getattr(args, "quiet", False):  # the current round and its result, without -v
         logging.getLogger("activedet.loop.runner").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)

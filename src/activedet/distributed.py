@@ -261,8 +261,9 @@ def all_true(flag: bool) -> bool:
 # ---------------------------------------------------------------------- rank 0 steps
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank (pickled). An
-    :class:`ActivedetError` raised by ``fn`` is raised on every rank, same type and message,
-    so all ranks stop together. In one process: ``fn()``."""
+    :class:`ActivedetError` raised by ``fn`` is raised on every rank, same type and message;
+    any other exception is raised on rank 0 as it is and on the others as an
+    :class:`ActivedetError` naming it, so all ranks stop together. In one process: ``fn()``."""
     global _ALONE
     if not active():
         return fn()
@@ -274,6 +275,9 @@ def on_main(fn: Callable[[], T]) -> T:
             result = fn()
         except ActivedetError as e:
             error = (type(e), str(e))
+            caught = e
+        except Exception as e:  # a bug or an OOM on rank 0: the others must not wait for a result
+            error = (ActivedetError, f"process 0 failed: {type(e).__name__}: {e}")
             caught = e
         else:
             caught = None

@@ -37,8 +37,7 @@ from activedet.labeling.dataset import file_order, project_dataset
 from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
-from activedet.loop.runner import (_save_checkpoint, auto_image_size, load_checkpoint, select_batch,
-                                   train_everywhere, train_model)
+from activedet.loop.runner import _save_checkpoint, auto_image_size, load_checkpoint, select_batch, train_model
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
 
@@ -198,7 +197,7 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
     Under torchrun (:mod:`activedet.distributed`) every process runs this: rank 0 alone
     holds the project lock, reads and writes the project (ledger, checkpoints, batch
     files) and evaluates; training and scoring are distributed as in ``simulate``
-    (:func:`activedet.loop.runner.train_everywhere`, sharded :func:`select_batch`); every
+    (:func:`activedet.loop.runner.train_model` under DDP, sharded :func:`select_batch`); every
     rank returns rank 0's result, and an error on rank 0 is raised on every rank."""
     project_dir = Path(project_dir)
     if isinstance(opts.budget, bool) or not isinstance(opts.budget, int) or opts.budget < 1:
@@ -250,7 +249,7 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
 def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool) -> dict[str, Any]:
     """What rank 0 reads from the project for every rank: the round to select, the pending
     batch to drop, the ingested labels and the pool's paths (picklable)."""
-    rounds = {row["round"]: row for row in proj.ledger.rounds()}
+    rounds = {row["round"]: row for row in proj.ledger.rounds(scores=False)}
     pending = (proj.meta.get("labeling") or {}).get("pending_round")
     drop_round: int | None = None
     dropped = 0
@@ -294,7 +293,7 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
             with proj.ledger.conn:
                 proj.ledger.insert_round(0, base_order, len(base_order), sum(costs[i] for i in base_order),
                                          {}, None)
-            return {row["round"]: row for row in proj.ledger.rounds()}
+            return {row["round"]: row for row in proj.ledger.rounds(scores=False)}
 
         rounds = distributed.on_main(first_round)
     pool.add(base_order, 0)
@@ -336,8 +335,7 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
             distributed.sync_state(adapter)  # rank 0 read the weights
         if how != "reuse":
             t0 = time.perf_counter()
-            result = train_everywhere(lambda: train_model(cfg, strategy, adapter, dataset, pool, prev,
-                                                          how == "fresh", progress), strategy, adapter)
+            result = train_model(cfg, strategy, adapter, dataset, pool, prev, how == "fresh", progress)
             seconds = time.perf_counter() - t0
 
             def record() -> None:  # rank 0: the checkpoint and its row

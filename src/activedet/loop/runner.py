@@ -327,10 +327,18 @@ class FollowerLedger:
     def status(self) -> dict[str, Any]:
         return {}
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith(("set_", "add_", "put_", "insert_")):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+    # the writes :func:`_cycle` and :func:`_select_round` make: rank 0's to make
+    def set_meta(self, **kwargs: Any) -> None:
+        pass
+
+    def set_trained(self, *args: Any) -> None:
+        pass
+
+    def set_metrics(self, *args: Any) -> None:
+        pass
+
+    def add_round(self, *args: Any) -> None:
+        pass
 
 
 def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progress: bool,
@@ -352,8 +360,7 @@ def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progres
             hold(k - 1)
         labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
         unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
-        result = train_everywhere(lambda: train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh,
-                                                       progress, labeled, unlabeled), exp.strategy, adapter)
+        result = train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh, progress, labeled, unlabeled)
         ckpt = f"checkpoints/round_{k:03d}.pt"
         sums[ckpt] = distributed.on_main(lambda: _save_checkpoint(adapter, run_dir / ckpt, k))
         ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained
@@ -458,22 +465,8 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
         ranked = strategy.select(adapter, pool, n, rng, batch=take)
         scores = strategy.last_scores
     t1 = time.perf_counter()
-    chosen = distributed.broadcast_object(fit_budget(ranked, pool, unit, budget))  # rank 0's choice for all
+    chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget))  # rank 0's choice for all
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
-
-
-#: trainers that run under DistributedDataParallel (every built-in one); others train on rank 0 alone
-DDP_TRAINERS = frozenset({"plain", "mial", "mial_iul", "learning_loss"})
-
-
-def train_everywhere(fn: Callable[[], TrainResult], strategy: Strategy, adapter: Any) -> TrainResult:
-    """``fn()`` (one round's training) on every rank when the strategy's trainer runs under
-    DDP; else on rank 0 alone, its weights then handed to the other ranks. One process: ``fn()``."""
-    if not distributed.active() or strategy.trainer in DDP_TRAINERS:
-        return fn()
-    result = distributed.on_main(fn)
-    distributed.sync_state(adapter)
-    return result
 
 
 def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
@@ -493,4 +486,4 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 __all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
-           "train_model", "train_everywhere", "select_batch"]
+           "train_model", "select_batch"]
