@@ -8,7 +8,8 @@ Two uses (both exported from :mod:`activedet`):
   FCOS or Faster R-CNN you trained, :func:`image_pool` over image files,
   :func:`build_strategy` by name with settings, :func:`select`.
 
-The command line is a thin layer over the same functions.
+:func:`select` is the selection step the command line's ``simulate`` and ``select`` run each
+round (:func:`activedet.loop.runner.select_batch`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from activedet.config import ExperimentConfig, ModelConfig, config_from_dict, load_config
-from activedet.data.base import DetectionDataset, ImageRecord
+from activedet.data.base import DetectionDataset, ImageRecord, image_size
 from activedet.data.pool import Pool
-from activedet.errors import ActivedetError, DatasetError, StrategyError
+from activedet.errors import ActivedetError, StrategyError
 from activedet.strategies.base import Strategy
 
 __all__ = ["simulate", "build_strategy", "wrap_detector", "image_pool", "select", "Selection"]
@@ -53,8 +52,8 @@ def build_strategy(name: str, settings: Mapping[str, Any] | None = None, **kwarg
     return strategy
 
 
-_ARCHS = {"RetinaNet": "retinanet", "FCOS": "fcos", "FasterRCNN": "faster_rcnn", "MaskRCNN": "faster_rcnn",
-          "KeypointRCNN": "faster_rcnn"}
+#: torchvision class -> arch; subclasses (MaskRCNN, KeypointRCNN are FasterRCNNs) found through the MRO
+_ARCHS = {"RetinaNet": "retinanet", "FCOS": "fcos", "FasterRCNN": "faster_rcnn"}
 
 
 class _OwnModel:
@@ -87,16 +86,10 @@ def image_pool(paths: Sequence[str | Path], class_names: Sequence[str]) -> Detec
     """An unlabeled pool of image files (ids 1..N in the order given), for :func:`select`.
     ``class_names``: your detector's classes, in label order 1..C. Sizes are read from the
     file headers; a file that cannot be opened is a :class:`DatasetError` naming it."""
-    from PIL import Image
-
     records = []
     for k, raw in enumerate(paths, start=1):
         path = Path(raw)
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except OSError as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
+        width, height = image_size(path, "image_pool")
         records.append(ImageRecord(id=k, file_name=path.name, width=width, height=height, path=path))
     return DetectionDataset(records, class_names, name="pool")
 
@@ -114,8 +107,9 @@ class Selection:
 def select(strategy: Strategy, adapter: Any, dataset: Any, budget: int, labeled: Sequence[int] = (),
            seed: int = 0) -> Selection:
     """The ``budget`` images of ``dataset`` (not in ``labeled``) that ``strategy`` ranks
-    first with the model in ``adapter``: the same call ``simulate`` and ``select`` make
-    each round. Same seed, same selection."""
+    first with the model in ``adapter``: the selection step ``simulate`` and ``select`` run
+    each round (:func:`activedet.loop.runner.select_batch`, as round 1 with run seed
+    ``seed``). Same seed, same selection."""
     variant = getattr(adapter, "variant", "plain")
     if strategy.model_variant != variant:
         raise StrategyError(f"strategy '{strategy.name}' needs activedet's own '{strategy.model_variant}' "
@@ -125,5 +119,7 @@ def select(strategy: Strategy, adapter: Any, dataset: Any, budget: int, labeled:
     pool = Pool.from_dataset(dataset)
     if labeled:
         pool.add(labeled, 0)
-    ids = strategy.select(adapter, pool, budget, np.random.default_rng(seed))
-    return Selection([int(i) for i in ids], strategy.last_scores)
+    from activedet.loop.runner import select_batch
+
+    ids, scores, _ = select_batch(strategy, adapter, pool, 1, budget, "images", seed)
+    return Selection([int(i) for i in ids], scores)
