@@ -93,17 +93,17 @@ def _launch_torchrun(args: argparse.Namespace, words: list[str], after: str) -> 
         assert proc.stderr is not None
         _relay_stderr(proc.stderr.fileno())
         code = proc.wait()
-        reported = error_file.read_text().strip() if error_file.is_file() else ""
+        reported = error_file.is_file()  # a rank printed its one-line error (exit 2)
     if code == 0:
         return 0
     if reported:  # a rank said what went wrong, on one line, above
-        return int(reported) if reported.isdigit() else 2
+        return 2
     print(f"activedet {words[0]}: error: the {args.nproc}-process run stopped (a process exited with code "
           f"{code} or was killed); {after}", file=sys.stderr)
     return 1
 
 
-#: where a rank of a launched run writes its exit code after printing its one-line error
+#: the file a rank of a launched run creates after printing its one-line error
 ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
 #: torchrun's own lines and DDP's advice, hidden from the user (the ranks' lines stay)
 _LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was")
@@ -177,6 +177,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_text(status: dict[str, Any]) -> str:
+    from activedet.evaluation import headline
+
     lab = status.get("labeling")
     if lab is not None:
         return _project_status_text(status, lab)
@@ -189,7 +191,7 @@ def _status_text(status: dict[str, Any]) -> str:
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m) or (
+        shown = headline(m) or (
             "(no test split)" if r["metrics"] == {} else "(pending)")
         train, note = _training_cell(r)
         if note:
@@ -224,13 +226,15 @@ def _training_cell(round_: dict[str, Any]) -> tuple[str, str | None]:
 
 # ------------------------------------------------------------------ labeling projects
 def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
+    from activedet.evaluation import headline
+
     pending = lab.get("pending_round")
     lines = [f"project {status['run_dir']}: {status['pool_size']} images (labeled and unlabeled), "
              f"last strategy {status['strategy']}"]
     lines.append(f"{'round':>5} {'batch':>6} {'images':>7} {'boxes':>7}  state / metrics")
     for r in status["rounds"]:
         m = r["metrics"] or {}
-        shown = "  ".join(f"{k} {100 * m[k]:.1f}%" for k in ("AP", "AP50", "AP75", "top1") if k in m)
+        shown = headline(m)
         if r["round"] == pending:
             shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "

@@ -28,6 +28,7 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
+from activedet.evaluation import headline
 from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, RunDirError, TrainingError
 from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
 from activedet.loop.ledger import Ledger
@@ -481,8 +482,7 @@ def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target:
 
 
 def _headline(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("AP", "AP50", "top1") if k in metrics]
-    return ", ".join(f"{k} {100 * metrics[k]:.1f}%" for k in keys) or "no metrics (no dataset.test)"
+    return headline(metrics, ("AP", "AP50", "top1"), ", ") or "no metrics (no dataset.test)"
 
 
 __all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
