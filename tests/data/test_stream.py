@@ -98,6 +98,7 @@ def test_batches_keep_order_and_pixels(workers: int) -> None:
         for i, img in zip(chunk, images):
             assert torch.equal(img, ds.load_image(i))
     arrays = list(image_batches(ds, ds.ids, 5, workers, pixels="array"))
+    assert [i for c, _ in arrays for i in c] == ds.ids and all(len(c) == len(aa) for c, aa in arrays)
     assert all(np.array_equal(a, ds.load_array(i)) for c, aa in arrays for i, a in zip(c, aa))
 
 
@@ -160,6 +161,7 @@ def test_classifier_streams_with_workers() -> None:
         ad.workers = workers
         out[workers] = (ad.features(ds, ds.ids, 4), [inf.probs for inf in ad.infer(ds, ds.ids, 4)])
     assert np.array_equal(out[0][0], out[2][0])
+    assert len(out[0][1]) == len(out[2][1]) == len(ds.ids)
     assert all(torch.equal(a, b) for a, b in zip(out[0][1], out[2][1]))
 
 

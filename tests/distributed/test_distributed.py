@@ -259,7 +259,7 @@ def test_two_process_k_center_matches_one_process(tmp_path: Path) -> None:
     proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "out.json").read_text())
-    assert two["_world"] == 2
+    assert two["_world"] == 2 and len(two["cases"]) == len(cases)
     for case, got in zip(cases, two["cases"]):
         n_c, n, dup = case["centers"], case["candidates"], case.get("duplicates", 0)
         feats = np.random.default_rng(case["seed"]).normal(size=(n_c + n, 5))

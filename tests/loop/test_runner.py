@@ -17,6 +17,7 @@ import yaml
 from activedet.cli import main
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError
+from activedet.loop.ledger import Ledger
 from activedet.loop.runner import budget_targets, check_budgets, fit_budget
 from tests.conftest import make_detection_dataset, tiny_config
 
@@ -95,11 +96,9 @@ def _ledger_rows(run_dir: Path) -> list[tuple]:
     con = sqlite3.connect(run_dir / "ledger.sqlite")
     rows = con.execute("SELECT round, selected, labeled_images, labeled_boxes, scores, metrics "
                        "FROM rounds ORDER BY round").fetchall()
-    rows = [r[:4] + (r[4] if r[4] is not None else tuple(con.execute(  # per-image scores: their own table
-        "SELECT image_id, score FROM scores WHERE round = ? ORDER BY image_id", (r[0],))) or None,) + r[5:]
-        for r in rows]
     con.close()
-    return rows
+    with Ledger(run_dir) as ledger:  # per-image scores: their own table (or the row, in old ledgers)
+        return [r[:4] + (ledger.scores(r[0]),) + r[5:] for r in rows]
 
 
 def test_kill_and_resume_gives_the_same_ledger(tmp_path: Path) -> None:

@@ -4,11 +4,9 @@ every location is an instance (one "anchor" per location)."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -20,25 +18,10 @@ from activedet.models.detection import build_detector
 from activedet.models.detection_adapter import _head_factory
 from activedet.models.mial_head import MIALFCOSHead
 from tests.conftest import tiny_config
+from tests.models.test_mial_head import TinyBackbone, batch
 
 CH = 32  # FCOS's towers use GroupNorm with 32 groups
 LEVELS = [8 * 8, 4 * 4, 2 * 2]  # strides 8, 16, 32 on 64 px, one location each
-
-
-class TinyBackbone(nn.Module):
-    """Three 32-channel maps at strides 8, 16, 32."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, CH, 3, stride=8, padding=1)
-        self.c2 = nn.Conv2d(CH, CH, 3, stride=2, padding=1)
-        self.c3 = nn.Conv2d(CH, CH, 3, stride=2, padding=1)
-        self.out_channels = CH
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        a = F.relu(self.c1(x))
-        b = F.relu(self.c2(a))
-        return OrderedDict([("0", a), ("1", b), ("2", F.relu(self.c3(b)))])
 
 
 def build(num_object_classes: int = 2, seed: int = 0, **head_kwargs: object) -> FCOS:
@@ -46,18 +29,8 @@ def build(num_object_classes: int = 2, seed: int = 0, **head_kwargs: object) -> 
     gen = AnchorGenerator(((8,), (16,), (32,)), ((1.0,),) * 3)
     k = num_object_classes + 1
     head = MIALFCOSHead(CH, 1, k, conv_depth=2, **head_kwargs)  # type: ignore[arg-type]
-    return FCOS(TinyBackbone(), k, min_size=64, max_size=64, anchor_generator=gen, head=head,
+    return FCOS(TinyBackbone(CH), k, min_size=64, max_size=64, anchor_generator=gen, head=head,
                 score_thresh=0.001, detections_per_img=50)
-
-
-def batch(seed: int = 1) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.rand(3, 64, 64, generator=g) for _ in range(2)]
-    targets = [
-        {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0], [30.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # no ground-truth boxes
-    ]
-    return images, targets
 
 
 def head_inputs(model: FCOS) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor],

@@ -24,14 +24,14 @@ LEVELS = [8 * 8 * 2, 4 * 4 * 2, 2 * 2 * 2]  # strides 8, 16, 32 on 64 px
 
 
 class TinyBackbone(nn.Module):
-    """Three 16-channel maps at strides 8, 16, 32."""
+    """Three ``ch``-channel maps at strides 8, 16, 32."""
 
-    def __init__(self) -> None:
+    def __init__(self, ch: int = CH) -> None:
         super().__init__()
-        self.c1 = nn.Conv2d(3, CH, 3, stride=8, padding=1)
-        self.c2 = nn.Conv2d(CH, CH, 3, stride=2, padding=1)
-        self.c3 = nn.Conv2d(CH, CH, 3, stride=2, padding=1)
-        self.out_channels = CH
+        self.c1 = nn.Conv2d(3, ch, 3, stride=8, padding=1)
+        self.c2 = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.out_channels = ch
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         a = F.relu(self.c1(x))

@@ -74,7 +74,7 @@ def test_size_batches_never_mix_sizes() -> None:
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 @pytest.mark.parametrize("weighting", ["none", "mil"])
-def test_mial_scores_of_a_mixed_size_batch_equal_one_by_one(weighting: str, arch: str) -> None:
+def test_mial_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(weighting: str, arch: str) -> None:
     ds = _mixed_sizes()
     st = build_strategy("mial", {"top_k": 50, "weighting": weighting})
     st.progress = False
@@ -92,6 +92,7 @@ def test_mial_scores_of_a_mixed_size_batch_equal_one_by_one(weighting: str, arch
     assert set(together) == set(ds.ids)
     for i in ds.ids:
         assert together[i] == pytest.approx(alone[i], rel=1e-4), i
-    # and the adapter marks the anchors of the padding (image 1 next to a 64x160 image)
+    # (scoring batches hold one image size: size_batches); the adapter marks the anchors of the
+    # padding of a mixed batch (image 1 next to a 64x160 image)
     inf = next(iter(ad.infer(ds, [1, 2], 2, keep_anchors=True)))
     assert 0 < int(inf.extra["valid"].sum()) < inf.extra["valid"].numel()

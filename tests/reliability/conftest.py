@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from activedet.loop.ledger import Ledger
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,11 +49,9 @@ def ledger_rows(run_dir: Path) -> list[tuple]:
     con = sqlite3.connect(run_dir / "ledger.sqlite")
     rows = con.execute("SELECT round, selected, labeled_images, labeled_boxes, scores, checkpoint, metrics "
                        "FROM rounds ORDER BY round").fetchall()
-    rows = [r[:4] + (r[4] if r[4] is not None else tuple(con.execute(  # per-image scores: their own table
-        "SELECT image_id, score FROM scores WHERE round = ? ORDER BY image_id", (r[0],))) or None,) + r[5:]
-        for r in rows]
     con.close()
-    return rows
+    with Ledger(run_dir) as ledger:  # per-image scores: their own table (or the row, in old ledgers)
+        return [r[:4] + (ledger.scores(r[0]),) + r[5:] for r in rows]
 
 
 def cli_process(*args: str, **kwargs) -> subprocess.Popen:

@@ -106,7 +106,7 @@ def test_full_ranking_for_a_box_budget_puts_the_diverse_batch_first(mode: str) -
     assert fit_budget(ranked, pool, "boxes", boxes) == head
 
 
-def test_same_seed_same_batch_other_seed_may_differ() -> None:
+def test_same_seed_same_batch() -> None:
     pool = _pool()
     a = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3))
     b = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3))

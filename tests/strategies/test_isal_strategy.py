@@ -275,6 +275,7 @@ def test_one_pass_gradients_equal_the_two_pass_path(arch: str):
     ref_kept, inputs, targets = m.pseudo_targets(data, list(data.ids), p)
     assert kept == ref_kept and 0 < len(kept) < len(data.ids)
     ref = m.sample_grads(inputs, targets, len(kept), batched=True)
+    assert len(grads) == len(ref) == len(m.layers())
     for a, b in zip(grads, ref):
         assert a.shape == b.shape and float(b.abs().max()) > 0
         assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max())
