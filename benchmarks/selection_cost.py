@@ -45,7 +45,6 @@ its images.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -63,6 +62,7 @@ from activedet.influence import influence_scores
 from activedet.models.detection_adapter import DetectionAdapter
 from activedet.strategies.isal import ISALStrategy, _chunks, _Model
 from activedet.strategies.registry import build_strategy
+from activedet.training.budget import labeled_budget
 from activedet.training.mial import build_schedule, train_mial
 from activedet.training.trainer import train_plain
 
@@ -178,6 +178,7 @@ def bench_isal(arch: str, ds: Any, ref: Any, pool: Pool, args: argparse.Namespac
     t0 = time.perf_counter()
     fixed.score(ad, pool_fixed, ids[:1], np.random.default_rng(0))
     _sync(device)
+    fixed_s = time.perf_counter() - t0
     return {"arch": arch, "images": len(ids), "scored": len(sb), "batch_size": bs,
             "gradient_params": int(sum(p.numel() for p in prm)), "times_s": t,
             "ratio_batched": ratio(t, "isal_batched", "infer"), "ratio_two_pass": ratio(t, "isal_two_pass", "infer"),
@@ -185,23 +186,24 @@ def bench_isal(arch: str, ds: Any, ref: Any, pool: Pool, args: argparse.Namespac
             "max_abs_diff_two_pass": dmax(sb, s2), "max_abs_diff_loop": dmax(sb, sl),
             "max_abs_score": max((abs(v) for v in sl.values()), default=0.0),
             "spearman_loop": float(spearmanr([sb[i] for i in sb], [sl[i] for i in sb])[0]) if len(sb) > 1 else 1.0,
-            "fixed_s": time.perf_counter() - t0, "fixed_depth": params["depth"], "reference_images": len(ref.ids)}
+            "fixed_s": fixed_s, "fixed_depth": params["depth"], "reference_images": len(ref.ids)}
 
 
 def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     mial_params = {**MIAL_SELECT, "label_epochs": args.label_epochs, "rounds": 1, "max_epochs": 1,
-                   "min_epochs": 1, "repeat": args.repeat, "det_reduction": "sum"}
+                   "min_epochs": 1, "repeat": args.repeat}
     st = build_strategy("mial", mial_params)
     st.progress = False
     rnd = build_strategy("random", {})
-    s = st.settings_type(**{k: v for k, v in st.params.items()
-                            if k in {f.name for f in dataclasses.fields(st.settings_type)}})
+    s = st.settings
     stages = build_schedule(s)
     lab_passes = sum(x.epochs * s.repeat for x in stages)  # every stage iteration takes a labeled step
     full_lr = sum(x.epochs * s.repeat for x in stages if x.lr_scale == 1.0)
     cfg = TrainConfig(epochs=lab_passes, batch_size=4, lr=0.01, warmup_iters=0, grad_clip=10.0,
                       lr_steps=[full_lr / lab_passes], on_collapse="warn", eval_batch_size=16)
     labeled, unlabeled = list(pool.labeled), pool.unlabeled
+    ours, theirs = (labeled_budget(t, cfg, st.params, len(labeled)) for t in ("mial", "plain"))
+    assert (ours.full_lr, ours.warmup, ours.reduced_lr) == (theirs.full_lr, theirs.warmup, theirs.reduced_lr), "the MIAL and random cycles must train the same labeled iterations (training/budget.py)"
     budget = max(1, len(unlabeled) // 4)
     mial_ad = _adapter("retinanet", "mial", args.size, device, st.model_kwargs())
     plain_ad = _adapter("retinanet", "plain", args.size, device)
@@ -237,6 +239,8 @@ def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.dev
     t = alternate({"mial_cycle": mial_cycle, "random_cycle": random_cycle}, args.repeats, device,
                   warmup=False)
     t.update(parts)
+    runs = args.repeats
+    per = {k: [v[0] // runs, v[1] // runs] for k, v in counts.items()}  # before the step below loads a batch
     # one labeled SGD step's forward + backward on the same batch: MIAL head vs plain RetinaNet head
     inputs, targets = plain_ad.load_batch(ds, labeled[:cfg.batch_size], False)
 
@@ -246,8 +250,6 @@ def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.dev
 
     t.update(alternate({"mial_step": lambda: step(mial_ad), "plain_step": lambda: step(plain_ad)},
                        max(5, args.repeats), device))
-    runs = args.repeats
-    per = {k: [v[0] // runs, v[1] // runs] for k, v in counts.items()}
     return {"labeled": len(labeled), "pool": len(unlabeled), "batch_size": cfg.batch_size,
             "stages": [f"{x.kind}x{x.epochs * s.repeat}@{x.lr_scale:g}" for x in stages],
             "labeled_iters": {"mial": per["mial"][0], "random": per["random"][0]},
