@@ -3,10 +3,12 @@
 For each model (a classifier and FCOS) on the same images:
 
 - ``inference``: ``adapter.infer`` over the images (eval mode, batched), seconds per image;
-- ``isal batched`` / ``isal loop``: the per-image part of ISAL scoring (UUIC pseudo labels
-  from an inference pass, the per-image expected gradient of the chosen parameters, the
-  dot product with ``s_test``), with the batched per-sample-gradient path and with the
-  per-sample loop; seconds per image and the ratio to ``inference``;
+- ``isal batched`` / ``isal loop``: the per-image part of ISAL scoring (UUIC pseudo labels,
+  the per-image expected gradient of the chosen parameters, the dot product with
+  ``s_test``), with the batched path (for FCOS one forward pass gives both the pseudo boxes
+  and the gradients, ``_Model.dense_image_grads``; the classifier takes an inference pass,
+  then a gradient pass) and with the per-sample loop; seconds per image and the ratio to
+  ``inference``;
 - ``fixed``: the once-per-round part (reference gradient + LiSSA), reported separately with
   its depth and repeats, since it does not grow with the pool.
 

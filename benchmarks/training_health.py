@@ -29,39 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from activedet.config import config_from_dict
+from activedet.config import load_config
 from activedet.loop.ledger import Ledger
 from activedet.loop.runner import run
 from activedet.training.health import assess
 
 
-def _override(data: dict[str, Any], assignment: str) -> None:
-    key, _, raw = assignment.partition("=")
-    node = data
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = yaml.safe_load(raw)
-
-
 def run_one(config: Path, seed: int, out: Path, sets: list[str], keep_strategy: bool,
             existing: bool = False) -> dict[str, Any]:
     """Run (or resume) one seed; ``existing``: only read the run already in ``out``."""
-    data = yaml.safe_load(config.read_text())
-    data["seed"] = seed
-    if not keep_strategy:
-        data["strategy"] = {"name": "random"}
-    for s in sets:
-        _override(data, s)
-    cfg = config_from_dict(data)
+    cfg = load_config(config, [f"seed={seed}", *([] if keep_strategy else ["strategy.name=random"]), *sets])
     run_dir = out / f"{config.stem}-seed{seed}"
     t0 = time.perf_counter()
     if not existing:
         run(cfg, run_dir, resume=(run_dir / Ledger.FILENAME).exists(), progress=False)
     with Ledger(run_dir) as ledger:
-        rounds = ledger.rounds()
+        rounds = ledger.rounds(scores=False)
     rows = []
     for r in rounds:
         # the trainer's own verdict when the ledger has one (it judged each attempt alone),
@@ -73,7 +57,8 @@ def run_one(config: Path, seed: int, out: Path, sets: list[str], keep_strategy: 
         rows.append({"round": r["round"], "images": r["labeled_images"], "boxes": r["labeled_boxes"],
                      "AP50": (r["metrics"] or {}).get("AP50"), "unhealthy": unhealthy,
                      "why": [a.get("reason") for a in attempts], "retries": len(attempts) - 1})
-    return {"config": config.name, "seed": seed, "seconds": time.perf_counter() - t0, "rounds": rows}
+    seconds = None if existing else time.perf_counter() - t0  # reading a finished run is not its time
+    return {"config": config.name, "seed": seed, "seconds": seconds, "rounds": rows}
 
 
 def summarise(results: list[dict[str, Any]]) -> list[str]:
@@ -122,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             aps = " ".join(f"{100 * (x['AP50'] or 0):.1f}{'!' if x['unhealthy'] else ''}{'r' * x['retries']}"
                            for x in res["rounds"])
-            print(f"{config.name} seed {seed}: AP50 {aps}  ({res['seconds']:.0f} s)", flush=True)
+            took = "" if res["seconds"] is None else f"  ({res['seconds']:.0f} s)"
+            print(f"{config.name} seed {seed}: AP50 {aps}{took}", flush=True)
     (args.out / "summary.json").write_text(json.dumps({"sets": args.set, "results": results}, indent=1))
     print("\n".join(summarise(results)))
     return 0
