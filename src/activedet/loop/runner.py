@@ -100,12 +100,15 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
     if test is not None and test.class_names != train.class_names:
         raise ConfigError(f"test split classes {test.class_names} differ from train classes {train.class_names}")
-    # the train split is the pool: `dataset.bad_images` applies; test and reference must be whole
-    quarantined = verify_images(train, "train", cfg.dataset.bad_images, progress)
-    if test is not None:
-        verify_images(test, "test", "error", progress)
-    if reference is not None:
-        verify_images(reference, "reference", "error", progress)
+    def verify() -> dict[int, str]:
+        # the train split is the pool: `dataset.bad_images` applies; test and reference must be whole
+        bad = verify_images(train, "train", cfg.dataset.bad_images, progress)
+        for split, ds in (("test", test), ("reference", reference)):
+            if ds is not None:
+                verify_images(ds, split, "error", progress)
+        return bad
+
+    quarantined = distributed.on_main(verify)  # rank 0 decodes the images; every rank gets its verdict
     if cfg.model.image_size is None:
         cfg.model.image_size = auto_image_size(train)
     exp = Experiment(cfg, train, test, reference, strategy, Pool([]))
@@ -293,12 +296,9 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
             opened.append(ledger)
             make_dir(run_dir / "checkpoints")
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
-            return FollowerLedger.snapshot(ledger, exp.quarantined)
+            return FollowerLedger.snapshot(ledger)
 
         snap = distributed.on_main(start)  # its error, if any, stops every rank
-        if not main:
-            if snap["quarantined"] != exp.quarantined:  # the pool the run started with
-                _quarantine(exp, snap["quarantined"])
         ledger = opened[0] if main else FollowerLedger(snap)
         _cycle(exp, adapter, ledger, run_dir, progress and main, hooks if main else ())
         ledger.set_meta(complete=True)
@@ -314,10 +314,10 @@ class FollowerLedger:
         self._meta = snap["meta"]
 
     @staticmethod
-    def snapshot(ledger: Ledger, quarantined: dict[int, str]) -> dict[str, Any]:
+    def snapshot(ledger: Ledger) -> dict[str, Any]:
         rounds = [{k: r[k] for k in ("round", "selected", "checkpoint", "metrics")} for r in ledger.rounds(scores=False)]
         meta = {"checkpoint_sha256": ledger.meta().get("checkpoint_sha256")}
-        return {"rounds": rounds, "meta": meta, "quarantined": dict(quarantined)}
+        return {"rounds": rounds, "meta": meta}
 
     def rounds(self, scores: bool = True) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rounds]
