@@ -583,11 +583,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="override the config's seed")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
-    s.add_argument("--nproc", type=int, metavar="N",
-                   help="run N processes on this host under torchrun (one GPU each with device cuda; "
-                        "gloo on CPU): training under DDP, scoring sharded; see README 'Scale out'")
-    s.add_argument("--master-port", type=int, metavar="PORT",
-                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
@@ -630,11 +625,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
-    s.add_argument("--nproc", type=int, metavar="N",
-                   help="run N processes on this host under torchrun (training and scoring distributed; "
-                        "rank 0 alone writes the project)")
-    s.add_argument("--master-port", type=int, metavar="PORT",
-                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
     s.set_defaults(func=_cmd_select)
@@ -703,6 +693,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a config key (repeatable; VALUE is YAML), e.g. --set train.epochs=1 "
                                  "--set strategy.name=entropy; recorded in the resolved config")
+        if name in ("simulate", "select"):
+            sp.add_argument("--nproc", type=int, metavar="N",
+                            help="run N processes on this host under torchrun (one GPU each with device cuda; "
+                                 "gloo on CPU): training under DDP, scoring sharded, rank 0 alone writes the "
+                                 "run or project; see README 'Scale out'")
+            sp.add_argument("--master-port", type=int, metavar="PORT",
+                            help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     return p
 
 
