@@ -19,6 +19,7 @@ A collective that fails because another rank died is re-raised as one
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import functools
 import os
@@ -305,7 +306,15 @@ def sync_state(adapter: Any) -> None:
         return
     if isinstance(getattr(adapter, "model", None), torch.nn.Identity):  # nothing built yet (a resumed run)
         adapter.reset(0)
-    _broadcast_tensors(list(adapter.model.state_dict().values()))
+    tensors = list(adapter.model.state_dict().values())
+    if hasattr(adapter, "scorer"):  # a detector's second model (MIAL detector: separate): rank 0's, or none
+        if not broadcast_object(adapter.scorer is not None):
+            adapter.scorer = None
+        else:
+            if adapter.scorer is None:
+                adapter.scorer = copy.deepcopy(adapter.model)
+            tensors += list(adapter.scorer.state_dict().values())
+    _broadcast_tensors(tensors)
 
 
 # ---------------------------------------------------------------------- training

@@ -253,3 +253,27 @@ def test_fcos_two_cycle_simulate_on_builtin_shapes(tmp_path) -> None:
     for r in rounds[1:]:
         assert all(math.isfinite(v) and v > 0 for v in r["scores"].values())
         assert r["selected"] == _ranking(r["scores"])[:2]
+
+
+def test_separate_detector_scores_with_the_scorer_from_the_checkpoint(tmp_path) -> None:
+    """``detector: separate``: rounds record the detector's plain epochs and the scorer's
+    stages; the recorded scores are the scorer's (re-scored from the checkpoint, which holds
+    it) and not the detector's."""
+    cfg = _run_cfg(tmp_path, 2, 31, top_k=200, detector="separate")
+    run(cfg, tmp_path / "run", progress=False)
+    with Ledger(tmp_path / "run") as ledger:
+        rounds = ledger.rounds()
+    epochs = cfg.train.epochs
+    for r in rounds:
+        assert [(h["stage"], h.get("model")) for h in r["train_log"]] == (
+            [("train", None)] * epochs + [("max", "scorer"), ("min", "scorer"), ("label", "scorer")])
+    exp = prepare(cfg)
+    recorded = rounds[1]["scores"]
+    adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)
+    load_checkpoint(adapter, tmp_path / "run" / rounds[0]["checkpoint"])
+    assert adapter.scorer is not None
+    pool, ids = Pool.from_dataset(exp.train), sorted(recorded)
+    assert exp.strategy.score(adapter, pool, ids, np.random.default_rng(0)) == pytest.approx(recorded, rel=1e-6)
+    adapter.scorer = None  # the detector alone scores differently
+    alone = exp.strategy.score(adapter, pool, ids, np.random.default_rng(0))
+    assert alone != pytest.approx(recorded, rel=1e-6)

@@ -34,23 +34,35 @@ def test_mial_budget_by_hand() -> None:
     # of 4 = 10 batches a pass: full (4 + 1 + 1) x 2 x 10, reduced 4 x 2 x 10, unlabeled 2 x 2 x 10
     params = {"label_epochs": 4, "rounds": 1, "max_epochs": 1, "min_epochs": 1, "repeat": 2}
     b = labeled_budget("mial", TrainConfig(batch_size=4), params, 40)
-    assert b.as_dict() == {"full_lr": 120, "warmup": 0, "reduced_lr": 80, "unlabeled": 40}
+    assert b.as_dict() == {"full_lr": 120, "warmup": 0, "reduced_lr": 80, "unlabeled": 40, "scorer": 0}
     # a warm-up of 20 at the start and 10 more at the start of the max and of the min stage
     b = labeled_budget("mial", TrainConfig(batch_size=4, warmup_iters=20), {**params, "stage_warmup_iters": 10}, 40)
-    assert b.as_dict() == {"full_lr": 80, "warmup": 40, "reduced_lr": 80, "unlabeled": 40}
+    assert b.as_dict() == {"full_lr": 80, "warmup": 40, "reduced_lr": 80, "unlabeled": 40, "scorer": 0}
     # the authors' VOC schedule: 3 + 2 x (1 + 1 + 3) label-set epochs x 2 = 26 passes, the last 3 x 2 decayed
     b = labeled_budget("mial", TrainConfig(batch_size=2), {"label_epochs": 3, "rounds": 2}, 2)
-    assert b.as_dict() == {"full_lr": 20, "warmup": 0, "reduced_lr": 6, "unlabeled": 8}
+    assert b.as_dict() == {"full_lr": 20, "warmup": 0, "reduced_lr": 6, "unlabeled": 8, "scorer": 0}
     # a max stage at a lower lr counts as decayed
     b = labeled_budget("mial", TrainConfig(batch_size=1), {**params, "max_lr_scale": 0.5, "repeat": 1}, 1)
-    assert b.as_dict() == {"full_lr": 5, "warmup": 0, "reduced_lr": 5, "unlabeled": 2}
+    assert b.as_dict() == {"full_lr": 5, "warmup": 0, "reduced_lr": 5, "unlabeled": 2, "scorer": 0}
+
+
+def test_mial_separate_detector_budget_is_the_plain_trainers_plus_a_scorer() -> None:
+    # the detector: train.epochs 10 over 40 images in batches of 4, lr x 0.1 from 80 %; the scorer:
+    # max 1 -> min 1 -> label 4 at lr x 0.1, every epoch twice: (1 + 1 + 4) x 2 x 10 labeled,
+    # (1 + 1) x 2 x 10 unlabeled, none of it warming up (the first-stage warm-up is the detector's)
+    cfg = TrainConfig(batch_size=4, epochs=10, lr_steps=[0.8], warmup_iters=20)
+    params = {"detector": "separate", "label_epochs": 4, "rounds": 1, "max_epochs": 1, "min_epochs": 1,
+              "repeat": 2}
+    plain = labeled_budget("plain", cfg, {}, 40)
+    b = labeled_budget("mial", cfg, params, 40)
+    assert b.as_dict() == {**plain.as_dict(), "unlabeled": 40, "scorer": 120}
 
 
 def test_iul_budget_resolves_label_epochs_from_train_epochs() -> None:
     # label_epochs null: round(200 / 3) = 67; 67 + 2 x (5 + 5 + 67), the last 67 decayed
     b = labeled_budget("mial_iul", TrainConfig(epochs=200, batch_size=1),
                        {"rounds": 2, "max_epochs": 5, "min_epochs": 5}, 1)
-    assert b.as_dict() == {"full_lr": 67 + 2 * 10 + 67, "warmup": 0, "reduced_lr": 67, "unlabeled": 20}
+    assert b.as_dict() == {"full_lr": 67 + 2 * 10 + 67, "warmup": 0, "reduced_lr": 67, "unlabeled": 20, "scorer": 0}
 
 
 def test_bad_budget_arguments_are_named() -> None:

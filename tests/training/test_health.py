@@ -246,3 +246,16 @@ def test_a_nan_loss_stops_the_round_with_one_line_and_resume_trains_it(tmp_path,
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume"]) == 0
     with Ledger(run_dir) as ledger:
         assert all(r["metrics"] for r in ledger.rounds()) and len(ledger.rounds()) == 2
+
+
+def test_a_separate_scorers_rows_do_not_make_the_detectors_curve() -> None:
+    """MIAL ``detector: separate``: the scorer's label rows (after the detector's) are not the
+    detector's loss curve, nor its progress; a dead branch in them still counts."""
+    from activedet.training.health import dead_branch, no_progress, training_curve
+
+    hist = [{"stage": "train", "epoch": 1, "loss": 2.0}, {"stage": "train", "epoch": 2, "loss": 1.0},
+            {"stage": "label", "epoch": 1, "loss": 3.0, "model": "scorer"}]
+    assert training_curve(hist) == [2.0, 1.0]
+    assert not no_progress(hist).unhealthy
+    dead = [{"stage": "label", "bbox_regression": 1.0, "model": "scorer"}] * 3
+    assert dead_branch(hist + dead).unhealthy

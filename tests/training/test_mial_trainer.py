@@ -238,3 +238,57 @@ def test_every_later_stage_warms_up(monkeypatch, warmup: int) -> None:
             assert lrs == [pytest.approx(0.01)] * 3
         else:
             assert lrs[0] == pytest.approx(0.01 * 0.001) and lrs[0] < lrs[1] < lrs[2] < 0.01
+
+
+# ---------------------------------------------------------------------------- detector: separate
+
+
+def test_separate_detector_trains_as_the_plain_trainer_and_a_copy_scores() -> None:
+    """``detector: separate``: the detector's weights are exactly the plain trainer's on the
+    same model and seed (random's budget); the scorer is a trained copy that differs; both
+    travel in the adapter's state dict and come back from it."""
+    from activedet.training.trainer import train_plain
+
+    ds = make_detection_dataset(n=10, seed=4)
+    cfg = tiny_config(**{"train.batch_size": 2, "train.epochs": 2}).train
+    params = {"detector": "separate", "label_epochs": 1, "rounds": 1, "repeat": 1}
+    ad = _adapter(seed=1)
+    result = train_mial(ad, ds, [1, 2, 3, 4], [5, 6, 7, 8, 9, 10], cfg, params, seed=0, progress=False)
+    plain = _adapter(seed=1)
+    train_plain(plain, ds, [1, 2, 3, 4], [], cfg, params, seed=0, progress=False)
+    det, ref = _snapshot(ad.model), _snapshot(plain.model)
+    assert det.keys() == ref.keys() and all(torch.equal(det[k], ref[k]) for k in det)
+    assert ad.scorer is not None
+    sc = _snapshot(ad.scorer)
+    assert not all(torch.equal(sc[k], det[k]) for k in det)
+    # history: the detector's epochs, then the scorer's max, min, label (at final_lr_scale)
+    assert [(h["stage"], h.get("model")) for h in result.history] == [
+        ("train", None), ("train", None), ("max", "scorer"), ("min", "scorer"), ("label", "scorer")]
+    assert result.history[-1]["lr"] == pytest.approx(cfg.lr * 0.1)
+    # the checkpoint layout: detector keys as they are, the scorer's under "scorer."
+    state = ad.state_dict()
+    assert len(state) == 2 * len(det)
+    back = _adapter(seed=7)
+    back.load_state_dict(state)
+    assert all(torch.equal(_snapshot(back.model)[k], det[k]) for k in det)
+    assert all(torch.equal(_snapshot(back.scorer)[k], sc[k]) for k in sc)
+    assert back.scoring().model is back.scorer and back.scoring().scorer is None
+    back.load_state_dict(ref)  # a checkpoint without a scorer drops the one held
+    assert back.scorer is None and back.scoring() is back
+    back.reset(3)
+    assert back.scorer is None
+
+
+def test_separate_detector_without_unlabeled_images_has_no_scorer() -> None:
+    ds = make_detection_dataset(n=4, seed=5)
+    cfg = tiny_config(**{"train.batch_size": 2, "train.epochs": 1}).train
+    ad = _adapter(seed=2)
+    ad.scorer = ad.model  # a stale scorer from an earlier round must not survive
+    res = train_mial(ad, ds, [1, 2], [], cfg, {"detector": "separate", "rounds": 1}, seed=0, progress=False)
+    assert ad.scorer is None and [h["stage"] for h in res.history] == ["train"]
+
+
+def test_separate_detector_needs_iul_rounds() -> None:
+    for bad in ({"iul": False}, {"rounds": 0}, {"max_epochs": 0, "min_epochs": 0}):
+        with pytest.raises(ConfigError, match="'detector' = 'separate'"):
+            MIALTrainSettings.pick({"detector": "separate", **bad})

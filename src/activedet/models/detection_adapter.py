@@ -7,6 +7,7 @@ the parameters influence methods differentiate (ISAL's choice per architecture).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from typing import Any, Callable, Iterator, Sequence
@@ -55,6 +56,10 @@ def _head_factory(variant: str, kwargs: dict[str, Any], arch: str) -> Callable[[
     raise ConfigError(f"unknown detector variant '{variant}'")
 
 
+#: key prefix of the scorer's weights in :meth:`DetectionAdapter.state_dict`
+SCORER = "scorer."
+
+
 class DetectionAdapter:
     """Wraps a torchvision detector built from a :class:`ModelConfig`.
 
@@ -74,6 +79,9 @@ class DetectionAdapter:
         self.head_kwargs = dict(head_kwargs or {})
         self.device = resolve_device(device)
         self.model: nn.Module = nn.Identity()
+        #: a second model of the same architecture that scores the pool while ``model`` is the
+        #: detector (MIAL ``detector: separate``); None: ``model`` does both
+        self.scorer: nn.Module | None = None
         #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
         self.workers = 0
 
@@ -87,18 +95,39 @@ class DetectionAdapter:
             torch.manual_seed(seed)
             factory = _head_factory(self.variant, self.head_kwargs, self.arch)
             self.model = build_detector(self.cfg, self.num_classes, factory).to(self.device)
+            self.scorer = None
             if self.variant == "learning_loss":
                 from activedet.models.learning_loss import attach_loss_module
 
                 attach_loss_module(self.model, "detection", **self.head_kwargs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        """The detector's weights, and the scorer's (if any) under ``scorer.``-prefixed keys."""
+        out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if self.scorer is not None:
+            out.update({SCORER + k: v.detach().cpu().clone() for k, v in self.scorer.state_dict().items()})
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(self.model, nn.Identity):  # nothing built yet (a resumed run)
             self.reset(0)
-        self.model.load_state_dict(state)
+        self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(SCORER)})
+        scorer = {k[len(SCORER):]: v for k, v in state.items() if k.startswith(SCORER)}
+        self.scorer = None
+        if scorer:
+            self.scorer = copy.deepcopy(self.model)
+            self.scorer.load_state_dict(scorer)
+
+    def with_model(self, model: nn.Module) -> "DetectionAdapter":
+        """A shallow copy of this adapter (same settings, data loading and device) around
+        ``model``, without a scorer: train or run a second model with the adapter's methods."""
+        view = copy.copy(self)
+        view.model, view.scorer = model, None
+        return view
+
+    def scoring(self) -> "DetectionAdapter":
+        """The adapter a strategy scores with: around the scorer when there is one, else self."""
+        return self if self.scorer is None else self.with_model(self.scorer)
 
     # ------------------------------------------------------------------ data
     def load_batch(self, dataset: Any, ids: Sequence[int], augment: bool,

@@ -122,6 +122,12 @@ def size_batches(dataset: Any, ids: list[int], batch_size: int) -> list[list[int
     return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
+def _scorer(adapter: Any) -> Any:
+    """The adapter around the model that scores: the scorer of ``detector: separate``
+    (:meth:`~activedet.models.detection_adapter.DetectionAdapter.scoring`), else ``adapter``."""
+    return adapter.scoring() if hasattr(adapter, "scoring") else adapter
+
+
 @register
 class MIALStrategy(Strategy):
     name = "mial"
@@ -150,6 +156,7 @@ class MIALStrategy(Strategy):
                 "det_reduction": self.params["det_reduction"]}
 
     def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+        adapter = _scorer(adapter)
         candidates = pool.unlabeled
         frac = float(self.params["score_fraction"])
         to_score = candidates
@@ -161,7 +168,9 @@ class MIALStrategy(Strategy):
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Image score = aggregate (mean of the top-k by default) of the uncertainties of the
         anchors inside the image (anchors in the padding of a batch of different sizes are
-        left out, so a score does not depend on the batch-mates)."""
+        left out, so a score does not depend on the batch-mates). With ``detector: separate``
+        the scorer scores, not the detector."""
+        adapter = _scorer(adapter)
         head = getattr(adapter.model, "head", None)
         if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
             raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")

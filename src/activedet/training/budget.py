@@ -12,6 +12,7 @@ makes every stage start below the lr the plain trainer runs at, so it counts sep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -33,17 +34,20 @@ class Budget:
 
     ``full_lr``: labeled batches at the base lr; ``warmup``: in a linear warm-up towards it;
     ``reduced_lr``: at a decayed lr (a warm-up inside a decayed stage counts here);
-    ``unlabeled``: unlabeled batches (MIAL's max/min stages take one per labeled batch).
+    ``unlabeled``: unlabeled batches (MIAL's max/min stages take one per labeled batch);
+    ``scorer``: labeled batches that train MIAL's separate scorer (``detector: separate``),
+    not the detector (its unlabeled batches are in ``unlabeled``).
     """
 
     full_lr: int
     reduced_lr: int
     unlabeled: int = 0
     warmup: int = 0
+    scorer: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"full_lr": self.full_lr, "warmup": self.warmup, "reduced_lr": self.reduced_lr,
-                "unlabeled": self.unlabeled}
+                "unlabeled": self.unlabeled, "scorer": self.scorer}
 
 
 def _plain(cfg: TrainConfig, n: int) -> Budget:
@@ -56,18 +60,19 @@ def _plain(cfg: TrainConfig, n: int) -> Budget:
     return Budget(full - warm, total - full, 0, warm)
 
 
-def _stages(schedule: list[Any], repeat: int, stage_warmup: int, cfg: TrainConfig, n: int) -> Budget:
+def _stages(schedule: list[Any], repeat: int, stage_warmup: int, cfg: TrainConfig, n: int,
+            first_warmup: bool = True) -> Budget:
     """A stage schedule (:func:`activedet.training.mial.run_schedule`): every stage epoch is
     ``repeat × ⌈n / batch⌉`` labeled batches; max/min stages pair each with an unlabeled batch;
-    the first stage warms up over :func:`warmup_length` of the whole schedule, every later
-    one over ``stage_warmup`` iterations."""
+    the first stage warms up over :func:`warmup_length` of the whole schedule (with
+    ``first_warmup``), every other one over ``stage_warmup`` iterations."""
     per_epoch = repeat * math.ceil(n / cfg.batch_size)
     total = sum(st.epochs for st in schedule) * per_epoch
     full = reduced = unlabeled = warm = 0
     for k, st in enumerate(schedule):
         its = st.epochs * per_epoch
         if st.lr_scale >= 1.0:
-            w = min(warmup_length(total, cfg) if k == 0 else stage_warmup, its)
+            w = min(warmup_length(total, cfg) if k == 0 and first_warmup else stage_warmup, its)
             full += its - w
             warm += w
         else:
@@ -81,8 +86,9 @@ def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n:
     """The iterations ``trainer`` (a strategy's ``trainer`` name) runs on ``n`` labeled images
     under ``cfg`` and the strategy's ``params``, with unlabeled images available.
 
-    ``plain`` and ``learning_loss`` follow ``train.epochs`` / ``train.lr_steps``; ``mial`` and
-    ``mial_iul`` their stage schedules (``train.epochs`` / ``lr_steps`` unused, except that
+    ``plain`` and ``learning_loss`` follow ``train.epochs`` / ``train.lr_steps``, as does ``mial``
+    with ``detector: separate`` (its scorer's iterations in ``unlabeled`` and ``scorer``); ``mial``
+    and ``mial_iul`` otherwise their stage schedules (``train.epochs`` / ``lr_steps`` unused, except that
     ``mial_iul`` derives ``label_epochs`` from ``train.epochs`` when it is null).
     """
     if n < 1:
@@ -91,9 +97,13 @@ def labeled_budget(trainer: str, cfg: TrainConfig, params: Mapping[str, Any], n:
         return _plain(cfg, n)
     if trainer == "mial":
         from activedet.models.mial_settings import MIALTrainSettings
-        from activedet.training.mial import build_schedule
+        from activedet.training.mial import build_schedule, scorer_schedule
 
         s = MIALTrainSettings.pick(dict(params))
+        if s.detector == "separate":  # the detector trains as the plain trainer; the scorer on top
+            sc = _stages(scorer_schedule(s), s.repeat, s.stage_warmup_iters, cfg, n, first_warmup=False)
+            return dataclasses.replace(_plain(cfg, n), unlabeled=sc.unlabeled,
+                                       scorer=sc.full_lr + sc.warmup + sc.reduced_lr)
         return _stages(build_schedule(s), s.repeat, s.stage_warmup_iters, cfg, n)
     if trainer == "mial_iul":
         from activedet.training.mial import build_schedule

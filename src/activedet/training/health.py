@@ -25,7 +25,7 @@ DEGENERATE_TOL = 5e-3
 #: stages whose rows carry the supervised (labeled-set) losses
 LABELED_STAGES = ("train", "label")
 #: a loss term, not bookkeeping, in a history row
-_NOT_LOSS = {"stage", "epoch", "round", "lr", "attempt"}
+_NOT_LOSS = {"stage", "epoch", "round", "lr", "attempt", "model"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,11 @@ class Health:
 HEALTHY = Health(False)
 
 
-def _labeled_rows(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [h for h in history if h.get("stage", "train") in LABELED_STAGES]
+def _labeled_rows(history: Sequence[Mapping[str, Any]], detector: bool = False) -> list[Mapping[str, Any]]:
+    """Rows of labeled-set training; ``detector``: only the detector's (not those of a
+    separate scorer, ``"model": "scorer"``, MIAL ``detector: separate``)."""
+    return [h for h in history if h.get("stage", "train") in LABELED_STAGES
+            and not (detector and h.get("model") == "scorer")]
 
 
 def labeled_loss(row: Mapping[str, Any]) -> float | None:
@@ -52,9 +55,9 @@ def labeled_loss(row: Mapping[str, Any]) -> float | None:
 
 
 def training_curve(history: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Labeled-set loss per labeled epoch of the last attempt in ``history``."""
+    """The detector's labeled-set loss per labeled epoch of the last attempt in ``history``."""
     last = max((row.get("attempt", 0) for row in history), default=0)
-    rows = [row for row in _labeled_rows(history) if row.get("attempt", 0) == last]
+    rows = [row for row in _labeled_rows(history, detector=True) if row.get("attempt", 0) == last]
     return [t for t in map(labeled_loss, rows) if t is not None]
 
 
@@ -76,9 +79,9 @@ def dead_branch(history: Sequence[Mapping[str, Any]], patience: int = 3) -> Heal
 
 
 def no_progress(history: Sequence[Mapping[str, Any]], min_drop: float = 0.0) -> Health:
-    """The last labeled epoch's total loss is not more than ``min_drop`` (a fraction) below
-    the first's, or is not finite."""
-    rows = _labeled_rows(history)
+    """The detector's last labeled epoch's total loss is not more than ``min_drop`` (a
+    fraction) below the first's, or is not finite."""
+    rows = _labeled_rows(history, detector=True)
     if len(rows) < 2:
         return HEALTHY
     first, last = labeled_loss(rows[0]) or 0.0, labeled_loss(rows[-1]) or 0.0

@@ -42,6 +42,7 @@ from a generator seeded with ``seed``; the global torch RNG is seeded inside
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ from activedet.errors import ActivedetError, ConfigError
 from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.trainer import (Precision, TrainResult, batches, guarded_step, make_optimizer,
-                                         model_device, stop_if_dead, warmup_factor, warmup_length)
+                                         model_device, stop_if_dead, train_plain, warmup_factor,
+                                         warmup_length)
 
 __all__ = [
     "Stage",
@@ -69,6 +71,7 @@ __all__ = [
     "run_stage",
     "run_schedule",
     "train_mial",
+    "scorer_schedule",
 ]
 
 StageKind = Literal["label", "min", "max"]
@@ -305,21 +308,46 @@ def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Se
     head = _mial_head(adapter.model)
     if s.reweight == "mil" and not getattr(head, "use_mil", False):
         raise ConfigError("strategy key 'reweight' = 'mil' but the model's MIAL head has no MIL branch")
-    return run_schedule(DETECTION_STAGES, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
-                        "train mial")
+    if s.detector == "joint":
+        return run_schedule(DETECTION_STAGES, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
+                            "train mial")
+    # separate: the detector gets the plain trainer's schedule, a copy of it the IUL rounds
+    result = train_plain(adapter, dataset, labeled, unlabeled, cfg, params, seed, progress)
+    adapter.scorer = None
+    if not unlabeled:  # nothing left to score
+        return result
+    scorer = adapter.with_model(copy.deepcopy(adapter.model))
+    iul = run_schedule(DETECTION_STAGES, scorer, dataset, labeled, unlabeled, cfg, s, seed + 1, progress,
+                       "train mial scorer", schedule=scorer_schedule(s))
+    adapter.scorer = scorer.model
+    result.history.extend({**row, "model": "scorer"} for row in iul.history)
+    result.images += iul.images
+    result.seconds += iul.seconds
+    return result
+
+
+def scorer_schedule(s: MIALTrainSettings) -> list[Stage]:
+    """The scorer's stages with ``detector: separate``: :func:`build_schedule` without its
+    first label stage (the scorer starts from the trained detector), i.e. ``rounds ×
+    [max, min, label]``, the last label stage at ``final_lr_scale``; every stage warms up
+    over ``stage_warmup_iters``."""
+    return build_schedule(s)[1:]
 
 
 def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
-                 cfg: TrainConfig, s: Any, seed: int, progress: bool, desc: str) -> TrainResult:
-    """Run :func:`build_schedule` ``(s)`` stage by stage with :func:`run_stage` and ``ops``
-    (:data:`DETECTION_STAGES` or the classifier's), on a seeded random unlabeled subset the
-    size of ``labeled``.
+                 cfg: TrainConfig, s: Any, seed: int, progress: bool, desc: str,
+                 schedule: list[Stage] | None = None) -> TrainResult:
+    """Run ``schedule`` (default :func:`build_schedule` ``(s)``, whose first stage warms up over
+    ``train.warmup_iters``; a given schedule warms every stage up over ``stage_warmup_iters``)
+    stage by stage with :func:`run_stage` and ``ops`` (:data:`DETECTION_STAGES` or the
+    classifier's), on a seeded random unlabeled subset the size of ``labeled``.
 
     Without unlabeled images (none left, or ``s.iul`` off) only the label stages run.
     """
     gen = torch.Generator().manual_seed(seed)
     subset = unlabeled_subset(labeled, unlabeled, gen) if s.iul else []
-    schedule = build_schedule(s)
+    first_warmup = schedule is None
+    schedule = build_schedule(s) if schedule is None else schedule
     if not subset:
         schedule = [st for st in schedule if st.kind == "label"]  # still ends at final_lr_scale
     result = TrainResult()
@@ -332,7 +360,7 @@ def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], 
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
         epoch = 1
         for k, stage in enumerate(schedule):
-            warmup = warmup_length(total_iters, cfg) if k == 0 else s.stage_warmup_iters
+            warmup = warmup_length(total_iters, cfg) if k == 0 and first_warmup else s.stage_warmup_iters
             rows, n = run_stage(adapter, dataset, stage, labeled, subset, cfg, s, gen, first_epoch=epoch,
                                 warmup_iters=warmup, bar=bar, ops=ops)
             result.history.extend(rows)
