@@ -119,3 +119,28 @@ def test_two_process_mial_run_trains_under_ddp(tmp_path: Path) -> None:
     with Ledger(tmp_path / "two") as ledger:
         stages = [row["stage"] for row in ledger.rounds()[0]["train_log"]]
     assert {"label", "max", "min"} <= set(stages)
+
+
+def test_two_process_mial_separate_scorer_reaches_every_rank_on_resume(tmp_path: Path) -> None:
+    """MIAL ``detector: separate`` in 2 processes: round 1 lost and resumed, rank 0 loads round
+    0's checkpoint (detector and scorer) and hands both to rank 1 (``sync_state``): the
+    selection, made from the scorer's scores, is the same as before."""
+    cfg = write_config(tmp_path, cycles=1)
+    cfg.write_text(cfg.read_text().replace(  # batches of 2: each rank scores a share of the pool
+        "name: entropy", "name: mial\n  detector: separate\n  rounds: 1\n  batch_size: 2"))
+    run_dir = tmp_path / "run"
+    first = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    with Ledger(run_dir) as ledger:
+        rounds = ledger.rounds()
+    assert rounds[0]["train_log"][-1]["model"] == "scorer" and len(rounds[1]["scores"]) >= 4
+    with sqlite3.connect(run_dir / Ledger.FILENAME) as conn:
+        conn.execute("DELETE FROM rounds WHERE round = 1")
+    ledger = Ledger(run_dir)
+    ledger.set_meta(complete=False)
+    ledger.close()
+    resumed = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with Ledger(run_dir) as ledger:
+        again = ledger.rounds()
+    assert again[1]["scores"] == rounds[1]["scores"] and again[1]["selected"] == rounds[1]["selected"]
