@@ -157,6 +157,7 @@ def write_run_heatmaps(run_dir: str | Path, out_dir: str | Path, n: int = 5,
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)
     adapter.reset(0)
     load_checkpoint(adapter, run_dir / prev["checkpoint"])
+    adapter = adapter.scoring()  # MIAL detector: separate: the scorer's maps, which made the scores
     if squared is None:
         squared = exp.strategy.params.get("uncertainty") == "squared"
     top: Sequence[tuple[int, float]] = sorted(row["scores"].items(), key=lambda kv: (-kv[1], kv[0]))[:n]

@@ -14,7 +14,9 @@ class attributes the loop reads. The loop hands ``strategy.params`` to the train
   ``iul`` (min/max stages on), ``iur`` (MIL head on), ``reweight`` (``w_i`` of Eq. 7:
   ``none`` | ``f1`` | ``mil``), ``train_squared``, ``pseudo_threshold``, ``label_epochs``,
   ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
-  ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``;
+  ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``,
+  ``detector`` (``joint``: one model runs the schedule, the paper | ``separate``: the detector
+  trains as the plain trainer and a copy of it, the scorer, runs the IUL rounds and scores);
 - head (:class:`~activedet.models.mial_settings.MIALHeadSettings`): ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
   ``regression_loss`` (RetinaNet: ``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
   (``mean`` of the f1 and f2 focal losses, authors' code | ``sum``, paper Eq. 1);
