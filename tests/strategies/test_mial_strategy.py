@@ -260,6 +260,7 @@ def test_separate_detector_scores_with_the_scorer_from_the_checkpoint(tmp_path) 
     stages; the recorded scores are the scorer's (re-scored from the checkpoint, which holds
     it) and not the detector's."""
     cfg = _run_cfg(tmp_path, 2, 31, top_k=200, detector="separate")
+    cfg.loop.cycles = 1
     run(cfg, tmp_path / "run", progress=False)
     with Ledger(tmp_path / "run") as ledger:
         rounds = ledger.rounds()

@@ -29,6 +29,11 @@ Stages (labeled batches always contribute ``l_det + l_mil`` with ground-truth im
   backbone, FPN, box regressor and MIL head train. The unlabeled step minimises
   ``λ·Σ|σ1 − σ2|·w`` plus the MIL loss against pseudo image labels (Eq. 10).
 
+With ``detector: separate`` the schedule above is not the detector's: the detector trains
+with the plain trainer (``train.epochs``, ``train.lr_steps``: the baseline's budget) and a deep
+copy of it, the scorer (``adapter.scorer``), runs :func:`scorer_schedule` and scores the pool;
+its history rows carry ``"model": "scorer"``.
+
 The unlabeled images of a cycle are a random subset of the pool the size of the labeled
 set, drawn from ``seed``. ``iul: false`` drops the min/max stages (label-set training
 only, same number of label epochs); ``iur: false`` is the head built without MIL (the
