@@ -122,14 +122,15 @@ def test_two_process_mial_run_trains_under_ddp(tmp_path: Path) -> None:
 
 
 def test_two_process_mial_separate_scorer_reaches_every_rank_on_resume(tmp_path: Path) -> None:
-    """MIAL ``detector: separate`` in 2 processes: round 1 lost and resumed, rank 0 loads round
-    0's checkpoint (detector and scorer) and hands both to rank 1 (``sync_state``): the
-    selection, made from the scorer's scores, is the same as before."""
+    """MIAL ``detector: separate``: a 1-process run loses round 1 and is resumed with 2
+    processes; rank 0 loads round 0's checkpoint (detector and scorer) and hands both to rank
+    1 (``sync_state``), so the sharded scores are the 1-process scorer's and the selection the
+    same (rank 1 scoring with the detector alone gives other scores)."""
     cfg = write_config(tmp_path, cycles=1)
     cfg.write_text(cfg.read_text().replace(  # batches of 2: each rank scores a share of the pool
         "name: entropy", "name: mial\n  detector: separate\n  rounds: 1\n  batch_size: 2"))
     run_dir = tmp_path / "run"
-    first = simulate(str(cfg), "--out", str(run_dir), "--nproc", "2")
+    first = simulate(str(cfg), "--out", str(run_dir))
     assert first.returncode == 0, first.stderr[-3000:]
     with Ledger(run_dir) as ledger:
         rounds = ledger.rounds()
