@@ -23,7 +23,7 @@ losses, everything else inherited.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -460,31 +460,13 @@ class MIALFCOSHead(MIALHead):
     The RetinaNet-only keys ``regression_loss`` and ``smooth_l1_beta`` do not exist here.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        *,
-        conv_depth: int = 4,
-        prior_probability: float = 0.01,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        use_mil: bool = True,
-        mil_weighting: L.MILMode = "paper",
-        mil_class_activation: L.ClassActivation = "auto",
-        mil_class_reduction: Literal["sum", "mean"] = "sum",
-        mil_loss_weight: float = 1.0,
-        first_class: int = 1,
-        norm_layer: _NormLayer = _group_norm_32,
-        det_reduction: Literal["mean", "sum"] = "sum",
-    ) -> None:
-        super().__init__(
-            in_channels, num_anchors, num_classes, conv_depth=conv_depth, prior_probability=prior_probability,
-            focal_alpha=focal_alpha, focal_gamma=focal_gamma, use_mil=use_mil, mil_weighting=mil_weighting,
-            mil_class_activation=mil_class_activation, mil_class_reduction=mil_class_reduction,
-            mil_loss_weight=mil_loss_weight, first_class=first_class, norm_layer=norm_layer,
-            det_reduction=det_reduction)
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, *,
+                 norm_layer: _NormLayer = _group_norm_32, **kwargs: Any) -> None:
+        """``kwargs``: :class:`MIALHead` 's, but RetinaNet's ``regression_loss`` and ``smooth_l1_beta``."""
+        for key in ("regression_loss", "smooth_l1_beta"):
+            if key in kwargs:
+                raise TypeError(f"MIALFCOSHead has no {key!r}: FCOS keeps its GIoU box and centerness losses")
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer, **kwargs)
         self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)  # FCOSHead.compute_loss reads it
 
     def _regression_head(self, in_channels: int, num_anchors: int, conv_depth: int, norm_layer: _NormLayer,
