@@ -39,6 +39,19 @@ def torchrun(nproc: int, *args: str, timeout: float = 600) -> subprocess.Complet
     return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_worker(tmp_path: Path, nproc: int, spec: dict, out: str = "out.json") -> dict:
+    """Run ``score_worker.py`` on ``spec`` in ``nproc`` processes; its result (JSON, or a
+    torch file for ``out`` ending in ``.pt``), checked to come from ``nproc`` processes,
+    without the ``_world`` entry."""
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = torchrun(nproc, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / out
+    result = torch.load(path, weights_only=True) if out.endswith(".pt") else json.loads(path.read_text())
+    assert result.pop("_world") == nproc
+    return result
+
+
 # --------------------------------------------------------------------- sharding rules
 @pytest.mark.parametrize("n,block,w", [(12, 1, 2), (11, 3, 2), (8, 3, 3), (2, 4, 3), (0, 2, 2), (7, 2, 5)])
 def test_contiguous_shards_cover_ids_in_order(n: int, block: int, w: int) -> None:
@@ -131,11 +144,7 @@ def test_two_process_scoring_matches_one_process(tmp_path: Path) -> None:
                                             "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
                  "checkpoint": plain},
             ]}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads((tmp_path / "out.json").read_text())
-    assert two.pop("_world") == 2
+    two = run_worker(tmp_path, 2, spec)
     one = score_strategies(spec)
     for name in ("random", "entropy", "coreset", "cdal", "mial", "isal"):
         assert two[name]["selected"] == one[name]["selected"], name
@@ -153,11 +162,8 @@ def test_two_process_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
     """The plain schedule under DDP: each rank trains on half of every epoch (7 images: 4
     each, padded), and both end with the same weights and the same (averaged) loss history."""
     spec = {"n": 12, "data_seed": 5, "train_images": 7}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
-    assert out["_world"] == 2 and out["changed"]
+    out = run_worker(tmp_path, 2, spec)
+    assert out["changed"]
     assert out["alone"] == [False, [1, 2, 3]] and out["outside"] == [True, [1, 2]]
     a, b = out["digests"]
     assert a == pytest.approx(b, rel=1e-9, abs=0.0)
@@ -200,11 +206,7 @@ def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) 
     terms are sums over the batch's images (the authors' form), so DDP's average over ranks
     gives 1/2 of the one-process sum: the scale a per-process batch of 2 has in one process."""
     spec = {"mode": "grads", "n": 12, "data_seed": 5, "labeled": [1, 2, 3, 4], "unlabeled": [5, 6, 7, 9]}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.pt"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert two.pop("_world") == 2
+    two = run_worker(tmp_path, 2, spec, "out.pt")
     from tests.distributed.score_worker import grad_check
 
     one = grad_check(spec)
@@ -227,11 +229,7 @@ def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path
     learning-loss trainer, and a classifier's plain and MIAL-IUL schedules under DDP: both
     ranks end with the same weights (batch-norm statistics included) and history."""
     spec = {"mode": "trainers", "n": 12, "data_seed": 5}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
-    assert out.pop("_world") == 2
+    out = run_worker(tmp_path, 2, spec)
     for name in ("mial", "learning_loss", "cls_plain", "cls_mial_iul"):
         a, b = out[name]["digests"]
         assert a == pytest.approx(b, rel=1e-12, abs=0.0), name
@@ -255,11 +253,8 @@ def test_two_process_k_center_matches_one_process(tmp_path: Path) -> None:
              {"seed": 3, "centers": 4, "candidates": 20, "budget": 12, "block": 4, "duplicates": 8},
              {"seed": 4, "centers": 3, "candidates": 3, "budget": 2, "block": 4}]
     spec = {"mode": "kcenter", "cases": cases}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(2, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads((tmp_path / "out.json").read_text())
-    assert two["_world"] == 2 and len(two["cases"]) == len(cases)
+    two = run_worker(tmp_path, 2, spec)
+    assert len(two["cases"]) == len(cases)
     for case, got in zip(cases, two["cases"]):
         n_c, n, dup = case["centers"], case["candidates"], case.get("duplicates", 0)
         feats = np.random.default_rng(case["seed"]).normal(size=(n_c + n, 5))
@@ -287,11 +282,7 @@ def test_more_processes_than_score_blocks_give_the_one_process_answer(tmp_path: 
                                             "pseudo_score_threshold": 0.0, "max_pseudo_boxes": 5},
                  "checkpoint": plain},
             ]}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = torchrun(3, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / "out.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    three = json.loads((tmp_path / "out.json").read_text())
-    assert three.pop("_world") == 3
+    three = run_worker(tmp_path, 3, spec)
     assert distributed.shard(list(range(8)), 4, of=(2, 3)) == []  # the premise: rank 2 gets no block
     one = score_strategies(spec)
     for name in ("entropy", "coreset", "isal"):
