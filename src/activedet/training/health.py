@@ -25,7 +25,7 @@ DEGENERATE_TOL = 5e-3
 #: stages whose rows carry the supervised (labeled-set) losses
 LABELED_STAGES = ("train", "label")
 #: a loss term, not bookkeeping, in a history row
-_NOT_LOSS = {"stage", "epoch", "round", "lr", "attempt", "model"}
+_NOT_LOSS = {"stage", "epoch", "round", "lr", "attempt"}
 
 
 @dataclass(frozen=True)
