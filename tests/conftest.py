@@ -38,6 +38,17 @@ def make_detection_dataset(n: int = 12, size: int = 64, num_classes: int = 2, se
     return DetectionDataset(records, [f"c{i}" for i in range(num_classes)], name="tiny")
 
 
+def make_mixed_size_dataset() -> DetectionDataset:
+    """Six noise images of four sizes (ids 1..6; 1 and 4, 2 and 6 share a size), a box each."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for k, (h, w) in enumerate([(64, 64), (64, 160), (96, 64), (64, 64), (64, 128), (64, 160)]):
+        recs.append(ImageRecord(id=k + 1, file_name=f"{k}.png", width=w, height=h,
+                                boxes=np.array([[5, 5, 30, 30]], np.float32), labels=np.array([1]),
+                                array=rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+    return DetectionDataset(recs, ["a", "b"], name="mixed")
+
+
 def tiny_config(**overrides) -> ExperimentConfig:
     """A detector small enough to train a step in well under a second on CPU."""
     data = {

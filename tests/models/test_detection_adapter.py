@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from activedet.errors import ConfigError
 from activedet.models.detection import anchor_sizes, packaged_weights_path
-from activedet.models.detection_adapter import DetectionAdapter
-from tests.conftest import make_detection_dataset, tiny_config
+from activedet.models.detection_adapter import DetectionAdapter, pool_levels
+from tests.conftest import make_detection_dataset, make_mixed_size_dataset, tiny_config
 
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
@@ -87,6 +89,43 @@ def test_features_shape_and_anchor_scaling() -> None:
     assert anchor_sizes(big, 3) == pytest.approx((40.0, 80.0, 160.0))  # 32 px at 800, scaled
     own = tiny_config(**{"model.anchor_scale": 6.0}).model
     assert anchor_sizes(own, 2) == pytest.approx((6.0, 12.0))
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "faster_rcnn"])
+@pytest.mark.parametrize("pooling", ["mean", "foreground"])
+def test_features_of_a_mixed_size_pool_in_batches_equal_one_by_one(arch: str, pooling: str) -> None:
+    """A detector pads a batch to its largest image; features come from batches of one
+    size, so a row is the image's own and rows come back in the order asked for."""
+    ds = make_mixed_size_dataset()
+    ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, 2)
+    ad.reset(0)
+    ids = [6, 1, 3, 2, 5, 4]
+    together = ad.features(ds, ids, batch_size=8, pooling=pooling)
+    alone = np.concatenate([ad.features(ds, [i], 1, pooling=pooling) for i in ids])
+    assert together.shape == alone.shape and together.shape[0] == len(ids)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+    other = ad.features(ds, ids, 8, pooling="mean" if pooling == "foreground" else "foreground")
+    assert not np.allclose(together, other)
+
+
+def test_pool_levels_by_hand() -> None:
+    x = torch.arange(8.0).reshape(1, 2, 2, 2)  # one image, D = 2 channels, 2 x 2 locations
+    p = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])  # foreground probability per location
+    (mean,) = pool_levels([x], None)
+    (fg,) = pool_levels([x], [p])
+    torch.testing.assert_close(mean, torch.tensor([[1.5, 5.5]]))
+    # channel 0 holds 0 1 2 3: (1·0 + 0.5·2) / 4; channel 1 holds 4 5 6 7: (1·4 + 0.5·6) / 4
+    torch.testing.assert_close(fg, torch.tensor([[0.25, 1.75]]))
+    (none,) = pool_levels([x], [torch.zeros_like(p)])  # nothing the detector sees: the origin
+    assert torch.equal(none, torch.zeros(1, 2))
+
+
+def test_features_refuse_an_unknown_pooling() -> None:
+    ds = make_detection_dataset(n=1)
+    ad = DetectionAdapter(tiny_config().model, 2)
+    ad.reset(0)
+    with pytest.raises(ConfigError, match="'max'"):
+        ad.features(ds, ds.ids, pooling="max")
 
 
 def test_packaged_mobilenet_weights_are_torchvisions_checkpoint() -> None:

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from activedet.data.base import DetectionDataset, ImageRecord
 from activedet.data.pool import Pool
+from activedet.data.stream import size_batches
 from activedet.models import mial_losses as L
 from activedet.models.factory import build_adapter
 from activedet.models.mial_head import MIALHead
-from activedet.strategies.mial import size_batches
 from activedet.strategies.registry import build_strategy
-from tests.conftest import tiny_config
+from tests.conftest import make_mixed_size_dataset, tiny_config
 
 K = 3  # torchvision channels: background + 2 classes
 
@@ -56,18 +55,8 @@ def test_padded_batch_losses_equal_the_sum_of_images_alone(stage: str) -> None:
     assert not torch.allclose(unmasked["discrepancy"], got["discrepancy"])  # the padding mattered
 
 
-def _mixed_sizes() -> DetectionDataset:
-    rng = np.random.default_rng(0)
-    recs = []
-    for k, (h, w) in enumerate([(64, 64), (64, 160), (96, 64), (64, 64), (64, 128), (64, 160)]):
-        recs.append(ImageRecord(id=k + 1, file_name=f"{k}.png", width=w, height=h,
-                                boxes=np.array([[5, 5, 30, 30]], np.float32), labels=np.array([1]),
-                                array=rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
-    return DetectionDataset(recs, ["a", "b"], name="mixed")
-
-
 def test_size_batches_never_mix_sizes() -> None:
-    ds = _mixed_sizes()
+    ds = make_mixed_size_dataset()
     assert size_batches(ds, ds.ids, 8) == [[1, 4], [2, 6], [3], [5]]
     assert size_batches(ds, ds.ids, 1) == [[i] for i in (1, 4, 2, 6, 3, 5)]
 
@@ -75,7 +64,7 @@ def test_size_batches_never_mix_sizes() -> None:
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 @pytest.mark.parametrize("weighting", ["none", "mil"])
 def test_mial_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(weighting: str, arch: str) -> None:
-    ds = _mixed_sizes()
+    ds = make_mixed_size_dataset()
     st = build_strategy("mial", {"top_k": 50, "weighting": weighting})
     st.progress = False
     ad = build_adapter(tiny_config(strategy={"name": "mial"}, **{"model.arch": arch}), 2, st)

@@ -72,3 +72,31 @@ def test_duplicate_features_never_repeat_a_pick() -> None:
     assert sorted(picks) == [1, 2, 3, 4, 5]
     with pytest.raises(StrategyError, match="only 5 rows are free"):
         k_center_greedy(x, labeled, 6, np.random.default_rng(0))
+
+
+class _Recording:
+    """An adapter whose features are a seeded table; it records the keywords it was asked with."""
+
+    def __init__(self, task: str) -> None:
+        self.task, self.calls = task, []
+
+    def features(self, dataset, ids, batch_size=8, **kw):
+        self.calls.append(kw)
+        return np.random.default_rng(0).normal(size=(10, 3))[[i - 1 for i in ids]]
+
+
+@pytest.mark.parametrize("task,params,expected", [
+    ("detection", {}, {"pooling": "foreground"}),
+    ("detection", {"pooling": "mean"}, {"pooling": "mean"}),
+    ("classification", {}, {}),  # classifiers: the penultimate layer, no pooling choice
+])
+def test_coreset_asks_detectors_for_its_pooling(task: str, params: dict, expected: dict) -> None:
+    from activedet.data.pool import Pool
+    from activedet.strategies.registry import build_strategy
+
+    pool = Pool(list(range(1, 11)), {i: 1 for i in range(1, 11)}, None)
+    pool.add([1, 2], 0)
+    adapter = _Recording(task)
+    picks = build_strategy("coreset", params).select(adapter, pool, 3, np.random.default_rng(0))
+    assert len(set(picks)) == 3 and not set(picks) & {1, 2}
+    assert adapter.calls and all(kw == expected for kw in adapter.calls)

@@ -11,7 +11,9 @@ number of decoded batches exist at any time whatever the pool's size:
   and waiting, plus the one being consumed.
 
 Batches come in the order of ``ids`` in both modes, with the same pixels, so the scores
-computed from them do not depend on ``workers``.
+computed from them do not depend on ``workers``. With ``same_size`` every batch holds
+images of one size (:func:`size_batches`): a detector pads a batch to its largest image,
+and an image's features near its border would otherwise depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -27,18 +29,29 @@ from activedet.errors import ActivedetError, ConfigError
 PREFETCH = 2
 
 
-class _Batches(Dataset):
-    """Item ``k``: (ids, pixels) of the ``k``-th block of ``batch_size`` ids."""
+def size_batches(dataset: Any, ids: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``ids`` in batches of at most ``batch_size`` images of one size (H, W) each (sizes in
+    order of first appearance), so that no image is padded for the sake of a batch-mate:
+    the features near an image's border, and so its score, are those it has alone."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in ids:
+        rec = dataset.record(i)
+        groups.setdefault((int(rec.height), int(rec.width)), []).append(i)
+    return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
-    def __init__(self, dataset: Any, ids: Sequence[int], batch_size: int, pixels: str) -> None:
-        self.dataset, self.ids, self.batch_size = dataset, list(ids), batch_size
+
+class _Batches(Dataset):
+    """Item ``k``: (ids, pixels) of the ``k``-th chunk of ids."""
+
+    def __init__(self, dataset: Any, chunks: list[list[int]], pixels: str) -> None:
+        self.dataset, self.chunks = dataset, chunks
         self.load = dataset.load_image if pixels == "image" else dataset.load_array
 
     def __len__(self) -> int:
-        return -(-len(self.ids) // self.batch_size)
+        return len(self.chunks)
 
     def __getitem__(self, k: int) -> tuple[list[int], list[torch.Tensor]]:
-        chunk = self.ids[k * self.batch_size:(k + 1) * self.batch_size]
+        chunk = self.chunks[k]
         return chunk, [self.load(i) for i in chunk]
 
 
@@ -64,24 +77,29 @@ def _as_is(item: Any) -> Any:
 
 
 def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: int = 0,
-                  prefetch: int = PREFETCH, pixels: str = "image") -> Iterator[tuple[list[int], list[Any]]]:
+                  prefetch: int = PREFETCH, pixels: str = "image",
+                  same_size: bool = False) -> Iterator[tuple[list[int], list[Any]]]:
     """Yield ``(chunk, images)`` for consecutive blocks of ``batch_size`` of ``ids``:
     ``images[j]`` is ``dataset.load_image(chunk[j])``, (3, H, W) float32 in [0, 1] on the
     CPU (``pixels="image"``), or ``dataset.load_array(chunk[j])``, (H, W, 3) uint8
     (``pixels="array"``). ``workers`` processes decode ahead (see the module docstring); errors raised
-    while decoding (:class:`~activedet.errors.DatasetError`) reach the caller unchanged."""
+    while decoding (:class:`~activedet.errors.DatasetError`) reach the caller unchanged.
+    ``same_size``: the blocks of :func:`size_batches` instead, ids grouped by image size."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     if workers < 0:
         raise ConfigError(f"the number of image-loading workers must be >= 0, got {workers!r}")
     if pixels not in ("image", "array"):
         raise ConfigError(f"pixels must be 'image' or 'array', got {pixels!r}")
-    batches = _Batches(dataset, ids, batch_size, pixels)
+    ids = list(ids)
+    chunks = (size_batches(dataset, ids, batch_size) if same_size
+              else [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
+    batches = _Batches(dataset, chunks, pixels)
     if workers == 0 or len(batches) <= 1:
         for k in range(len(batches)):
             yield batches[k]
         return
-    loader = DataLoader(_InWorker(dataset, ids, batch_size, pixels), batch_size=None, shuffle=False, num_workers=min(workers, len(batches)),
+    loader = DataLoader(_InWorker(dataset, chunks, pixels), batch_size=None, shuffle=False, num_workers=min(workers, len(batches)),
                         prefetch_factor=prefetch, collate_fn=_as_is, persistent_workers=False)
     for item in loader:
         if isinstance(item, _Failed):
@@ -90,4 +108,4 @@ def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: in
         yield list(chunk), list(images)
 
 
-__all__ = ["PREFETCH", "image_batches"]
+__all__ = ["PREFETCH", "image_batches", "size_batches"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,22 @@ def _head_factory(variant: str, kwargs: dict[str, Any], arch: str) -> Callable[[
             return lambda ch, anchors, k: MIALFCOSHead(ch, anchors, k, **fcos_kwargs)
         return lambda ch, anchors, k: MIALHead(ch, anchors, k, **kwargs)
     raise ConfigError(f"unknown detector variant '{variant}'")
+
+
+Pooling = Literal["mean", "foreground"]
+
+
+def pool_levels(maps: Sequence[torch.Tensor], foreground: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    """Pool each level's map over the image: maps[l] (B, D, H_l, W_l) -> (B, D).
+
+    Without ``foreground`` the mean over the H_l·W_l locations; with foreground[l]
+    (B, 1, H_l, W_l) in [0, 1], the detector's foreground probability at each location,
+    ``Σ p·x / (H_l·W_l)``: the features of what the detector sees as objects, summed, per
+    unit of image area.
+    """
+    if foreground is None:
+        return [x.mean((2, 3)) for x in maps]
+    return [(p * x).mean((2, 3)) for x, p in zip(maps, foreground, strict=True)]
 
 
 #: key prefix of the scorer's weights in :meth:`DetectionAdapter.state_dict`
@@ -161,7 +177,7 @@ class DetectionAdapter:
 
     # ------------------------------------------------------------------ inference
     def infer(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
-              progress: bool = False, keep_anchors: bool = True) -> Iterator[Inference]:
+              progress: bool = False, keep_anchors: bool = True, same_size: bool = False) -> Iterator[Inference]:
         """Eval-mode forward, one :class:`Inference` per image, batch by batch.
 
         Dense heads also return ``extra``: ``cls_logits`` (A, C) and the head's other
@@ -171,12 +187,14 @@ class DetectionAdapter:
         not in the padding of a batch of different sizes (A depends on the batch). ``keep_anchors=False`` leaves the per-anchor arrays out.
         Images are decoded on demand, batch by batch (:func:`activedet.data.stream.image_batches`
         with ``self.workers`` loader processes): memory does not grow with ``len(ids)``.
+        ``same_size``: batches of one image size each, grouped by size (images come in that
+        order): no image is padded for a batch-mate.
         """
         ids = list(ids)
         self.model.eval()
         bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress, leave=False)
         with torch.no_grad():
-            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers):
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=same_size):
                 images = [img.to(self.device) for img in loaded]
                 if isinstance(self.model, FasterRCNN):
                     outs = self._infer_two_stage(images)
@@ -269,27 +287,52 @@ class DetectionAdapter:
         return coco_metrics(dataset.to_coco(ids), dets, dataset.class_names)
 
     # ------------------------------------------------------------------ strategy helpers
-    def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
-        """(N, D) pooled features: dense heads concatenate the global-average-pooled
-        classification and regression tower outputs (averaged over FPN levels); Faster
-        R-CNN concatenates the pooled FPN levels."""
+    def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
+                 pooling: Pooling = "mean") -> np.ndarray:
+        """(N, D) pooled features, rows in the order of ``ids``. Dense heads: the
+        classification and regression tower outputs, concatenated, pooled per FPN level and
+        averaged over levels; MIAL heads and Faster R-CNN: the backbone's FPN levels, pooled
+        and concatenated. Batches hold one image size each, so a row does not depend on the
+        image's batch-mates (no padding).
+
+        ``pooling``: ``mean`` averages every location (ISAL's supplementary D.2);
+        ``foreground`` weights each location by the detector's foreground probability
+        there (dense heads: the highest class probability; Faster R-CNN: the RPN's
+        objectness) and divides by the image's number of locations, so a row sums the
+        features of what the detector sees as objects and an image without any lies near
+        the origin (:func:`pool_levels`).
+        """
+        if pooling not in ("mean", "foreground"):
+            raise ConfigError(f"feature pooling must be 'mean' or 'foreground', got {pooling!r}")
         ids = list(ids)
         self.model.eval()
-        rows = []
+        model = self.model
+        head = getattr(model, "head", None)
+        rows, order = [], []
+        fg = pooling == "foreground"
         with torch.no_grad():
-            for _, loaded in image_batches(dataset, ids, batch_size, self.workers):
-                images = [img.to(self.device) for img in loaded]
-                image_list, _ = self.model.transform(images)
-                feats = list(self.model.backbone(image_list.tensors).values())
-                head = getattr(self.model, "head", None)
-                if head is not None and hasattr(head, "classification_head"):
-                    cls_t = head.classification_head.conv
-                    reg_t = head.regression_head.conv
-                    pooled = [torch.cat([cls_t(f).mean((2, 3)), reg_t(f).mean((2, 3))], 1) for f in feats]
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=True):
+                order += chunk
+                image_list, _ = model.transform([img.to(self.device) for img in loaded])
+                feats = list(model.backbone(image_list.tensors).values())
+                if head is not None and hasattr(head, "classification_head"):  # torchvision dense heads
+                    cls_t, reg_t = head.classification_head.conv, head.regression_head.conv
+                    towers = [(cls_t(f), reg_t(f)) for f in feats]
+                    probs = [head.classification_head.cls_logits(c).sigmoid().amax(1, keepdim=True)
+                             for c, _ in towers] if fg else None
+                    pooled = pool_levels([torch.cat(t, 1) for t in towers], probs)
                     rows.append(torch.stack(pooled).mean(0).cpu())
-                else:
-                    rows.append(torch.cat([f.mean((2, 3)) for f in feats], 1).cpu())
-        return torch.cat(rows).numpy().astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+                    continue
+                if head is not None and hasattr(head, "f1"):  # MIAL: instance classifier f1
+                    probs = [head.f1.cls_logits(head.f1.conv(f)).sigmoid().amax(1, keepdim=True)
+                             for f in feats] if fg else None
+                else:  # Faster R-CNN: the RPN's objectness
+                    probs = [o.sigmoid().amax(1, keepdim=True) for o in model.rpn.head(feats)[0]] if fg else None
+                rows.append(torch.cat(pool_levels(feats, probs), 1).cpu())
+        if not rows:
+            return np.zeros((0, 0), np.float32)
+        where = {image_id: k for k, image_id in enumerate(order)}
+        return torch.cat(rows).numpy().astype(np.float32)[[where[i] for i in ids]]
 
     def gradient_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """ISAL's parameters: weights (not biases) of the final prediction layers.

@@ -1,8 +1,16 @@
 """Core-set selection (Sener & Savarese, ICLR 2018): k-center greedy on pooled features.
 
-Features come from ``adapter.features``: for dense detectors the global-average-pooled
-classification and regression tower outputs, concatenated (ISAL's supplementary D.2);
-for classifiers the penultimate layer (ISAL D.1, Sener & Savarese).
+Features come from ``adapter.features``: for classifiers the penultimate layer (ISAL D.1,
+Sener & Savarese); for dense detectors the classification and regression tower outputs,
+concatenated and pooled over the image (``pooling``):
+
+- ``foreground`` (default): each location weighted by the detector's foreground
+  probability. Global average pooling (``mean``, ISAL's supplementary D.2) is dominated by
+  background: on ``shapes`` images without objects are the far end of its leading
+  direction, and k-center took them at three times their share of the pool (NOTES,
+  "Batches that pay, part 4"). Weighted by foreground, a row sums what the detector sees
+  as objects, and images without any lie together near the origin.
+- ``mean``: every location alike (the paper's baseline).
 
 k-center greedy (:func:`activedet.strategies.diversity.k_center_greedy`; distributed:
 :func:`~activedet.strategies.diversity.k_center_greedy_sharded`, each process holding its
@@ -14,7 +22,7 @@ the candidate farthest from every center.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,6 +38,10 @@ from activedet.strategies.registry import register
 class CoresetSettings(Settings):
     batch_size: int = setting(8, "images per feature-extraction batch", ge=1)
     chunk_size: int = setting(2048, "block size of the distance computation (memory, not result)", ge=1)
+    pooling: Literal["foreground", "mean"] = setting(
+        "foreground", "detectors: pool the feature maps weighted by foreground probability, or a plain "
+                      "mean over the image (classifiers: the penultimate layer either way)",
+        provenance="mean: ISAL supplementary D.2; foreground: activedet (NOTES, Batches that pay, part 4)")
     subset: int | None = setting(None, "candidates: a seeded random subset of the unlabeled pool "
                                        "of this size; null: all of it", ge=1)
 
@@ -56,8 +68,9 @@ class CoresetStrategy(Strategy):
         if budget > len(cands):
             raise ConfigError(f"strategy key 'subset' = {subset}: smaller than the budget {budget}")
         bs = int(self.params["batch_size"])
+        kw = {"pooling": self.params["pooling"]} if getattr(adapter, "task", None) == "detection" else {}
         try:  # distributed: each process holds its shard of the candidates' features
-            picks, gains = k_center_greedy_sharded(lambda part: adapter.features(pool.dataset, part, bs),
+            picks, gains = k_center_greedy_sharded(lambda part: adapter.features(pool.dataset, part, bs, **kw),
                                                    list(pool.labeled), cands, budget, rng,
                                                    int(self.params["chunk_size"]), bs)
         except StrategyError as e:

@@ -51,8 +51,7 @@ from activedet.strategies.base import Strategy
 from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
 from activedet.strategies.registry import register
 
-__all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores",
-           "size_batches"]
+__all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores"]
 
 
 @dataclass(frozen=True)
@@ -113,17 +112,6 @@ def anchor_maps(head: Any, extra: dict[str, Any], squared: bool = False,
     return u, None if mil is None else mil.sum(-1).double().numpy()
 
 
-def size_batches(dataset: Any, ids: list[int], batch_size: int) -> list[list[int]]:
-    """``ids`` in batches of at most ``batch_size`` images of one size (H, W) each (in order
-    of first appearance), so that no image is padded for the sake of a batch-mate: the
-    features near an image's border, and so its score, are those it has alone."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in ids:
-        rec = dataset.record(i)
-        groups.setdefault((int(rec.height), int(rec.width)), []).append(i)
-    return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
-
-
 def _scorer(adapter: Any) -> Any:
     """The adapter around the model that scores: the scorer of ``detector: separate``
     (:meth:`~activedet.models.detection_adapter.DetectionAdapter.scoring`), else ``adapter``."""
@@ -178,8 +166,7 @@ class MIALStrategy(Strategy):
             raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")
         p = self.params
         out: dict[int, float] = {}
-        infs = (inf for chunk in size_batches(pool.dataset, ids, p["batch_size"])
-                for inf in adapter.infer(pool.dataset, chunk, len(chunk), keep_anchors=True))
+        infs = adapter.infer(pool.dataset, ids, p["batch_size"], keep_anchors=True, same_size=True)
         for inf in tqdm(infs, total=len(ids), desc="mial scoring", unit="img", disable=not self.progress, leave=False):
             ex = inf.extra
             mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
