@@ -297,8 +297,8 @@ class DetectionAdapter:
 
         ``pooling``: ``mean`` averages every location (ISAL's supplementary D.2);
         ``foreground`` weights each location by the detector's foreground probability
-        there (dense heads: the highest class probability; Faster R-CNN: the RPN's
-        objectness) and divides by the image's number of locations, so a row sums the
+        there (dense heads: the highest class probability; MIAL heads: f1's; Faster
+        R-CNN: the RPN's objectness) and divides by the image's number of locations, so a row sums the
         features of what the detector sees as objects and an image without any lies near
         the origin (:func:`pool_levels`).
         """

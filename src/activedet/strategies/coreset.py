@@ -5,11 +5,12 @@ Sener & Savarese); for detectors their feature maps (dense heads: the classifica
 regression tower outputs; Faster R-CNN: the FPN levels) pooled over the image (``pooling``):
 
 - ``foreground`` (default): each location weighted by the detector's foreground
-  probability (Faster R-CNN: the RPN's objectness). Global average pooling (``mean``, ISAL's supplementary D.2) is dominated by
-  background: on ``shapes``, with the round-0 detectors of three seeds, 30 %, 5 % and 30 %
-  of k-center's 20 picks had no object, against 9–11 % of the pool (NOTES, "Batches that
-  pay, part 4"). Weighted by foreground, a row sums what the detector sees as objects, and
-  images without any lie together near the origin.
+  probability (Faster R-CNN: the RPN's objectness). Global average pooling (``mean``,
+  ISAL's supplementary D.2) is dominated by background: on ``shapes``, with the round-0
+  detectors of three seeds, 30 %, 5 % and 30 % of k-center's 20 picks had no object,
+  against 9–11 % of the pool (NOTES, "Batches that pay, part 4"). Weighted by foreground,
+  a row sums what the detector sees as objects, and images without any lie together near
+  the origin.
 - ``mean``: every location alike (the paper's baseline).
 
 k-center greedy (:func:`activedet.strategies.diversity.k_center_greedy`; distributed:
