@@ -309,26 +309,24 @@ class DetectionAdapter:
         model = self.model
         head = getattr(model, "head", None)
         rows, order = [], []
-        fg = pooling == "foreground"
         with torch.no_grad():
             for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=True):
                 order += chunk
                 image_list, _ = model.transform([img.to(self.device) for img in loaded])
                 feats = list(model.backbone(image_list.tensors).values())
-                if head is not None and hasattr(head, "classification_head"):  # torchvision dense heads
-                    cls_t, reg_t = head.classification_head.conv, head.regression_head.conv
-                    towers = [(cls_t(f), reg_t(f)) for f in feats]
-                    probs = [head.classification_head.cls_logits(c).sigmoid().amax(1, keepdim=True)
-                             for c, _ in towers] if fg else None
-                    pooled = pool_levels([torch.cat(t, 1) for t in towers], probs)
-                    rows.append(torch.stack(pooled).mean(0).cpu())
-                    continue
-                if head is not None and hasattr(head, "f1"):  # MIAL: instance classifier f1
-                    probs = [head.f1.cls_logits(head.f1.conv(f)).sigmoid().amax(1, keepdim=True)
-                             for f in feats] if fg else None
+                dense = head is not None and hasattr(head, "classification_head")  # torchvision's
+                if dense:
+                    cls = head.classification_head
+                    towers = [cls.conv(f) for f in feats]
+                    maps = [torch.cat([c, head.regression_head.conv(f)], 1) for c, f in zip(towers, feats)]
+                    logits = lambda: [cls.cls_logits(c) for c in towers]  # noqa: E731
+                elif head is not None and hasattr(head, "f1"):  # MIAL: instance classifier f1
+                    maps, logits = feats, lambda: [head.f1.cls_logits(head.f1.conv(f)) for f in feats]
                 else:  # Faster R-CNN: the RPN's objectness
-                    probs = [o.sigmoid().amax(1, keepdim=True) for o in model.rpn.head(feats)[0]] if fg else None
-                rows.append(torch.cat(pool_levels(feats, probs), 1).cpu())
+                    maps, logits = feats, lambda: model.rpn.head(feats)[0]
+                probs = [x.sigmoid().amax(1, keepdim=True) for x in logits()] if pooling == "foreground" else None
+                pooled = pool_levels(maps, probs)
+                rows.append((torch.stack(pooled).mean(0) if dense else torch.cat(pooled, 1)).cpu())
         if not rows:
             return np.zeros((0, 0), np.float32)
         where = {image_id: k for k, image_id in enumerate(order)}

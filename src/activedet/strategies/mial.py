@@ -157,9 +157,8 @@ class MIALStrategy(Strategy):
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Image score = aggregate (mean of the top-k by default) of the uncertainties of the
-        anchors inside the image (anchors in the padding of a batch of different sizes are
-        left out, so a score does not depend on the batch-mates). With ``detector: separate``
-        the scorer scores, not the detector."""
+        anchors inside the image (batches hold one image size, so a score does not depend on
+        the batch-mates). With ``detector: separate`` the scorer scores, not the detector."""
         adapter = _scorer(adapter)
         head = getattr(adapter.model, "head", None)
         if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
