@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Callable
 
 import pytest
 import torch
@@ -146,23 +147,29 @@ def test_classification_and_regression_losses_match_torchvision() -> None:
     assert MIALHead(CH, 2, 3).regression_head._loss_type == "smooth_l1"
 
 
-def test_eval_detections_come_from_f1_only() -> None:
-    model = build()
+def check_detections_ignore_f2_and_mil(model: nn.Module, change: Callable[[nn.Module], None]) -> None:
+    """Eval-mode detections do not move when f2 and the MIL head do, and do when
+    ``change(model.head)`` perturbs a branch they come from."""
     model.eval()
     images, _ = batch()
+    head = model.head
     with torch.no_grad():
         ref = model(images)
         assert all(len(d["boxes"]) > 0 for d in ref)
-        head: MIALHead = model.head
         for p in list(head.f2.parameters()) + head.mil_parameters():
             p.add_(torch.randn_like(p))
         same = model(images)
-        head.f1.cls_logits.bias.add_(torch.randn_like(head.f1.cls_logits.bias))
+        change(head)
         changed = model(images)
     for r, s in zip(ref, same):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(r[key], s[key])
     assert any(not torch.equal(r["scores"], c["scores"]) for r, c in zip(ref, changed))
+
+
+def test_eval_detections_come_from_f1_only() -> None:
+    check_detections_ignore_f2_and_mil(build(), lambda head: head.f1.cls_logits.bias.add_(
+        torch.randn_like(head.f1.cls_logits.bias)))
 
 
 def test_f1_f2_independent_init_and_prior_bias() -> None:
