@@ -113,17 +113,19 @@ def grad_check(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
-    """A short MIAL cycle (label, max, min, label) and a learning-loss run of tiny RetinaNets
+    """A short MIAL cycle (label, max, min, label; and with a separate scorer) and a learning-loss run of tiny RetinaNets
     (DDP when distributed): every rank's weight digest and the (shared) histories."""
     from activedet.training.learning_loss import train_learning_loss
     from activedet.training.mial import train_mial
 
     data = make_detection_dataset(n=int(spec["n"]), seed=int(spec["data_seed"]))
     out: dict[str, Any] = {}
-    runs = {"mial": (train_mial, {"label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": 0}),
-            "learning_loss": (train_learning_loss, {})}
-    for name, (trainer, params) in runs.items():
-        strategy = build_strategy(name, params)
+    short = {"label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": 0}
+    runs = {"mial": ("mial", train_mial, {**short, "detector": "joint"}),
+            "mial_separate": ("mial", train_mial, short),  # the default: plain detector, then a scorer
+            "learning_loss": ("learning_loss", train_learning_loss, {})}
+    for name, (strategy_name, trainer, params) in runs.items():
+        strategy = build_strategy(strategy_name, params)
         cfg = tiny_config(**{"train.epochs": 2, "train.batch_size": 2, "train.lr": 0.005})
         adapter = build_adapter(cfg, data.num_classes, strategy)
         adapter.reset(3)
@@ -133,7 +135,7 @@ def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
         flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
         out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
                      "histories": distributed.all_gather_object(result.history),
-                     "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
+                     "changed": sorted(k for k in after if k not in before or not torch.equal(before[k], after[k]))}
     # the classifier (small_cnn, batch norms): plain and MIAL-IUL schedules under DDP
     from activedet.config import ModelConfig, TrainConfig
     from activedet.data.classification import load_digits
@@ -153,7 +155,7 @@ def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
         flat = torch.cat([v.flatten().double() for k, v in sorted(after.items()) if v.is_floating_point()])
         out[name] = {"digests": distributed.all_gather_object(flat.sum().item() + flat.abs().sum().item()),
                      "histories": distributed.all_gather_object(result.history),
-                     "changed": sorted(k for k in after if not torch.equal(before[k], after[k]))}
+                     "changed": sorted(k for k in after if k not in before or not torch.equal(before[k], after[k]))}
     return out
 
 

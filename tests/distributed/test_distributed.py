@@ -225,12 +225,13 @@ def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) 
 
 
 def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path: Path) -> None:
-    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage), the
-    learning-loss trainer, and a classifier's plain and MIAL-IUL schedules under DDP: both
-    ranks end with the same weights (batch-norm statistics included) and history."""
+    """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage), MIAL with a
+    separate scorer (the default), the learning-loss trainer, and a classifier's plain and
+    MIAL-IUL schedules under DDP: both ranks end with the same weights (batch-norm statistics
+    included) and history."""
     spec = {"mode": "trainers", "n": 12, "data_seed": 5}
     out = run_worker(tmp_path, 2, spec)
-    for name in ("mial", "learning_loss", "cls_plain", "cls_mial_iul"):
+    for name in ("mial", "mial_separate", "learning_loss", "cls_plain", "cls_mial_iul"):
         a, b = out[name]["digests"]
         assert a == pytest.approx(b, rel=1e-12, abs=0.0), name
         h0, h1 = out[name]["histories"]
@@ -239,6 +240,9 @@ def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path
     for name in ("mial", "learning_loss"):
         assert any(k.startswith("backbone.") for k in out[name]["changed"]), name
     assert [row["stage"] for row in out["mial"]["histories"][0]] == ["label", "max", "min", "label"]
+    assert [(row["stage"], row.get("model")) for row in out["mial_separate"]["histories"][0]][-3:] == [
+        ("max", "scorer"), ("min", "scorer"), ("label", "scorer")]
+    assert any(k.startswith("scorer.backbone.") for k in out["mial_separate"]["changed"])
     assert any(k.startswith("loss_module.") for k in out["learning_loss"]["changed"])
 
 

@@ -22,7 +22,8 @@ from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy, get_strategy_class
 from tests.conftest import make_detection_dataset, tiny_config
 
-FAST = {"label_epochs": 1, "rounds": 1, "repeat": 1}
+#: a short paper schedule: one model trains through every stage (the default, auto, is separate)
+JOINT = {"label_epochs": 1, "rounds": 1, "repeat": 1, "detector": "joint"}
 
 
 
@@ -146,12 +147,13 @@ def test_select_with_score_fraction_scores_a_seeded_subset() -> None:
 
 
 def _run_cfg(tmp: Path, num_classes: int, seed: int, **strategy):
+    """A tiny MIAL simulate config; ``strategy`` keys over :data:`JOINT`."""
     train = make_detection_dataset(n=10, seed=seed, num_classes=num_classes, empty_every=3).export_coco(tmp / "train")
     test = make_detection_dataset(n=4, seed=seed + 1, num_classes=num_classes, start_id=500).export_coco(tmp / "test")
     return tiny_config(**{"dataset": {"train": str(train), "test": str(test)},
                           "train": {"batch_size": 2, "lr": 0.001},
                           "loop": {"initial": 2, "per_cycle": 2, "cycles": 2},
-                          "strategy": {"name": "mial", **FAST, **strategy}})
+                          "strategy": {"name": "mial", **JOINT, **strategy}})
 
 
 def _ranking(scores: dict[int, float]) -> list[int]:
@@ -237,7 +239,8 @@ def test_fcos_two_cycle_simulate_on_builtin_shapes(tmp_path) -> None:
         "model: {arch: fcos, backbone: mobilenet_v2, pretrained: false, image_size: 64, score_thresh: 0.001}\n"
         "train: {epochs: 1, batch_size: 2, lr: 0.001}\n"
         "loop: {initial: 2, per_cycle: 2, cycles: 2, unit: images}\n"
-        "strategy: {name: mial, label_epochs: 1, rounds: 1, repeat: 1, top_k: 20, batch_size: 4}\n")
+        "strategy: {name: mial, detector: joint, label_epochs: 1, rounds: 1, repeat: 1, top_k: 20,"
+        " batch_size: 4}\n")
     assert main(["simulate", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     with Ledger(tmp_path / "run") as ledger:
         assert ledger.meta()["complete"]
@@ -256,14 +259,16 @@ def test_fcos_two_cycle_simulate_on_builtin_shapes(tmp_path) -> None:
 
 
 def test_separate_detector_scores_with_the_scorer_from_the_checkpoint(tmp_path) -> None:
-    """``detector: separate``: rounds record the detector's plain epochs and the scorer's
+    """The default ``detector: auto`` resolves to ``separate`` (IUL rounds to run) and the
+    ledger records ``separate``: rounds record the detector's plain epochs and the scorer's
     stages; the recorded scores are the scorer's (re-scored from the checkpoint, which holds
     it) and not the detector's."""
-    cfg = _run_cfg(tmp_path, 2, 31, top_k=200, detector="separate")
+    cfg = _run_cfg(tmp_path, 2, 31, top_k=200, detector="auto")
     cfg.loop.cycles = 1
     run(cfg, tmp_path / "run", progress=False)
     with Ledger(tmp_path / "run") as ledger:
         rounds = ledger.rounds()
+        assert ledger.meta()["config"]["strategy"]["detector"] == "separate"
     epochs = cfg.train.epochs
     for r in rounds:
         assert [(h["stage"], h.get("model")) for h in r["train_log"]] == (

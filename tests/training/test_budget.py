@@ -32,14 +32,14 @@ def test_plain_budget_counts_the_trainers_own_lr_schedule(epochs, steps, n, bs, 
 def test_mial_budget_by_hand() -> None:
     # label 4 -> max 1 -> min 1 -> label 4 at lr x 0.1, every epoch twice; 40 images in batches
     # of 4 = 10 batches a pass: full (4 + 1 + 1) x 2 x 10, reduced 4 x 2 x 10, unlabeled 2 x 2 x 10
-    params = {"label_epochs": 4, "rounds": 1, "max_epochs": 1, "min_epochs": 1, "repeat": 2}
+    params = {"detector": "joint", "label_epochs": 4, "rounds": 1, "max_epochs": 1, "min_epochs": 1, "repeat": 2}
     b = labeled_budget("mial", TrainConfig(batch_size=4), params, 40)
     assert b.as_dict() == {"full_lr": 120, "warmup": 0, "reduced_lr": 80, "unlabeled": 40, "scorer": 0}
     # a warm-up of 20 at the start and 10 more at the start of the max and of the min stage
     b = labeled_budget("mial", TrainConfig(batch_size=4, warmup_iters=20), {**params, "stage_warmup_iters": 10}, 40)
     assert b.as_dict() == {"full_lr": 80, "warmup": 40, "reduced_lr": 80, "unlabeled": 40, "scorer": 0}
     # the authors' VOC schedule: 3 + 2 x (1 + 1 + 3) label-set epochs x 2 = 26 passes, the last 3 x 2 decayed
-    b = labeled_budget("mial", TrainConfig(batch_size=2), {"label_epochs": 3, "rounds": 2}, 2)
+    b = labeled_budget("mial", TrainConfig(batch_size=2), {"detector": "joint", "label_epochs": 3, "rounds": 2}, 2)
     assert b.as_dict() == {"full_lr": 20, "warmup": 0, "reduced_lr": 6, "unlabeled": 8, "scorer": 0}
     # a max stage at a lower lr counts as decayed
     b = labeled_budget("mial", TrainConfig(batch_size=1), {**params, "max_lr_scale": 0.5, "repeat": 1}, 1)

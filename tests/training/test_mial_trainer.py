@@ -173,7 +173,7 @@ def test_train_mial_one_cycle_records_every_stage() -> None:
     ds = make_detection_dataset(n=10, seed=4)
     ad = _adapter(seed=1)
     cfg = tiny_config(**{"train.batch_size": 2}).train
-    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "order": "min_max", "top_k": 3}
+    params = {"detector": "joint", "label_epochs": 1, "rounds": 1, "repeat": 1, "order": "min_max", "top_k": 3}
     result = train_mial(ad, ds, [1, 2, 3, 4], [5, 6, 7, 8, 9, 10], cfg, params, seed=0, progress=False)
     assert [h["stage"] for h in result.history] == ["label", "min", "max", "label"]
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
@@ -192,8 +192,8 @@ def test_train_mial_without_iul_or_unlabeled_pool_trains_on_labels_only() -> Non
     ds = make_detection_dataset(n=4, seed=5)
     ad = _adapter(seed=2, use_mil=False)
     cfg = tiny_config(**{"train.batch_size": 2}).train
-    res = train_mial(ad, ds, [1, 2], [], cfg, {"label_epochs": 1, "rounds": 1, "repeat": 1, "iur": False,
-                                               "reweight": "none"}, seed=0, progress=False)
+    res = train_mial(ad, ds, [1, 2], [], cfg, {"detector": "joint", "label_epochs": 1, "rounds": 1, "repeat": 1,
+                                               "iur": False, "reweight": "none"}, seed=0, progress=False)
     assert [h["stage"] for h in res.history] == ["label", "label"]
     assert "mil" not in res.history[0]
     with pytest.raises(ConfigError, match="MIL"):
@@ -203,7 +203,7 @@ def test_train_mial_without_iul_or_unlabeled_pool_trains_on_labels_only() -> Non
 def test_same_seed_same_weights() -> None:
     ds = make_detection_dataset(n=4, seed=9)
     cfg = tiny_config(**{"train.batch_size": 2}).train
-    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "max_epochs": 0}  # label, min, label
+    params = {"detector": "joint", "label_epochs": 1, "rounds": 1, "repeat": 1, "max_epochs": 0}  # label, min, label
     states = []
     for seed in (5, 5, 6):
         ad = _adapter(seed=1)
@@ -229,7 +229,8 @@ def test_every_later_stage_warms_up(monkeypatch, warmup: int) -> None:
     monkeypatch.setattr(M, "guarded_step", spy)
     ds = make_detection_dataset(n=10, seed=4)
     cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01}).train
-    params = {"label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": warmup, "final_lr_scale": 1.0}
+    params = {"detector": "joint", "label_epochs": 1, "rounds": 1, "repeat": 1, "stage_warmup_iters": warmup,
+              "final_lr_scale": 1.0}
     train_mial(_adapter(seed=1), ds, [1, 2, 3, 4, 5, 6], [7, 8, 9, 10], cfg, params, seed=0, progress=False)
     stages = [[lr for it, lr in steps[k:k + 3]] for k in range(0, len(steps), 3)]  # 3 batches per stage
     assert len(stages) == 4  # label, max, min, label
@@ -286,6 +287,15 @@ def test_separate_detector_without_unlabeled_images_has_no_scorer() -> None:
     ad.scorer = ad.model  # a stale scorer from an earlier round must not survive
     res = train_mial(ad, ds, [1, 2], [], cfg, {"detector": "separate", "rounds": 1}, seed=0, progress=False)
     assert ad.scorer is None and [h["stage"] for h in res.history] == ["train"]
+
+
+@pytest.mark.parametrize("params,resolved", [({}, "separate"), ({"rounds": 0}, "joint"), ({"iul": False}, "joint"),
+                                             ({"max_epochs": 0, "min_epochs": 0}, "joint"),
+                                             ({"max_epochs": 0}, "separate"), ({"detector": "joint"}, "joint")])
+def test_detector_auto_is_separate_when_there_are_iul_rounds(params, resolved) -> None:
+    s = MIALTrainSettings.pick({"detector": "auto", **params})
+    assert s.detector == resolved and s.to_dict()["detector"] == resolved
+    assert MIALTrainSettings.pick(params).detector == resolved  # auto is the default
 
 
 def test_separate_detector_needs_iul_rounds() -> None:

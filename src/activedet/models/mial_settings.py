@@ -57,22 +57,28 @@ class MIALTrainSettings(_Schedule):
                                 provenance="authors' code: 3 label + 2 x (1 max + 1 min + 3 label)")
     repeat: int = setting(2, "passes over the data per epoch", ge=1,
                           provenance="authors' code (RepeatDataset x2): 26 passes per cycle")
-    detector: Literal["joint", "separate"] = setting(
-        "joint", "joint: one model runs the whole stage schedule, and is both the detector and the "
-                 "scorer (the paper). separate: the detector trains like the plain trainer "
-                 "(train.epochs, train.lr_steps: the baseline's budget) and a copy of it, the scorer, "
-                 "then runs the IUL rounds ([max, min, label] x rounds, the last label stage at "
-                 "final_lr_scale) and scores the pool; the checkpoint holds both",
-        provenance="not in the paper: at CPU scale the max/min stages, counted inside an equal "
-                   "labeled budget, cost the joint detector about 0.1 AP50 (NOTES.md)")
+    detector: Literal["auto", "joint", "separate"] = setting(
+        "auto", "joint: one model runs the whole stage schedule, and is both the detector and the "
+                "scorer (the paper). separate: the detector trains like the plain trainer "
+                "(train.epochs, train.lr_steps: the baseline's budget) and a copy of it, the scorer, "
+                "then runs the IUL rounds ([max, min, label] x rounds, the last label stage at "
+                "final_lr_scale) and scores the pool; the checkpoint holds both. auto: separate when "
+                "there are IUL rounds to run (iul, rounds >= 1, a max or min stage), else joint (no "
+                "scorer to train apart); the resolved value is the one recorded",
+        provenance="the paper: joint. auto (separate) is activedet's: at CPU scale the max/min stages, "
+                   "counted inside an equal labeled budget, cost the joint detector about 0.1 AP50 and "
+                   "MIAL lost to random by 4.5 +- 3.1 AP50; separate: +0.9 +- 2.4 (NOTES.md, Batches "
+                   "that pay, part 3)")
     max_params: Literal["head", "classifiers"] = setting(
         "head", "what the max stage trains: the whole head (everything but backbone and FPN) or "
                 "only the classifiers f1 and f2",
         provenance="paper Eq. 8: head (all but the feature extractor); the authors' code: classifiers")
 
     def __post_init__(self) -> None:
-        if self.detector == "separate" and not (self.iul and self.rounds >= 1
-                                                and self.max_epochs + self.min_epochs >= 1):
+        iul_rounds = self.iul and self.rounds >= 1 and self.max_epochs + self.min_epochs >= 1
+        if self.detector == "auto":  # resolved here, so params and the ledger hold joint or separate
+            object.__setattr__(self, "detector", "separate" if iul_rounds else "joint")
+        if self.detector == "separate" and not iul_rounds:
             raise ConfigError("strategy key 'detector' = 'separate' trains a scorer with the IUL rounds: it needs "
                               f"iul: true, rounds >= 1 and a max or min stage (got iul {self.iul}, rounds "
                               f"{self.rounds}, max_epochs {self.max_epochs}, min_epochs {self.min_epochs})")

@@ -16,7 +16,8 @@ class attributes the loop reads. The loop hands ``strategy.params`` to the train
   ``rounds``, ``repeat``, ``order`` (``max_min`` paper | ``min_max`` authors' code),
   ``min_epochs``, ``max_epochs``, ``min_lr_scale``, ``max_lr_scale``, ``final_lr_scale``,
   ``detector`` (``joint``: one model runs the schedule, the paper | ``separate``: the detector
-  trains as the plain trainer and a copy of it, the scorer, runs the IUL rounds and scores);
+  trains as the plain trainer and a copy of it, the scorer, runs the IUL rounds and scores |
+  ``auto``, the default: ``separate`` when there are IUL rounds to run, else ``joint``);
 - head (:class:`~activedet.models.mial_settings.MIALHeadSettings`): ``mil_weighting`` (``paper`` | ``code``, Eq. 5's anchor factor),
   ``regression_loss`` (RetinaNet: ``smooth_l1`` paper | ``l1`` authors' code), ``det_reduction``
   (``mean`` of the f1 and f2 focal losses, authors' code | ``sum``, paper Eq. 1);
@@ -165,7 +166,7 @@ class MIALStrategy(Strategy):
             raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")
         p = self.params
         out: dict[int, float] = {}
-        infs = adapter.infer(pool.dataset, ids, p["batch_size"], keep_anchors=True, same_size=True)
+        infs = adapter.infer(pool.dataset, ids, p["batch_size"], keep_anchors=True)
         for inf in tqdm(infs, total=len(ids), desc="mial scoring", unit="img", disable=not self.progress, leave=False):
             ex = inf.extra
             mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
