@@ -63,7 +63,9 @@ class Adapter(Protocol):
 
     def infer(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
               progress: bool = False) -> Iterator[Inference]:
-        """Eval-mode forward over ``ids`` in batches, one :class:`Inference` per image."""
+        """Eval-mode forward over ``ids`` in batches, one :class:`Inference` per image, not
+        necessarily in the order of ``ids`` (detectors group images by size): key results by
+        ``Inference.image_id``."""
 
     def evaluate(self, dataset: Any, ids: Sequence[int] | None = None, batch_size: int | None = None,
                  progress: bool = False) -> dict[str, Any]:

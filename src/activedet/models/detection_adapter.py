@@ -177,24 +177,28 @@ class DetectionAdapter:
 
     # ------------------------------------------------------------------ inference
     def infer(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
-              progress: bool = False, keep_anchors: bool = True, same_size: bool = False) -> Iterator[Inference]:
+              progress: bool = False, keep_anchors: bool = True) -> Iterator[Inference]:
         """Eval-mode forward, one :class:`Inference` per image, batch by batch.
 
         Dense heads also return ``extra``: ``cls_logits`` (A, C) and the head's other
         per-anchor outputs (``cls_logits2``, ``mil_logits`` for MIAL), ``anchor_index``
         (K,) of each kept detection, ``num_anchors_per_level``, ``anchors`` (A, 4) in
-        original image pixels and ``valid`` (A,) bool: the anchor's centre is in the image,
-        not in the padding of a batch of different sizes (A depends on the batch). ``keep_anchors=False`` leaves the per-anchor arrays out.
-        Images are decoded on demand, batch by batch (:func:`activedet.data.stream.image_batches`
-        with ``self.workers`` loader processes): memory does not grow with ``len(ids)``.
-        ``same_size``: batches of one image size each, grouped by size (images come in that
-        order): no image is padded for a batch-mate.
+        original image pixels and ``valid`` (A,) bool: the anchor's centre is in the image, not
+        in the padding up to the transform's size divisor. ``keep_anchors=False`` leaves the
+        per-anchor arrays out.
+
+        Every batch holds images of one size (:func:`activedet.data.stream.size_batches`), so
+        nothing is padded for a batch-mate and an image's detections, probabilities and anchors
+        are those it gets alone, whatever the batch size. Images therefore come grouped by size
+        (sizes in order of first appearance), not in the order of ``ids``: key results by
+        ``image_id``. They are decoded on demand, batch by batch, with ``self.workers`` loader
+        processes (:func:`activedet.data.stream.image_batches`): memory does not grow with ``len(ids)``.
         """
         ids = list(ids)
         self.model.eval()
         bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress, leave=False)
         with torch.no_grad():
-            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=same_size):
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=True):
                 images = [img.to(self.device) for img in loaded]
                 if isinstance(self.model, FasterRCNN):
                     outs = self._infer_two_stage(images)
@@ -288,7 +292,7 @@ class DetectionAdapter:
 
     # ------------------------------------------------------------------ strategy helpers
     def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
-                 pooling: Pooling = "mean") -> np.ndarray:
+                 pooling: Pooling = "foreground") -> np.ndarray:
         """(N, D) pooled features, rows in the order of ``ids``. Dense heads: the
         classification and regression tower outputs, concatenated, pooled per FPN level and
         averaged over levels; MIAL heads and Faster R-CNN: the backbone's FPN levels, pooled

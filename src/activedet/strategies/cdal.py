@@ -77,12 +77,13 @@ def contextual_diversity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cdal_features(adapter: Any, dataset: Any, ids: list[int], min_score: float,
                   batch_size: int, progress: bool = False) -> torch.Tensor:
-    """(N, C, C) contextual features of ``ids`` from the detector's kept detections."""
-    rows = []
+    """(N, C, C) contextual features of ``ids``, rows in the order of ``ids``, from the
+    detector's kept detections."""
+    rows = {}
     for inf in adapter.infer(dataset, ids, batch_size, progress=progress, keep_anchors=False):
         keep = inf.scores >= min_score
-        rows.append(contextual_feature(inf.probs[keep], inf.labels[keep] - 1, adapter.num_classes))
-    return torch.stack(rows) if rows else torch.zeros((0, adapter.num_classes, adapter.num_classes))
+        rows[inf.image_id] = contextual_feature(inf.probs[keep], inf.labels[keep] - 1, adapter.num_classes)
+    return torch.stack([rows[i] for i in ids]) if ids else torch.zeros((0, adapter.num_classes, adapter.num_classes))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from activedet import distributed
 from activedet.data.pool import Pool
+from activedet.data.stream import size_batches
 from activedet.errors import ConfigError, StrategyError
 from activedet.influence import (
     flat,
@@ -249,6 +250,12 @@ class _Model:
     def loss_sum(self, dataset: Any, ids: Sequence[int]) -> Tensor:
         return self.losses(*self.load(dataset, ids)).sum()
 
+    def batches(self, dataset: Any, ids: Sequence[int], size: int) -> list[list[int]]:
+        """``ids`` in batches of at most ``size``. A detector's hold one image size each
+        (:func:`~activedet.data.stream.size_batches`): a detector pads a batch to its largest
+        image, and an image's loss and gradient would otherwise depend on its batch-mates."""
+        return size_batches(dataset, ids, size) if self.detection else _chunks(ids, size)
+
     def layers(self) -> list[nn.Module] | None:
         """Conv2d/Linear modules owning the chosen weights, or None (no closed form)."""
         out = []
@@ -303,8 +310,8 @@ class _Model:
         :func:`_loss_mode`, which for these models computes what eval mode does), back to
         the final convs only (:func:`layer_per_sample_grads` with ``cut_below``, every
         parameter frozen during the pass, so no graph is kept below those convs). Equals
-        the two-pass path (inference, then a loss pass over the kept images) when the
-        batch is padded alike, i.e. always for images of one size.
+        the two-pass path (inference, then a loss pass over the kept images) for images of
+        one size, which is what scoring batches hold (:meth:`_Model.batches`).
         """
         from torchvision.models.detection.transform import resize_boxes
 
@@ -501,14 +508,14 @@ class InfluenceStrategy(Strategy):
             which, ref_ds, ref_ids = self._reference(pool, rng)
             bs = int(self.params["batch_size"])
             v = [torch.zeros_like(q).detach() for q in params]
-            for chunk in _chunks(distributed.shard(ref_ids, bs), bs):  # each process its share of R
+            for chunk in m.batches(ref_ds, distributed.shard(ref_ids, bs), bs):  # each process its share of R
                 v = [a + b for a, b in zip(v, grad(m.loss_sum(ref_ds, chunk), params))]
             v = distributed.all_reduce_sum(v)
             # the inverse-HVP once, on rank 0, handed to every process (identity in one process)
             s_test = [t.to(q.device) for t, q in zip(distributed.on_main(
                 lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
             out: dict[int, float] = {}
-            for chunk in _chunks(ids, bs):
+            for chunk in m.batches(pool.dataset, ids, bs):
                 kept, g = m.image_grads(pool.dataset, chunk, self.params, bool(self.params["batched"]))
                 if not kept:
                     continue
@@ -579,7 +586,7 @@ class ISALStrategy(InfluenceStrategy):
         self.last_info.update(lambda_max=lam, scales=scales)
         if self.params["inverse"] == "exact":
             hess = None
-            for chunk in _chunks(labeled, int(self.params["batch_size"])):
+            for chunk in m.batches(ds, labeled, int(self.params["batch_size"])):
                 h = hessian_matrix(lambda c=chunk: m.loss_sum(ds, c), m.params,
                                    max_params=int(self.params["exact_max_params"]))
                 hess = h if hess is None else hess + h
@@ -613,7 +620,7 @@ class ISALStrategy(InfluenceStrategy):
         rng = np.random.default_rng(seed)
         n = min(len(labeled), int(self.params["power_images"]))
         ids = sorted(labeled[int(j)] for j in rng.choice(len(labeled), size=n, replace=False))
-        chunks = _chunks(ids, int(self.params["batch_size"]))
+        chunks = m.batches(dataset, ids, int(self.params["batch_size"]))
 
         def mean_hvp(h: list[Tensor]) -> list[Tensor]:
             out = [torch.zeros_like(q) for q in m.params]
