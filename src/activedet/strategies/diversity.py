@@ -6,7 +6,8 @@ highest scores, as the papers do. The other modes are the two-stage scheme of PP
 2024), Cluster-Margin and BADGE: take the top ``preselect × k`` images by score, then
 choose ``k`` of them that differ from each other:
 
-- ``kcenter``: k-center greedy (core-set) on the model's pooled features, the labeled
+- ``kcenter``: k-center greedy (core-set) on the model's pooled features (a detector's
+  weighted by its foreground probability, as core-set's default ``pooling``), the labeled
   images counting as centers: each pick is the candidate farthest from every labeled
   image and every earlier pick.
 - ``kmeanspp``: k-means++ seeding on the same features, within the batch: the first pick
