@@ -1,6 +1,7 @@
 """On a pool of mixed image sizes an image's outputs and scores do not depend on its
 batch-mates: a detector pads a batch to its largest image, so every scoring path runs
-batches of one image size (:func:`activedet.data.stream.size_batches`)."""
+batches of images that the model's transform resizes to one size
+(:meth:`activedet.models.detection_adapter.DetectionAdapter.batches`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from activedet.data.base import DetectionDataset, ImageRecord
 from activedet.data.pool import Pool
 from activedet.models.detection_adapter import DetectionAdapter
 from activedet.models.factory import build_adapter
@@ -32,14 +34,43 @@ def _adapter(arch: str) -> DetectionAdapter:
     return ad
 
 
+def _rescaled_pool() -> DetectionDataset:
+    """Ids 1..6 of :func:`make_mixed_size_dataset`, and 7 and 8: ids 1 and 5 at twice their size."""
+    ds = make_mixed_size_dataset()
+    recs = [ds.record(i) for i in ds.ids]
+    for new, old in ((7, 1), (8, 5)):
+        r = ds.record(old)
+        big = np.repeat(np.repeat(r.array, 2, axis=0), 2, axis=1)
+        recs.append(ImageRecord(id=new, file_name=f"{new}.png", width=2 * r.width, height=2 * r.height,
+                                boxes=2 * r.boxes, labels=r.labels, array=big))
+    return DetectionDataset(recs, ["a", "b"], name="rescaled")
+
+
+def test_images_the_transform_resizes_alike_share_batches() -> None:
+    """At image_size 64 (longer side at most 106.7): 128x128 runs as 64x64 like 64x64, and
+    128x256 as 53x107 like 64x128; 64x160 runs as 42x107, 96x64 as it is."""
+    ds = _rescaled_pool()
+    ad = _adapter("retinanet")
+    sizes = {i: ad.input_size(ds.record(i).height, ds.record(i).width) for i in ds.ids}
+    assert sizes == {1: (64, 64), 4: (64, 64), 7: (64, 64), 2: (42, 107), 6: (42, 107), 3: (96, 64),
+                     5: (53, 107), 8: (53, 107)}
+    ad.model.eval()
+    for i in ds.ids:  # what the model's transform really does
+        image_list, _ = ad.model.transform([ds.load_image(i)])
+        assert tuple(image_list.image_sizes[0]) == sizes[i]
+    assert ad.batches(ds, ds.ids, 8) == [[1, 4, 7], [2, 6], [3], [5, 8]]
+    assert ad.batches(ds, ds.ids, 2) == [[1, 4], [7], [2, 6], [3], [5, 8]]
+
+
 @pytest.mark.parametrize("arch", ["retinanet", "fcos", "faster_rcnn"])
 def test_inference_of_a_mixed_size_pool_in_batches_equals_one_by_one(arch: str) -> None:
-    ds = make_mixed_size_dataset()
+    ds = _rescaled_pool()
     ad = _adapter(arch)
-    together = {inf.image_id: inf for inf in ad.infer(ds, IDS, batch_size=8)}
-    assert sorted(together) == sorted(IDS)
+    ids = IDS + [8, 7]
+    together = {inf.image_id: inf for inf in ad.infer(ds, ids, batch_size=8)}
+    assert sorted(together) == sorted(ids)
     assert sum(len(inf.boxes) for inf in together.values()) > 0
-    for i in IDS:
+    for i in ids:
         alone = next(iter(ad.infer(ds, [i], batch_size=1)))
         got = together[i]
         torch.testing.assert_close(got.boxes, alone.boxes, rtol=1e-5, atol=1e-4)

@@ -11,14 +11,14 @@ number of decoded batches exist at any time whatever the pool's size:
   and waiting, plus the one being consumed.
 
 Batches come in the order of ``ids`` in both modes, with the same pixels, so the scores
-computed from them do not depend on ``workers``. With ``same_size`` every batch holds
-images of one size (:func:`size_batches`): a detector pads a batch to its largest image,
-and an image's features near its border would otherwise depend on its batch-mates.
+computed from them do not depend on ``workers``. With ``group`` every batch holds images of
+one group (:func:`size_batches`): a detector pads a batch to its largest image, and an
+image's features near its border would otherwise depend on its batch-mates.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -29,14 +29,18 @@ from activedet.errors import ActivedetError, ConfigError
 PREFETCH = 2
 
 
-def size_batches(dataset: Any, ids: Sequence[int], batch_size: int) -> list[list[int]]:
-    """``ids`` in batches of at most ``batch_size`` images of one size (H, W) each (sizes in
-    order of first appearance), so that no image is padded for the sake of a batch-mate:
-    the features near an image's border, and so its score, are those it has alone."""
-    groups: dict[tuple[int, int], list[int]] = {}
+def size_batches(dataset: Any, ids: Sequence[int], batch_size: int,
+                 group: Callable[[int, int], Hashable] | None = None) -> list[list[int]]:
+    """``ids`` in batches of at most ``batch_size`` images that share ``group(height, width)``
+    (default: the size (H, W) itself; groups in order of first appearance), so that no image
+    is padded for the sake of a batch-mate: the features near an image's border, and so its
+    score, are those it has alone. A detector's ``group`` is the size its transform resizes
+    an image to (:meth:`~activedet.models.detection_adapter.DetectionAdapter.input_size`)."""
+    key = group or (lambda h, w: (h, w))
+    groups: dict[Hashable, list[int]] = {}
     for i in ids:
         rec = dataset.record(i)
-        groups.setdefault((int(rec.height), int(rec.width)), []).append(i)
+        groups.setdefault(key(int(rec.height), int(rec.width)), []).append(i)
     return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
@@ -78,13 +82,13 @@ def _as_is(item: Any) -> Any:
 
 def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: int = 0,
                   prefetch: int = PREFETCH, pixels: str = "image",
-                  same_size: bool = False) -> Iterator[tuple[list[int], list[Any]]]:
+                  group: Callable[[int, int], Hashable] | None = None) -> Iterator[tuple[list[int], list[Any]]]:
     """Yield ``(chunk, images)`` for consecutive blocks of ``batch_size`` of ``ids``:
     ``images[j]`` is ``dataset.load_image(chunk[j])``, (3, H, W) float32 in [0, 1] on the
     CPU (``pixels="image"``), or ``dataset.load_array(chunk[j])``, (H, W, 3) uint8
     (``pixels="array"``). ``workers`` processes decode ahead (see the module docstring); errors raised
     while decoding (:class:`~activedet.errors.DatasetError`) reach the caller unchanged.
-    ``same_size``: the blocks of :func:`size_batches` instead, ids grouped by image size."""
+    ``group``: the blocks of :func:`size_batches` with that grouping instead (ids grouped)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     if workers < 0:
@@ -92,7 +96,7 @@ def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: in
     if pixels not in ("image", "array"):
         raise ConfigError(f"pixels must be 'image' or 'array', got {pixels!r}")
     ids = list(ids)
-    chunks = (size_batches(dataset, ids, batch_size) if same_size
+    chunks = (size_batches(dataset, ids, batch_size, group) if group is not None
               else [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
     batches = _Batches(dataset, chunks, pixels)
     if workers == 0 or len(batches) <= 1:

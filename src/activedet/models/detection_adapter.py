@@ -19,13 +19,13 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection.transform import _resize_image_and_masks, resize_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from activedet.config import ModelConfig
-from activedet.data.stream import image_batches
+from activedet.data.stream import image_batches, size_batches
 from activedet.errors import ConfigError
 from activedet.models.base import Inference
 from activedet.models.detection import build_detector, resolve_backbone
@@ -100,6 +100,7 @@ class DetectionAdapter:
         self.scorer: nn.Module | None = None
         #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
         self.workers = 0
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input_size, by image size
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
@@ -175,6 +176,26 @@ class DetectionAdapter:
                 m.eval()
         return self.model(inputs, targets)
 
+    # ------------------------------------------------------------------ batching
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of ``height`` x ``width`` is resized to by the model's transform in
+        eval mode (torchvision's own resize, run on a shape-only tensor). Images that share it
+        run as the same tensor and the same image size alone or batched together: a batch of
+        them pads none of them for another, and torchvision's RoI pooling, which reads the
+        batch's largest image size, sees each image's own."""
+        key = (int(height), int(width))
+        if key not in self._sizes:
+            t = self.model.transform
+            resized, _ = _resize_image_and_masks(torch.empty(1, *key, device="meta"), t.min_size[-1],
+                                                 t.max_size, None, t.fixed_size)
+            self._sizes[key] = (int(resized.shape[-2]), int(resized.shape[-1]))
+        return self._sizes[key]
+
+    def batches(self, dataset: Any, ids: Sequence[int], batch_size: int) -> list[list[int]]:
+        """``ids`` in batches of at most ``batch_size`` images of one :meth:`input_size`
+        (:func:`~activedet.data.stream.size_batches`)."""
+        return size_batches(dataset, ids, batch_size, self.input_size)
+
     # ------------------------------------------------------------------ inference
     def infer(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
               progress: bool = False, keep_anchors: bool = True) -> Iterator[Inference]:
@@ -187,10 +208,10 @@ class DetectionAdapter:
         in the padding up to the transform's size divisor. ``keep_anchors=False`` leaves the
         per-anchor arrays out.
 
-        Every batch holds images of one size (:func:`activedet.data.stream.size_batches`), so
-        nothing is padded for a batch-mate and an image's detections, probabilities and anchors
-        are those it gets alone, whatever the batch size. Images therefore come grouped by size
-        (sizes in order of first appearance), not in the order of ``ids``: key results by
+        Every batch holds images of one :meth:`input_size` (:meth:`batches`), so nothing is
+        padded for a batch-mate and an image's detections, probabilities and anchors are those
+        it gets alone, whatever the batch size. Images therefore come grouped by that size
+        (in order of first appearance), not in the order of ``ids``: key results by
         ``image_id``. They are decoded on demand, batch by batch, with ``self.workers`` loader
         processes (:func:`activedet.data.stream.image_batches`): memory does not grow with ``len(ids)``.
         """
@@ -198,7 +219,7 @@ class DetectionAdapter:
         self.model.eval()
         bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress, leave=False)
         with torch.no_grad():
-            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=True):
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, group=self.input_size):
                 images = [img.to(self.device) for img in loaded]
                 if isinstance(self.model, FasterRCNN):
                     outs = self._infer_two_stage(images)
@@ -296,8 +317,8 @@ class DetectionAdapter:
         """(N, D) pooled features, rows in the order of ``ids``. Dense heads: the
         classification and regression tower outputs, concatenated, pooled per FPN level and
         averaged over levels; MIAL heads and Faster R-CNN: the backbone's FPN levels, pooled
-        and concatenated. Batches hold one image size each, so a row does not depend on the
-        image's batch-mates (no padding).
+        and concatenated. Batches hold one :meth:`input_size` each, so a row does not depend
+        on the image's batch-mates (no padding).
 
         ``pooling``: ``mean`` averages every location (ISAL's supplementary D.2);
         ``foreground`` weights each location by the detector's foreground probability
@@ -314,7 +335,7 @@ class DetectionAdapter:
         head = getattr(model, "head", None)
         rows, order = [], []
         with torch.no_grad():
-            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, same_size=True):
+            for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, group=self.input_size):
                 order += chunk
                 image_list, _ = model.transform([img.to(self.device) for img in loaded])
                 feats = list(model.backbone(image_list.tensors).values())

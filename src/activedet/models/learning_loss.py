@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 
-from activedet.data.stream import size_batches
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
 
@@ -170,15 +169,15 @@ def detection_losses_and_levels(model: nn.Module, images: list[Tensor],
 @torch.no_grad()
 def predict_losses(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
     """(N,) predicted loss of each id (eval mode), in the order of ``ids``. A detector's
-    batches hold one image size each (:func:`~activedet.data.stream.size_batches`): the
-    module pools whole feature maps, which a mixed-size batch would pad."""
+    batches hold images of one input size (``adapter.batches``): the module pools whole
+    feature maps, which a mixed-size batch would pad."""
     model = adapter.model
     if not hasattr(model, "loss_module"):
         raise ConfigError("the model has no loss-prediction module (model variant 'learning_loss')")
     model.eval()
     ids = list(ids)
     detection = adapter.task == "detection"
-    chunks = size_batches(dataset, ids, batch_size) if detection else \
+    chunks = adapter.batches(dataset, ids, batch_size) if detection else \
         [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
     out: dict[int, float] = {}
     for chunk in chunks:

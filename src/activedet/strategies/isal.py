@@ -52,7 +52,6 @@ from torch import Tensor, nn
 
 from activedet import distributed
 from activedet.data.pool import Pool
-from activedet.data.stream import size_batches
 from activedet.errors import ConfigError, StrategyError
 from activedet.influence import (
     flat,
@@ -251,10 +250,11 @@ class _Model:
         return self.losses(*self.load(dataset, ids)).sum()
 
     def batches(self, dataset: Any, ids: Sequence[int], size: int) -> list[list[int]]:
-        """``ids`` in batches of at most ``size``. A detector's hold one image size each
-        (:func:`~activedet.data.stream.size_batches`): a detector pads a batch to its largest
-        image, and an image's loss and gradient would otherwise depend on its batch-mates."""
-        return size_batches(dataset, ids, size) if self.detection else _chunks(ids, size)
+        """``ids`` in batches of at most ``size``. A detector's hold images of one input size
+        (:meth:`~activedet.models.detection_adapter.DetectionAdapter.batches`): a detector pads
+        a batch to its largest image, and an image's loss and gradient would otherwise depend
+        on its batch-mates."""
+        return self.adapter.batches(dataset, ids, size) if self.detection else _chunks(ids, size)
 
     def layers(self) -> list[nn.Module] | None:
         """Conv2d/Linear modules owning the chosen weights, or None (no closed form)."""
@@ -311,7 +311,7 @@ class _Model:
         the final convs only (:func:`layer_per_sample_grads` with ``cut_below``, every
         parameter frozen during the pass, so no graph is kept below those convs). Equals
         the two-pass path (inference, then a loss pass over the kept images) for images of
-        one size, which is what scoring batches hold (:meth:`_Model.batches`).
+        one input size, which is what scoring batches hold (:meth:`_Model.batches`).
         """
         from torchvision.models.detection.transform import resize_boxes
 

@@ -158,7 +158,7 @@ class MIALStrategy(Strategy):
 
     def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Image score = aggregate (mean of the top-k by default) of the uncertainties of the
-        anchors inside the image (batches hold one image size, so a score does not depend on
+        anchors inside the image (batches hold one input size, so a score does not depend on
         the batch-mates). With ``detector: separate`` the scorer scores, not the detector."""
         adapter = _scorer(adapter)
         head = getattr(adapter.model, "head", None)
