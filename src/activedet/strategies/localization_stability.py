@@ -10,10 +10,10 @@ image stability weights it by the reference box's highest class probability::
     S_I    = Σ_j P_max(B_0(j)) S_B(j) / Σ_j P_max(B_0(j))
 
 Less stable images are more informative: score = 1 − S_I. Reference detections are those
-scoring at least ``min_score`` with a positive area (a dense head's boxes clipped to the image
-border can have none, and an empty box has no IoU); images without any are unscored. Noise levels are in pixel units of 0–255
-(the paper's 8, 16, …, 48); the noise is drawn per image and level from the selection rng,
-so the same seed gives the same scores.
+scoring at least ``min_score`` with a positive area (a dense head's boxes clipped to the
+image border can have none, and an empty box has no IoU); images without any are unscored.
+Noise levels are in pixel units of 0–255 (the paper's 8, 16, …, 48); the noise is drawn per
+image and level from the selection rng, so the same seed gives the same scores.
 """
 
 from __future__ import annotations
