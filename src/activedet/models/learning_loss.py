@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 
+from activedet.data.stream import image_batches
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
 
@@ -169,24 +170,26 @@ def detection_losses_and_levels(model: nn.Module, images: list[Tensor],
 @torch.no_grad()
 def predict_losses(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
     """(N,) predicted loss of each id (eval mode), in the order of ``ids``. A detector's
-    batches hold images of one input size (``adapter.batches``): the module pools whole
-    feature maps, which a mixed-size batch would pad."""
+    images stream through :func:`~activedet.data.stream.image_batches` in batches of one
+    input size (``adapter.input_size``): the module pools whole feature maps, which a
+    mixed-size batch would pad."""
     model = adapter.model
     if not hasattr(model, "loss_module"):
         raise ConfigError("the model has no loss-prediction module (model variant 'learning_loss')")
     model.eval()
     ids = list(ids)
-    detection = adapter.task == "detection"
-    chunks = adapter.batches(dataset, ids, batch_size) if detection else \
-        [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
-    out: dict[int, float] = {}
-    for chunk in chunks:
-        if detection:
-            images = [dataset.load_image(i).to(adapter.device) for i in chunk]
-            image_list, _ = model.transform(images)
-            levels = list(model.backbone(image_list.tensors).values())
+
+    def levels() -> Iterator[tuple[list[int], list[Tensor]]]:
+        if adapter.task == "detection":
+            for chunk, loaded in image_batches(dataset, ids, batch_size, adapter.workers, group=adapter.input_size):
+                image_list, _ = model.transform([img.to(adapter.device) for img in loaded])
+                yield chunk, list(model.backbone(image_list.tensors).values())
         else:
-            inputs = adapter._load_inputs(dataset, chunk, False, None)  # no labels needed
-            _, levels = classifier_levels(model, inputs)
-        out.update(zip(chunk, model.loss_module(levels).float().cpu().tolist()))
+            for s in range(0, len(ids), batch_size):
+                chunk = ids[s:s + batch_size]
+                yield chunk, classifier_levels(model, adapter._load_inputs(dataset, chunk, False, None))[1]
+
+    out: dict[int, float] = {}
+    for chunk, lv in levels():
+        out.update(zip(chunk, model.loss_module(lv).float().cpu().tolist()))
     return np.asarray([out[i] for i in ids], dtype=np.float32)
