@@ -89,7 +89,7 @@ def test_inference_of_a_mixed_size_pool_in_batches_equals_one_by_one(arch: str) 
     ("entropy", {}, 1e-4), ("localization_stability", {"noise_levels": [16.0]}, 1e-4),
     # ISAL: batched and single convolutions differ by float noise, which moves near-tied pseudo
     # boxes of an untrained detector and FCOS's centre-sampling matches: scores agree to 0.2 %.
-    # With mixed-size batches (padding) they differed by factors of 4 to 17.
+    # With mixed-size batches (padding) they differed by factors of 2.6 to 17.
     ("isal", {"depth": 2, "repeats": 1, "reference": "labeled"}, 1e-2),
     ("isal", {"depth": 2, "repeats": 1, "reference": "labeled", "batched": False}, 1e-2)])
 def test_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(name: str, params: dict, rel: float) -> None:
