@@ -104,7 +104,7 @@ def test_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(name: str, para
         st.params["batch_size"] = bs
         scores[bs] = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
     assert len(scores[8]) >= 2 and set(scores[8]) == set(scores[1])
-    # (an untrained FCOS emits boxes clipped to zero area at the border: no reference box)
+    # (an untrained FCOS emits boxes clipped to zero area at the border: inference drops them)
     assert all(np.isfinite(v) for v in scores[8].values())
     for i in scores[8]:
         assert scores[8][i] == pytest.approx(scores[1][i], rel=rel, abs=1e-9), i

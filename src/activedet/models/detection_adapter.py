@@ -256,6 +256,11 @@ class DetectionAdapter:
             keep_idx, labels = _dense_candidates(scores_all, per_level, model.score_thresh,
                                                  model.topk_candidates)
             boxes = box_ops.clip_boxes_to_image(boxes_all[keep_idx], image_list.image_sizes[b])
+            # boxes clipped to nothing at the border are no detection (torchvision's RetinaNet and
+            # FCOS keep them; its Faster R-CNN drops them so, before NMS): no empty pre-annotation,
+            # pseudo box or reference box downstream
+            sized = box_ops.remove_small_boxes(boxes, 1e-2)
+            keep_idx, labels, boxes = keep_idx[sized], labels[sized], boxes[sized]
             scores = scores_all[keep_idx, labels]
             keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
             anchor_idx, boxes, scores, labels = keep_idx[keep], boxes[keep], scores[keep], labels[keep]

@@ -10,10 +10,10 @@ image stability weights it by the reference box's highest class probability::
     S_I    = Σ_j P_max(B_0(j)) S_B(j) / Σ_j P_max(B_0(j))
 
 Less stable images are more informative: score = 1 − S_I. Reference detections are those
-scoring at least ``min_score`` with a positive area (a dense head's boxes clipped to the
-image border can have none, and an empty box has no IoU); images without any are unscored.
-Noise levels are in pixel units of 0–255 (the paper's 8, 16, …, 48); the noise is drawn per
-image and level from the selection rng, so the same seed gives the same scores.
+scoring at least ``min_score`` (the adapter drops boxes clipped to nothing at the border: an
+empty box has no IoU); images without any are unscored. Noise levels are in pixel units of
+0–255 (the paper's 8, 16, …, 48); the noise is drawn per image and level from the selection
+rng, so the same seed gives the same scores.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import box_area, box_iou
+from torchvision.ops import box_iou
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
@@ -99,7 +99,7 @@ class LocalizationStabilityStrategy(Strategy):
         bs, thr = self.params["batch_size"], self.params["min_score"]
         ref: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for inf in adapter.infer(pool.dataset, ids, bs, progress=self.progress, keep_anchors=False):
-            keep = (inf.scores >= thr) & (box_area(inf.boxes) > 0)
+            keep = inf.scores >= thr
             if bool(keep.any()):
                 p = inf.probs[keep]
                 ref[inf.image_id] = (inf.boxes[keep], p.max(-1).values if p.numel() else inf.scores[keep])
