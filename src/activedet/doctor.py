@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from activedet.config import image_root
 from activedet.errors import ActivedetError
 
 #: At most this many box problems are listed per split; the rest are counted.
@@ -46,7 +45,6 @@ def diagnose(config_path: str | Path, progress: bool = False,
     """(problems, what was checked) for the config at ``config_path``; ``probe(url)``
     tells whether a weights URL answers (default :func:`probe_url`)."""
     from activedet.config import load_config
-    from activedet.loop.runner import _split_spec
     from activedet.strategies.registry import build_strategy
 
     try:
@@ -60,7 +58,7 @@ def diagnose(config_path: str | Path, progress: bool = False,
         checked.append(f"strategy {cfg.strategy.name}")
     except ActivedetError as e:
         problems.append(str(e))
-    splits = _load_splits(cfg, _split_spec, problems)
+    splits = _load_splits(cfg, problems)
     for which, ds in splits.items():
         before = len(problems)
         problems += _image_problems(ds, which, cfg.dataset.bad_images if which == "train" else "error", progress)
@@ -73,16 +71,15 @@ def diagnose(config_path: str | Path, progress: bool = False,
     return problems, checked
 
 
-def _load_splits(cfg: Any, split_spec: Callable, problems: list[str]) -> dict[str, Any]:
-    from activedet.data.loading import load_dataset
+def _load_splits(cfg: Any, problems: list[str]) -> dict[str, Any]:
+    from activedet.loop.engine import load_split
 
     splits: dict[str, Any] = {}
     for which in ("train", "test", "reference"):
-        spec = split_spec(cfg, which)
-        if spec is None:  # no test split: a run records no metrics (it says so)
-            continue
         try:
-            splits[which] = load_dataset(spec, which, image_root(cfg.dataset, which), cfg.dataset.options)
+            ds = load_split(cfg, which)
+            if ds is not None:  # no test split: a run records no metrics (it says so)
+                splits[which] = ds
         except ActivedetError as e:
             problems.append(f"{which} split: {e}")
     return splits

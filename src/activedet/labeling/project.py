@@ -29,6 +29,7 @@ from activedet import distributed
 from activedet.config import ExperimentConfig, StrategyConfig, dump_config, image_root
 from activedet.data.base import ImageRecord
 from activedet.data.loading import load_dataset
+from activedet.data.verify import verify_images
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, LabelingError, PoolExhaustedError
 from activedet.labeling import store
@@ -37,7 +38,8 @@ from activedet.labeling.dataset import file_order, project_dataset
 from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
-from activedet.loop.runner import _save_checkpoint, auto_image_size, load_checkpoint, select_batch, train_model
+from activedet.loop.engine import RoundModels, RunStore, load_split
+from activedet.loop.runner import auto_image_size, select_batch
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
 
@@ -179,6 +181,17 @@ class _PredictedCosts(dict):
         return value
 
 
+class ProjectStore(RunStore):
+    """The run store of a labeling project: it also records what each round's checkpoint
+    was trained on (:func:`_fingerprint`), so a correction to a label retrains."""
+
+    def fingerprint(self, round_: int) -> str | None:
+        return self.call(lambda lg: store.fingerprint(lg.conn, round_))
+
+    def _put_fingerprint(self, ledger: Ledger, round_: int, value: str) -> None:
+        store.set_fingerprint(ledger.conn, round_, value)
+
+
 def _fingerprint(cfg: ExperimentConfig, dataset: Any, labeled: list[int]) -> str:
     """What a checkpoint depends on: the resolved config and every labeled image's labels."""
     h = hashlib.sha256(dump_config(cfg).encode())
@@ -219,9 +232,9 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
 
         def start() -> dict[str, Any]:  # rank 0: lock, open the project, read what every rank needs
             stack.enter_context(run_lock(project_dir, "select"))  # one writer per project directory
-            test = None
-            if cfg.dataset.test is not None:
-                test = load_dataset(cfg.dataset.test, "test", cfg.dataset.images, cfg.dataset.options)
+            test = load_split(cfg, "test") if cfg.dataset.test is not None else None
+            if test is not None:  # a round's metrics need every test image, as in simulate
+                verify_images(test, "test", "error", progress)
             proj = _open(cfg, project_dir)
             stack.callback(proj.ledger.close)
             held[:] = [proj, test]
@@ -310,52 +323,13 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         if cfg.model.image_size is None:
             cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
         adapter = build_adapter(cfg, len(base.class_names), strategy)
+        models = RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(proj.ledger if proj else None),
+                             progress, fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
         prev = r - 1
-        ckpt = f"checkpoints/round_{prev:03d}.pt"
-        row = rounds[prev]
-
-        def start_model() -> tuple[str, Any, str]:  # rank 0: reuse the checkpoint, or what to train from
-            assert proj is not None
-            conn = proj.ledger.conn
-            (project_dir / "checkpoints").mkdir(exist_ok=True)
-            fp = _fingerprint(cfg, dataset, list(pool.labeled))
-            if row.get("checkpoint") and store.fingerprint(conn, prev) == fp and (project_dir / ckpt).is_file():
-                load_checkpoint(adapter, project_dir / ckpt)
-                return "reuse", row.get("metrics"), fp
-            with conn:
-                conn.execute("DELETE FROM project_models WHERE round = ?", (prev,))
-            before = rounds.get(prev - 1, {}).get("checkpoint")
-            if not (cfg.loop.reinit or prev == 0) and before and (project_dir / before).is_file():
-                load_checkpoint(adapter, project_dir / before)
-                return "continue", None, fp
-            return "fresh", None, fp
-
-        how, metrics, fp = distributed.on_main(start_model)
-        if how != "fresh":
-            distributed.sync_state(adapter)  # rank 0 read the weights
-        if how != "reuse":
-            t0 = time.perf_counter()
-            result = train_model(cfg, strategy, adapter, dataset, pool, prev, how == "fresh", progress)
-            seconds = time.perf_counter() - t0
-
-            def record() -> None:  # rank 0: the checkpoint and its row
-                assert proj is not None
-                _save_checkpoint(adapter, project_dir / ckpt, prev)
-                proj.ledger.set_trained(prev, ckpt, result.history, {"train": seconds}, result.health)
-                with proj.ledger.conn:
-                    store.set_fingerprint(proj.ledger.conn, prev, fp)
-
-            distributed.on_main(record)
-            trained = True
+        trained = models.hold(prev, dataset, pool)
+        metrics = models.rows[prev].get("metrics")
         if plan["has_test"] and (trained or metrics is None):
-            def evaluate() -> dict[str, Any]:  # rank 0 evaluates; the others wait
-                assert proj is not None
-                t0 = time.perf_counter()
-                out = adapter.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
-                proj.ledger.set_metrics(prev, out, {"evaluate": time.perf_counter() - t0})
-                return out
-
-            metrics = distributed.on_main(evaluate)
+            metrics = models.evaluate(prev, dataset, pool, test)
         if opts.unit == "boxes" and task == "detection":
             pool.costs = _PredictedCosts(pool.costs, adapter, dataset, opts.prelabel_score)
     elif opts.unit == "boxes":

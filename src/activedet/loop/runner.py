@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import hashlib
-import io
 import logging
 import os
 import time
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from activedet import distributed
 from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, image_root
@@ -29,25 +26,18 @@ from activedet.data.loading import load_dataset
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline
-from activedet.errors import CheckpointError, ConfigError, DatasetError, ResumeError, RunDirError, TrainingError
-from activedet.loop.atomic import atomic_write_bytes, atomic_write_text, make_dir
+from activedet.errors import ConfigError, DatasetError, ResumeError, RunDirError
+from activedet.loop.atomic import atomic_write_text, make_dir
+from activedet.loop.engine import RoundModels, RunStore, derive_seed, load_checkpoint, load_split, train_model
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import LOCK_NAME, run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
-from activedet.training.trainer import TrainResult, get_trainer, train_round
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[dict[str, Any]], None]
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A 32-bit seed derived from the run seed and a path of keys (round, purpose)."""
-    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little")
-                      for k in keys]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 @dataclass
@@ -61,13 +51,6 @@ class Experiment:
     strategy: Strategy
     pool: Pool
     quarantined: dict[int, str] = field(default_factory=dict)  # unreadable pool images left out
-
-
-def _split_spec(cfg: ExperimentConfig, which: str) -> str | None:
-    spec = getattr(cfg.dataset, which)
-    if spec is None and cfg.dataset.train.startswith("builtin:") and which == "test":
-        return cfg.dataset.train  # builtins carry their own test split
-    return spec
 
 
 def resolve(cfg: ExperimentConfig) -> Strategy:
@@ -84,10 +67,8 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
     in place. Raises before touching the run directory."""
     strategy = resolve(cfg)
     strategy.check_model(cfg.task, cfg.model.arch)
-    opts = cfg.dataset.options
-    train = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), opts)
-    test_spec = _split_spec(cfg, "test")
-    test = None if test_spec is None else load_dataset(test_spec, "test", image_root(cfg.dataset, "test"), opts)
+    train = load_split(cfg, "train")
+    test = load_split(cfg, "test")
     if test is None:
         log.warning("no dataset.test: the run selects and trains but records no metrics")
     reference = None
@@ -95,7 +76,7 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
         if cfg.dataset.reference == cfg.dataset.test:
             raise ConfigError("'dataset.reference' must not be the test split: evaluation would "
                               "reward selecting for the reported metric")
-        reference = load_dataset(cfg.dataset.reference, "reference", image_root(cfg.dataset, "reference"), opts)
+        reference = load_split(cfg, "reference")
     if train.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {train.task} dataset but task is '{cfg.task}'")
     if test is not None and test.class_names != train.class_names:
@@ -184,35 +165,6 @@ def _labeled_amount(pool: Pool, unit: str) -> int:
     return len(pool.labeled) if unit == "images" else pool.labeled_boxes
 
 
-def _save_checkpoint(adapter: Any, path: Path, round_: int) -> str:
-    """Write the adapter's weights atomically (temp + fsync + rename); returns their sha256."""
-    buf = io.BytesIO()
-    torch.save({"round": round_, "arch": adapter.arch, "variant": adapter.variant,
-                "model": adapter.state_dict()}, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data, "checkpoint")
-    return hashlib.sha256(data).hexdigest()
-
-
-def load_checkpoint(adapter: Any, path: Path, sha256: str | None = None) -> None:
-    """Load a checkpoint into ``adapter``. A missing or unreadable file, or one whose
-    sha256 differs from ``sha256`` (as recorded when it was written), is a
-    :class:`CheckpointError`."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(f"checkpoint {path} is damaged ({len(data)} bytes; checksum differs from "
-                              f"the one recorded when it was written)")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        model = state["model"]
-    except Exception as e:  # truncated zip, unpickling errors, a wrong layout
-        raise CheckpointError(f"checkpoint {path} is damaged: {' '.join(str(e).split())[:160]}") from None
-    adapter.load_state_dict(model)
-
-
 def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
     """Create the ledger, or reopen it to resume: the resolved configs (every default filled
     in) must agree, or :class:`ResumeError` names the keys that differ."""
@@ -277,8 +229,8 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status.
 
     Under torchrun (:mod:`activedet.distributed`) every process runs this cycle; rank 0
-    alone holds the run lock and writes the ledger, checkpoints and reports, the others
-    follow its recorded state (:class:`FollowerLedger`) and return ``{}``."""
+    alone holds the run lock and writes the ledger, checkpoints and reports
+    (:class:`~activedet.loop.engine.RunStore`), the others follow it and return ``{}``."""
     run_dir = Path(run_dir)
     main = distributed.is_main()
     if main:
@@ -287,166 +239,42 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     exp.strategy.progress = progress and main
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
     with contextlib.ExitStack() as stack:
-        opened: list[Ledger] = []
-
-        def start() -> dict[str, Any]:  # rank 0: lock, open or create the ledger, write the config
+        def start() -> None:  # rank 0: lock, open or create the ledger, write the config
             stack.enter_context(run_lock(run_dir, "simulate"))  # one writer per run directory
             ledger = open_ledger(run_dir, cfg, exp, resume)
             stack.callback(ledger.close)
-            opened.append(ledger)
+            store.ledger = ledger
             make_dir(run_dir / "checkpoints")
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg), "config")
-            return FollowerLedger.snapshot(ledger)
 
-        snap = distributed.on_main(start)  # its error, if any, stops every rank
-        ledger = opened[0] if main else FollowerLedger(snap)
-        _cycle(exp, adapter, ledger, run_dir, progress and main, hooks if main else ())
-        ledger.set_meta(complete=True)
-        return ledger.status()
-
-
-class FollowerLedger:
-    """What a rank other than 0 holds in place of the ledger: rank 0's recorded rounds and
-    meta at the start of the run; writes are dropped (rank 0 makes them)."""
-
-    def __init__(self, snap: dict[str, Any]) -> None:
-        self._rounds = snap["rounds"]
-        self._meta = snap["meta"]
-
-    @staticmethod
-    def snapshot(ledger: Ledger) -> dict[str, Any]:
-        rounds = [{k: r[k] for k in ("round", "selected", "checkpoint", "metrics")} for r in ledger.rounds(scores=False)]
-        meta = {"checkpoint_sha256": ledger.meta().get("checkpoint_sha256")}
-        return {"rounds": rounds, "meta": meta}
-
-    def rounds(self, scores: bool = True) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._rounds]
-
-    def meta(self) -> dict[str, Any]:
-        return dict(self._meta)
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-    # the writes :func:`_cycle` and :func:`_select_round` make: rank 0's to make
-    def set_meta(self, **kwargs: Any) -> None:
-        pass
-
-    def set_trained(self, *args: Any) -> None:
-        pass
-
-    def set_metrics(self, *args: Any) -> None:
-        pass
-
-    def add_round(self, *args: Any) -> None:
-        pass
+        store = RunStore.follower()  # rank 0's gets the ledger in start()
+        distributed.on_main(start)  # its error, if any, stops every rank
+        _cycle(exp, RoundModels(cfg, exp.strategy, adapter, run_dir, store, progress and main), hooks if main else ())
+        store.set_meta(complete=True)
+        status = store.status()
+        return status if main else {}
 
 
-def _cycle(exp: Experiment, adapter: Any, ledger: Ledger, run_dir: Path, progress: bool,
-           hooks: Sequence[Hook]) -> None:
-    cfg, pool = exp.cfg, exp.pool
+def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
+    """Rounds 0..cycles: select (replayed from the ledger when recorded), train, evaluate."""
+    cfg, pool, store = exp.cfg, exp.pool, models.store
     targets = budget_targets(cfg.loop, pool)
-    done = {r["round"]: r for r in ledger.rounds(scores=False)}
+    done = models.rows
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
-    sums: dict[str, str] = dict(ledger.meta().get("checkpoint_sha256") or {})
-    model_round = -1  # which round's model the adapter holds
-
-    def train(k: int) -> None:
-        """Train round k's model on rounds 0..k; save and record its checkpoint."""
-        nonlocal model_round
-        t0 = time.perf_counter()
-        fresh = cfg.loop.reinit or k == 0
-        if not fresh:
-            hold(k - 1)
-        labeled = [i for i in pool.labeled if pool.round_of[i] <= k]
-        unlabeled = [i for i in pool.ids if pool.round_of.get(i, k + 1) > k]
-        result = train_model(cfg, exp.strategy, adapter, exp.train, pool, k, fresh, progress, labeled, unlabeled)
-        ckpt = f"checkpoints/round_{k:03d}.pt"
-        sums[ckpt] = distributed.on_main(lambda: _save_checkpoint(adapter, run_dir / ckpt, k))
-        ledger.set_meta(checkpoint_sha256=sums)  # before the round is marked trained
-        ledger.set_trained(k, ckpt, result.history, {"train": time.perf_counter() - t0}, result.health)
-        done[k]["checkpoint"] = ckpt
-        model_round = k
-
-    def hold(k: int) -> None:
-        """Make the adapter hold round k's model: load its checkpoint, or re-train the
-        round when the checkpoint is missing or damaged (e.g. truncated by a crash)."""
-        nonlocal model_round
-        if model_round == k:
-            return
-        ckpt = done[k]["checkpoint"]
-
-        def load() -> bool:  # rank 0 reads the checkpoint; the other ranks get its weights
-            try:
-                load_checkpoint(adapter, run_dir / ckpt, sums.get(ckpt))
-                return True
-            except CheckpointError as e:
-                log.warning("%s; re-training round %d", e, k)
-                return False
-
-        if distributed.on_main(load):
-            distributed.sync_state(adapter)
-            model_round = k
-        else:
-            train(k)
-
     for r in range(cfg.loop.cycles + 1):
-        row = done.get(r)
-        if row is None:  # ---- select round r
+        if r not in done:  # ---- select round r
             if r > 0:
-                hold(r - 1)
-            row = done[r] = _select_round(exp, adapter, ledger, r, targets[r])
-        if row.get("checkpoint") is None:  # ---- train on rounds 0..r
-            train(r)
-        if row.get("metrics") is None:  # ---- evaluate ({} without a test split)
-            t0 = time.perf_counter()
-            metrics: dict[str, Any] = {}
-            if exp.test is not None:
-                hold(r)
-                metrics = distributed.on_main(  # rank 0 evaluates; the others wait
-                    lambda: adapter.evaluate(exp.test, batch_size=cfg.train.eval_batch_size, progress=progress))
-            ledger.set_metrics(r, metrics, {"evaluate": time.perf_counter() - t0})
-            row["metrics"] = metrics
+                models.hold(r - 1, exp.train, pool)
+            done[r] = _select_round(exp, models.adapter, store, r, targets[r])
+        if done[r].get("checkpoint") is None:  # ---- train on rounds 0..r
+            models.train(r, exp.train, pool)
+        if done[r].get("metrics") is None:  # ---- evaluate ({} without a test split)
+            metrics = models.evaluate(r, exp.train, pool, exp.test)
             log.info("round %d: %s", r, _headline(metrics))
-            status = ledger.status()
+            status = store.status()
             for hook in hooks:
                 hook(status)
-
-
-def train_model(cfg: ExperimentConfig, strategy: Strategy, adapter: Any, dataset: Any, pool: Pool, r: int,
-                fresh: bool, progress: bool, labeled: Sequence[int] | None = None,
-                unlabeled: Sequence[int] | None = None) -> TrainResult:
-    """Train ``adapter`` for round ``r`` with round ``r``'s seeds on ``labeled`` (default:
-    ``pool.labeled``, in its order) with ``unlabeled`` (default: ``pool.unlabeled``) for the
-    strategies that train on it; ``fresh`` re-initialises the model first (else training
-    continues from the weights it holds). Shared by ``simulate`` and ``select``: the same
-    labeled ids in the same order give the same model.
-
-    Training health is judged and a collapsed round handled per ``train.on_collapse``
-    (:func:`~activedet.training.trainer.train_round`): a retry re-initialises with a seed
-    derived from ``(seed, r, attempt)``, or, without ``fresh``, restarts from the weights
-    held now. A :class:`TrainingError` names round ``r``; the caller records nothing, so
-    ``--resume`` trains the round again."""
-    labeled = list(pool.labeled) if labeled is None else list(labeled)
-    unlabeled = pool.unlabeled if unlabeled is None else unlabeled
-    if fresh:
-        adapter.reset(derive_seed(cfg.seed, r, "init"))
-    start_state = None if fresh else adapter.state_dict()
-
-    def restart(attempt: int) -> int:
-        if start_state is None:
-            adapter.reset(derive_seed(cfg.seed, r, "init", attempt))
-        else:
-            adapter.load_state_dict(start_state)
-        return derive_seed(cfg.seed, r, "train", attempt)
-
-    log.info("round %d: training on %d images (%d boxes)", r, len(labeled), pool.cost(labeled))
-    try:
-        return train_round(get_trainer(strategy.trainer), adapter, dataset, labeled, unlabeled, cfg.train,
-                           strategy.params, derive_seed(cfg.seed, r, "train"), progress, restart)
-    except TrainingError as e:
-        raise type(e)(f"round {r}: {e}") from None
 
 
 def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
@@ -470,13 +298,13 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
-def _select_round(exp: Experiment, adapter: Any, ledger: Ledger, r: int, target: int) -> dict[str, Any]:
+def _select_round(exp: Experiment, adapter: Any, store: RunStore, r: int, target: int) -> dict[str, Any]:
     cfg, pool = exp.cfg, exp.pool
     unit = cfg.loop.unit
     budget = target - _labeled_amount(pool, unit)
     chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed)
     pool.add(chosen, r)
-    ledger.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
+    store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
     return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
 
