@@ -151,6 +151,16 @@ def _relay_stderr(fd: int) -> None:
         sys.stderr.write(buf.decode(errors="replace"))
 
 
+#: What Ctrl-C leaves behind, per command (simulate says its own resume command).
+_INTERRUPTED = {
+    "select": "the project is as before this command (a trained round's checkpoint is kept and reused); "
+              "run the same command again to continue",
+    "ingest": "nothing was merged; run the same command again",
+    "export": "the output file was not written; run the same command again",
+    "report": "run the same command again",
+}
+
+
 def _resume_command(args: argparse.Namespace) -> str:
     words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
     for item in args.set:
@@ -286,8 +296,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"round": res.round, "dir": str(res.out_dir), "files": [str(f) for f in res.files],
                           "trained": res.trained, "metrics": res.metrics, "dropped": res.dropped,
-                          "pool_left": res.pool_left, "batch": rows}))
+                          "pool_left": res.pool_left, "quarantined": {str(i): w for i, w in res.quarantined.items()},
+                          "batch": rows}))
         return 0
+    for why in res.quarantined.values():
+        print(f"left out of the pool (unreadable; dataset.bad_images: skip): {why}")
     if res.dropped:
         print(f"dropped {res.dropped} unlabeled images of the replaced batch (back in the pool)")
     model = "no model yet: random draw" if res.round == 0 else (
@@ -308,10 +321,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(json.dumps({"round": res.round, "added": res.added, "updated": res.updated,
                           "unchanged": res.unchanged, "boxes": res.boxes, "skipped": res.skipped,
                           "unannotated": res.unannotated, "remaining": res.remaining,
-                          "labeled_images": res.labeled_images, "labeled_boxes": res.labeled_boxes}))
+                          "labeled_images": res.labeled_images, "labeled_boxes": res.labeled_boxes,
+                          "corrected": res.corrected}))
         return 0
     print(f"ingested {args.file}: {res.added} images added, {res.updated} updated, {res.unchanged} unchanged "
           f"({res.boxes} boxes); labeled set now {res.labeled_images} images / {res.labeled_boxes} boxes")
+    if res.corrected:
+        print(f"  {res.corrected} images of closed rounds corrected (recorded as revisions; the next select "
+              f"retrains on the corrected labels)")
     for what, items in (("skipped (cancelled)", res.skipped), ("not annotated yet", res.unannotated)):
         if items:
             print(f"  {len(items)} {what}: " + "; ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
@@ -761,7 +778,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"activedet {args.command}: interrupted (ledger is consistent; use --resume)", file=sys.stderr)
+        print(f"activedet {args.command}: interrupted; {_INTERRUPTED.get(args.command, 'nothing was changed')}",
+              file=sys.stderr)
         return 130
     finally:
         sys.stderr = stderr

@@ -66,6 +66,7 @@ def diagnose(config_path: str | Path, progress: bool = False,
         if len(problems) == before:
             checked.append(f"{which} {len(ds)} images")
     problems += _split_problems(cfg, splits)
+    problems += _pool_problems(cfg, progress, checked)
     problems += _weight_problems(cfg, probe or probe_url, checked)
     problems += _device_problems(cfg, checked)
     return problems, checked
@@ -123,8 +124,9 @@ def _split_problems(cfg: Any, splits: dict[str, Any]) -> list[str]:
 
     out: list[str] = []
     train = splits.get("train")
+    labeling = cfg.dataset.unlabeled is not None  # a `select` config: its labeled set may start empty
     for which, ds in splits.items():
-        if len(ds) == 0:
+        if len(ds) == 0 and not (labeling and which == "train"):
             out.append(f"{which} split: no images")
         if ds.task != cfg.task:
             out.append(f"{which} split is a {ds.task} dataset but task is '{cfg.task}'")
@@ -141,10 +143,33 @@ def _split_problems(cfg: Any, splits: dict[str, Any]) -> list[str]:
         for c, name in enumerate(train.class_names, start=1):
             if counts[c] == 0:
                 out.append(f"train split: class '{name}' has no boxes: a detector cannot learn it")
+    if labeling:  # select takes its budget from --budget; loop's budgets are simulate's
+        return out
     try:
         check_budgets(cfg.loop, Pool.from_dataset(train))
     except ActivedetError as e:
         out.append(str(e))
+    return out
+
+
+def _pool_problems(cfg: Any, progress: bool, checked: list[str]) -> list[str]:
+    """``dataset.unlabeled`` (select's pool): it lists, and every image decodes."""
+    from activedet.data.verify import find_unreadable_files
+    from activedet.labeling.sources import list_unlabeled
+
+    if cfg.dataset.unlabeled is None:
+        return []
+    try:
+        listing = list_unlabeled(cfg.dataset.unlabeled)
+    except ActivedetError as e:
+        return [f"unlabeled pool: {e}"]
+    note = " (dataset.bad_images: skip would leave it out of the pool)" if cfg.dataset.bad_images == "skip" else ""
+    bad = find_unreadable_files(dict(enumerate(Path(p) for p in listing.paths)), "unlabeled", progress)
+    out = [f"unlabeled pool: cannot decode image {b.path}: {b.reason}{note}" for b in bad]
+    if not listing.paths:
+        out.append(f"unlabeled pool {cfg.dataset.unlabeled}: no images")
+    if not out:
+        checked.append(f"unlabeled {len(listing.paths)} images")
     return out
 
 

@@ -102,13 +102,24 @@ def test_select_ingest_select_on_trees(tmp_path: Path, trees_files: Path, capsys
     assert sum(max(1, int(r["predicted_boxes"])) for r in rows) <= 3
     assert [r["image_id"] for r in boxes["batch"]] == batch2[:len(rows)]  # the same ranking
 
-    # labels of a closed round are not silently rewritten by a later export
+    # a correction to a closed round's box is applied and recorded as a revision, in the
+    # same file as the pending round's new labels (the whole project exported again)
+    export2 = annotator_export(trees_files, batch_files(boxes), tmp_path / "labels2.json")
     changed = json.loads(export.read_text())
+    new = json.loads(export2.read_text())
     changed["annotations"][0]["bbox"][2] += 3.0
+    offset = max(a["id"] for a in changed["annotations"])
+    changed["images"] += new["images"]
+    changed["annotations"] += [dict(a, id=a["id"] + offset) for a in new["annotations"]]
     (tmp_path / "changed.json").write_text(json.dumps(changed))
-    capsys.readouterr()
-    assert main(["ingest", "--project", str(project), str(tmp_path / "changed.json")]) == 2
-    assert "labeled differently in round 1, which is closed" in capsys.readouterr().err
+    res = cli_json(capsys, "ingest", "--project", str(project), str(tmp_path / "changed.json"))
+    assert res["corrected"] == 1 and res["added"] == len(new["images"]) and res["remaining"] == 0
+    with Ledger(project) as ledger:
+        (rev,) = store.revisions(ledger.conn)
+        now = {row.image_id: row for row in store.labels(ledger.conn)}
+    assert rev["round"] == 1 and rev["source"].endswith("changed.json")
+    assert rev["boxes"] == now[rev["image_id"]].boxes != rev["old_boxes"]
+    assert cli_json(capsys, "ingest", "--project", str(project), str(tmp_path / "changed.json"))["corrected"] == 0
 
 
 def test_select_matches_simulate_and_survives_kill_9(tmp_path: Path, trees_files: Path, capsys) -> None:
@@ -212,13 +223,14 @@ def test_bad_project_input_exits_2_with_one_line(tmp_path: Path, trees_files: Pa
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "p" / "ledger.sqlite").exists()
 
-    # an unreadable pool image is named when the pool is scored; no batch is recorded
+    # an unreadable pool image is named before anything trains; no batch is recorded
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     names = {im["id"]: im["file_name"] for im in gt(trees_files)["images"]}
     (tmp_path / "pool.txt").write_text(f"{trees_files / 'all' / names[ids[5]]}\nbroken.png\n")
     capsys.readouterr()
     assert main(["select", str(missing), "--project", str(tmp_path / "p"), "--budget", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cannot read image" in err and "broken.png" in err and len(err.splitlines()) == 1
+    assert "cannot decode image" in err and "broken.png" in err and len(err.splitlines()) == 1
+    assert "bad_images: skip" in err and not (tmp_path / "p" / "checkpoints").exists()
     with Ledger(tmp_path / "p") as ledger:
         assert (ledger.meta().get("labeling") or {}).get("pending_round") is None

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from activedet.errors import DatasetError
 
@@ -62,17 +62,74 @@ class ImageRecord:
             self.difficult = np.zeros((len(self.labels),), dtype=bool)
 
 
+#: EXIF orientations (tag 0x0112) under which the stored pixels are shown turned by 90
+#: degrees: width and height swap between the file and what people (and Label Studio) see
+TURNED = frozenset({5, 6, 7, 8})
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an open image (1: as stored), read from its header."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if value in range(1, 9) else 1
+    except Exception:  # a damaged EXIF block: the pixels are shown as stored
+        return 1
+
+
+#: modes whose values do not fit 8 bits: scaled to 0..255 from their full range
+WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def _to_rgb(im: Image.Image, path: Path, who: str) -> np.ndarray:
+    """Any mode PIL opens as (H, W, 3) uint8 RGB with its full range kept: 16-bit and
+    integer grayscale scaled from 0..65535, float from 0..1; others refused by name."""
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" else 65535.0
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > top):
+            raise DatasetError(f"cannot read image {path}{who}: mode {im.mode} with values "
+                               f"{a.min():g}..{a.max():g} outside 0..{top:g}; convert it to 8-bit RGB")
+        g = np.rint(a * (255.0 / top)).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    return np.array(im.convert("RGB"))  # writable (torch.from_numpy needs it)
+
+
 def read_image_rgb(path: Path, image_id: int | str | None = None) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB (grayscale/RGBA/palette converted).
+    """Read an image file as (H, W, 3) uint8 RGB in the frame people see it: EXIF
+    orientation applied (phones store a portrait photo as landscape pixels plus a tag, and
+    browsers, hence Label Studio, show it turned); any mode converted with its full range.
 
     Raises :class:`DatasetError` naming the file (and image id) when it cannot be read.
     """
+    who = f" (image id {image_id})" if image_id is not None else ""
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # writable (torch.from_numpy needs it)
+            shown = ImageOps.exif_transpose(im) if exif_orientation(im) != 1 else im
+            return _to_rgb(shown, Path(path), who)
     except (OSError, ValueError) as e:
-        who = f" (image id {image_id})" if image_id is not None else ""
         raise DatasetError(f"cannot read image {path}{who}: {e}") from None
+
+
+def frame_note(path: Path, width: Any, height: Any) -> str:
+    """'' unless ``(width, height)`` is the *stored* frame of an image that EXIF turns: then
+    a sentence saying so and what to do (for messages about a size that does not match)."""
+    try:
+        with Image.open(path) as im:
+            o, (w, h) = exif_orientation(im), im.size
+    except (OSError, ValueError):
+        return ""
+    if o in TURNED and (width, height) == (w, h):
+        return (f" ({width}x{height} is how the file stores its pixels; its EXIF orientation {o} shows it as "
+                f"{h}x{w}, as labeling tools and browsers do, and activedet uses that frame: write width, height "
+                f"and boxes in the frame the image is shown in)")
+    return ""
+
+
+def category_ids(dataset: Any) -> list[int]:
+    """The category id of each label 1..C in the user's own files (a COCO file's ids, e.g.
+    3, 7, 42), else 1..C: what files written back to the user carry."""
+    own = getattr(dataset, "category_ids", None)
+    return list(own) if own is not None else list(range(1, len(dataset.class_names) + 1))
 
 
 class DetectionDataset:
@@ -150,8 +207,10 @@ class DetectionDataset:
 
     def subset(self, ids: Iterable[int], name: str | None = None) -> "DetectionDataset":
         ids = list(ids)
-        return DetectionDataset([self.record(i) for i in ids], self.class_names,
-                                name or self.name, self.source)
+        out = DetectionDataset([self.record(i) for i in ids], self.class_names, name or self.name, self.source)
+        if getattr(self, "category_ids", None) is not None:
+            out.category_ids = self.category_ids
+        return out
 
     # ---------------------------------------------------------------- COCO out
     def to_coco(self, ids: Iterable[int] | None = None) -> dict[str, Any]:
@@ -305,7 +364,8 @@ def check_box(box: Sequence[float], width: int, height: int, where: str) -> np.n
 
 
 def image_size(path: Path, where: str) -> tuple[int, int]:
-    """(width, height) of an image file from its header (no pixel decoding).
+    """(width, height) of an image file from its header (no pixel decoding), in the frame
+    it is shown in (EXIF orientation applied, as :func:`read_image_rgb` does).
 
     Raises :class:`DatasetError` prefixed by ``where`` if it is missing or unreadable.
     """
@@ -313,6 +373,8 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
         raise DatasetError(f"{where}: image file not found: {path}")
     try:
         with Image.open(path) as im:
+            if exif_orientation(im) in TURNED:  # the frame the image is shown (and used) in
+                return int(im.height), int(im.width)
             return int(im.width), int(im.height)
     except (OSError, ValueError) as e:
         raise DatasetError(f"{where}: cannot read image {path}: {e}") from None

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from activedet.data.base import (NO_CROWD_BOXES, NO_CROWD_LABELS, DetectionDataset, ImageRecord, check_box,
-                                 image_size)
+                                 frame_note, image_size)
 from activedet.errors import DatasetError
 
 
@@ -104,7 +104,9 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
             crowd_boxes=_stack([t[0] for t in crowd]) if crowd else NO_CROWD_BOXES,
             crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64) if crowd else NO_CROWD_LABELS,
         ))
-    return DetectionDataset(records, class_names, name or json_path.stem, source=where)
+    ds = DetectionDataset(records, class_names, name or json_path.stem, source=where)
+    ds.category_ids = sorted(cat_ids)  # the file's own ids, for files written back to the user
+    return ds
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -166,7 +168,8 @@ def _image_size(im: dict[str, Any], iid: int, root: Path, where: str) -> tuple[i
     width, height = image_size(root / file_name, here)
     for key, actual in (("width", width), ("height", height)):
         if key in im and im[key] is not None and im[key] != actual:
-            raise DatasetError(f"{here}: json says {key}={im[key]!r} but {file_name} has {actual}")
+            raise DatasetError(f"{here}: json says {key}={im[key]!r} but {file_name} has {actual}"
+                               + frame_note(root / file_name, im.get("width"), im.get("height")))
     return width, height
 
 

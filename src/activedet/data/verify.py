@@ -22,11 +22,12 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from activedet.data.base import WIDE_MODES, read_image_rgb
 from activedet.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ def decode_error(path: Path) -> str | None:
             im.load()
             if im.width < 1 or im.height < 1:
                 return f"empty image ({im.width}x{im.height})"
+            if im.mode in WIDE_MODES:  # their range is checked as training will read them
+                read_image_rgb(path)
+    except DatasetError as e:
+        return str(e).split(": ", 1)[-1][:200]
     except Exception as e:  # Pillow's plugins raise many types; any of them means unreadable
         text = " ".join(str(e).split()) or type(e).__name__
         return text[:200]
@@ -153,15 +158,19 @@ def find_unreadable(dataset: Any, split: str, progress: bool = True,
     """Decode every on-disk image of ``dataset`` not already in the cache, :data:`CHUNK`
     images at a time (each chunk's good files are recorded in the cache before the next
     starts); the unreadable ones in image-id order."""
-    items = _on_disk(dataset)
+    return _find(_on_disk(dataset), len(dataset), split, progress, cache)
+
+
+def _find(items: Iterator[tuple[int, Path]], total: int, split: str, progress: bool,
+          cache: VerifiedCache | None) -> list[BadImage]:
     first = list(itertools.islice(items, CHUNK))
     if not first:
         return []
     own = cache is None
     cache = cache or VerifiedCache()
     pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="verify")
-    bar = tqdm(total=len(dataset), desc=f"verifying {split} images", unit="img",
-               disable=not progress or len(dataset) < PROGRESS_MIN, leave=False)
+    bar = tqdm(total=total, desc=f"verifying {split} images", unit="img",
+               disable=not progress or total < PROGRESS_MIN, leave=False)
     try:
         bad: list[BadImage] = []
         chunk = first
@@ -196,9 +205,29 @@ def verify_images(dataset: Any, split: str, policy: str = "error", progress: boo
     """Decode every image of ``dataset``. ``policy="error"`` raises :class:`DatasetError`
     naming the first unreadable file and its image id; ``"skip"`` returns
     ``{image id: reason}`` of the unreadable ones (to quarantine)."""
+    _check_policy(policy)
+    return _verdict(find_unreadable(dataset, split, progress), policy)
+
+
+def find_unreadable_files(files: Mapping[int, Path], split: str, progress: bool = True) -> list[BadImage]:
+    """:func:`find_unreadable` for images known by path only (``{image id: path}``)."""
+    return _find(iter(files.items()), len(files), split, progress, None)
+
+
+def verify_files(files: Mapping[int, Path], split: str, policy: str = "error",
+                 progress: bool = True) -> dict[int, str]:
+    """:func:`verify_images` for images known by path only (``{image id: path}``, e.g. a
+    labeling project's unlabeled pool)."""
+    _check_policy(policy)
+    return _verdict(find_unreadable_files(files, split, progress), policy)
+
+
+def _check_policy(policy: str) -> None:
     if policy not in POLICIES:
         raise ConfigError(f"bad_images policy {policy!r} is not one of {', '.join(POLICIES)}")
-    bad = find_unreadable(dataset, split, progress)
+
+
+def _verdict(bad: list[BadImage], policy: str) -> dict[int, str]:
     if bad and policy == "error":
         more = f" (and {len(bad) - 1} more unreadable images)" if len(bad) > 1 else ""
         raise DatasetError(bad[0].message() + more)
@@ -207,4 +236,4 @@ def verify_images(dataset: Any, split: str, policy: str = "error", progress: boo
     return {b.image_id: f"{b.path}: {b.reason}" for b in bad}
 
 
-__all__ = ["BadImage", "VerifiedCache", "decode_error", "find_unreadable", "verify_images", "cache_dir"]
+__all__ = ["BadImage", "VerifiedCache", "decode_error", "find_unreadable", "find_unreadable_files", "verify_files", "verify_images", "cache_dir"]

@@ -64,6 +64,11 @@ class BatchSpec:
     image_url_prefix: str | None = None
     local_files_root: str | None = None
     pool_root: str = ""
+    category_ids: list[int] | None = None  # of labels 1..C in the user's files (None: 1..C)
+
+    def category_id(self, label: int) -> int:
+        """The user's category id of label ``label`` (1..C)."""
+        return int(label) if self.category_ids is None else int(self.category_ids[int(label) - 1])
 
     @property
     def model_version(self) -> str:
@@ -131,7 +136,7 @@ def _fmt(v: float | None) -> str:
 def batch_coco(images: Sequence[BatchImage], spec: BatchSpec) -> dict[str, Any]:
     """The batch as COCO: images (``file_name`` relative to the pool root, plus
     ``activedet_id``/``activedet_round``/``score``) and the model's detections as
-    annotations with ``score`` (category ids 1..C)."""
+    annotations with ``score`` (category ids as in the labeled file)."""
     coco_images, anns = [], []
     for im in images:
         entry: dict[str, Any] = {"id": im.image_id, "file_name": im.name, "width": im.width,
@@ -139,15 +144,15 @@ def batch_coco(images: Sequence[BatchImage], spec: BatchSpec) -> dict[str, Any]:
                                  "activedet_round": spec.round, "rank": im.rank, "score": im.score,
                                  "path": im.path}
         if spec.task == "classification" and im.predicted_class is not None:
-            entry["predicted_category_id"] = im.predicted_class + 1
+            entry["predicted_category_id"] = spec.category_id(im.predicted_class + 1)
             entry["predicted_score"] = im.class_score
         coco_images.append(entry)
         for box, s, lab in zip(im.boxes, im.box_scores, im.box_labels):
             x1, y1, x2, y2 = (float(v) for v in box)
-            anns.append({"id": len(anns) + 1, "image_id": im.image_id, "category_id": int(lab),
+            anns.append({"id": len(anns) + 1, "image_id": im.image_id, "category_id": spec.category_id(lab),
                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                          "iscrowd": 0, "score": float(s)})
-    cats = [{"id": k + 1, "name": n} for k, n in enumerate(spec.class_names)]
+    cats = [{"id": spec.category_id(k + 1), "name": n} for k, n in enumerate(spec.class_names)]
     return {"info": {"description": f"activedet batch, round {spec.round}, strategy {spec.strategy}",
                      "activedet_project": spec.project_uid},
             "images": coco_images, "annotations": anns, "categories": cats}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from activedet.data.base import category_ids
 from activedet.data.loading import load_dataset
 from activedet.errors import ConfigError
 from activedet.labeling import store
@@ -37,6 +38,7 @@ def export_project(project_dir: str | Path, out: str | Path, fmt: str = "coco") 
     base = load_dataset(proj["train"], "train", proj.get("images"), proj.get("options") or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(proj["class_names"])
+    cat_ids = category_ids(base)  # the labeled file's own category ids (e.g. 3, 7, 42)
     images, anns = [], []
     mem_dir = out.parent / f"{out.stem}_images"
 
@@ -55,11 +57,11 @@ def export_project(project_dir: str | Path, out: str | Path, fmt: str = "coco") 
         images.append({"id": int(image_id), "file_name": file_name(path, image_id, array), "width": int(width),
                        "height": int(height), "activedet_round": int(round_)})
         if proj["task"] == "classification":
-            anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(labels[0]) + 1})
+            anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": cat_ids[int(labels[0])]})
             return
         for k, (box, lab) in enumerate(zip(boxes, labels)):
             x1, y1, x2, y2 = (float(v) for v in box)
-            ann = {"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(lab),
+            ann = {"id": len(anns) + 1, "image_id": int(image_id), "category_id": cat_ids[int(lab) - 1],
                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
             if difficult is not None and bool(difficult[k]):
                 ann.update(iscrowd=1, ignore=1, difficult=1)
@@ -73,7 +75,7 @@ def export_project(project_dir: str | Path, out: str | Path, fmt: str = "coco") 
         add(row.image_id, Path(row.path), None, row.width, row.height, row.round, row.boxes, row.labels)
     coco = {"info": {"description": "activedet labeled set", "activedet_project": proj["uid"]},
             "images": images, "annotations": anns,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
+            "categories": [{"id": cat_ids[k], "name": n} for k, n in enumerate(names)]}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(coco))
     os.replace(tmp, out)

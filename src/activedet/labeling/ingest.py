@@ -3,8 +3,11 @@
 The export is parsed and validated in full first (:mod:`activedet.labeling.parse`), then
 the labels, the ledger's counts and the pending state change in one SQLite transaction:
 all or nothing. Images already ingested with the same labels are skipped, so ingesting
-the same file twice changes nothing; labels of the pending round may be corrected by a
-later export, labels of a closed round may not.
+the same file twice changes nothing. Labels may be corrected by a later export (the whole
+Label Studio project exported every week is fine): a correction of the pending round
+replaces its labels; a correction of an image of a closed round is applied and recorded
+as a revision (``project_revisions``: before and after), the round's recorded history
+stays as it was, and the next ``select`` retrains because the labeled set changed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class IngestResult:
     remaining: int = 0  # images of the pending batch still unlabeled
     labeled_images: int = 0
     labeled_boxes: int = 0
+    corrected: int = 0  # images of closed rounds whose labels changed (recorded as revisions)
 
 
 def open_project(project_dir: Path) -> tuple[Ledger, dict[str, Any]]:
@@ -80,15 +84,19 @@ def _ingest(ledger: Ledger, meta: dict[str, Any], file: Path) -> IngestResult:
     in_pending = {b.image_id: b for b in batches if b.round == pending}
     existing = {row.image_id: row for row in store.labels(conn)}
     writes: list[store.LabelRow] = []
+    corrections: list[tuple[store.LabelRow, store.LabelRow]] = []
     added = updated = unchanged = boxes = 0
     for item in parsed.items:
         old = existing.get(item.image_id)
         if old is not None and (old.boxes, old.labels) == (item.boxes, item.labels):
             unchanged += 1
             continue
-        if old is not None and old.round != pending:
-            raise DatasetError(f"{item.where}: labeled differently in round {old.round}, which is closed "
-                               f"(labels of a closed round are not changed)")
+        if old is not None and old.round != pending:  # a closed round's image, corrected
+            row = store.LabelRow(old.image_id, old.round, old.rank, old.path, old.width, old.height, item.boxes,
+                                 item.labels, str(file))
+            corrections.append((old, row))
+            writes.append(row)
+            continue
         if item.image_id not in in_pending:
             where = f"round {pending}" if pending is not None else "no round is pending"
             raise DatasetError(f"{item.where}: image is not in the pending batch ({where})")
@@ -107,13 +115,16 @@ def _ingest(ledger: Ledger, meta: dict[str, Any], file: Path) -> IngestResult:
     remaining = len([i for i in in_pending if i not in final])
     if writes:
         sha = hashlib.sha256(file.read_bytes()).hexdigest()
-        with conn:  # one transaction: labels, ledger counts and pending state together
+        with conn:  # one transaction: labels, revisions, ledger counts and pending state together
             for row in writes:
                 store.put_label(conn, row)
-            store.set_labeled_counts(conn, pending, total_images, total_boxes)
+            for old, row in corrections:
+                store.add_revision(conn, old, row)
+            if pending is not None:
+                store.set_labeled_counts(conn, pending, total_images, total_boxes)
             lab = dict(meta.get("labeling") or {})
             lab.update(labeled=len(in_pending) - remaining, pending_round=pending if remaining else None)
             ledger.put_meta(labeling=lab, pool_boxes=total_boxes)
             store.log_ingest(conn, str(file), sha, pending, added, updated, boxes)
     return IngestResult(pending, added, updated, unchanged, boxes, parsed.skipped, parsed.unannotated,
-                        remaining, total_images, total_boxes)
+                        remaining, total_images, total_boxes, len(corrections))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs, unquote, urlparse
 
-from activedet.data.base import check_box
+from activedet.data.base import check_box, frame_note
 from activedet.errors import DatasetError
 
 #: percent coordinates may overshoot 0..100 by this much (rounding in the labeling tool)
@@ -64,7 +64,13 @@ class ProjectView:
     class_names: list[str]
     paths: Mapping[int, str]  # image id -> resolved path, every batch image of every round
     names: Mapping[int, str]  # image id -> name relative to the pool root
-    size_of: Callable[[int], tuple[int, int]]  # image id -> (width, height) from the file
+    size_of: Callable[[int], tuple[int, int]]  # image id -> (width, height) from the file, as shown
+
+    def frame_note(self, width: Any, height: Any, image_id: int) -> str:
+        """Why ``width x height`` differs from the image, when it is the stored frame of an
+        image EXIF turns ('' otherwise)."""
+        path = self.paths.get(image_id)
+        return "" if path is None else frame_note(Path(path), width, height)
 
 
 def read_export(path: Path) -> Any:
@@ -195,7 +201,7 @@ def _ls_result(result: Any, image_id: int, view: ProjectView, where: str) -> Lab
             raise DatasetError(f"{here}: not a result object with a 'value'")
         kind, value = item.get("type"), item["value"]
         if kind == "rectanglelabels" and view.task == "detection":
-            box, label = _ls_box(item, value, width, height, view, here)
+            box, label = _ls_box(item, value, width, height, view, here, image_id)
             boxes.append(box)
             labels.append(label)
         elif kind == "choices" and view.task == "classification":
@@ -214,10 +220,11 @@ def _ls_result(result: Any, image_id: int, view: ProjectView, where: str) -> Lab
 
 
 def _ls_box(item: dict[str, Any], value: dict[str, Any], width: int, height: int, view: ProjectView,
-            here: str) -> tuple[list[float], int]:
+            here: str, image_id: int) -> tuple[list[float], int]:
     for key, actual in (("original_width", width), ("original_height", height)):
         if item.get(key) is not None and item[key] != actual:
-            raise DatasetError(f"{here}: {key}={item[key]!r} but the image is {width}x{height}")
+            raise DatasetError(f"{here}: {key}={item[key]!r} but the image is {width}x{height}" + view.frame_note(
+                item.get("original_width"), item.get("original_height"), image_id))
     nums = {}
     for key in ("x", "y", "width", "height"):
         v = value.get(key)
@@ -278,7 +285,8 @@ def parse_coco(data: dict[str, Any], view: ProjectView, file: str, base_dir: Pat
         width, height = view.size_of(pid)
         for key, actual in (("width", width), ("height", height)):
             if im.get(key) is not None and im[key] != actual:
-                raise DatasetError(f"{where}: {key}={im[key]!r} but {view.names[pid]} is {width}x{height}")
+                raise DatasetError(f"{where}: {key}={im[key]!r} but {view.names[pid]} is {width}x{height}"
+                                   + view.frame_note(im.get("width"), im.get("height"), pid))
         images[cid] = (pid, f"{where} ({view.names[pid]})")
     per_image: dict[int, list[tuple[list[float], int]]] = {cid: [] for cid in images}
     for ann in _list(data, "annotations", file, required=False):

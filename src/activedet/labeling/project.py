@@ -19,7 +19,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,11 @@ import numpy as np
 
 from activedet import distributed
 from activedet.config import ExperimentConfig, StrategyConfig, dump_config, image_root
-from activedet.data.base import ImageRecord
+from activedet.data.base import ImageRecord, category_ids
 from activedet.data.loading import load_dataset
-from activedet.data.verify import verify_images
+from activedet.data.verify import verify_files, verify_images
 from activedet.data.pool import Pool
-from activedet.errors import ConfigError, LabelingError, PoolExhaustedError
+from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhaustedError
 from activedet.labeling import store
 from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
 from activedet.labeling.dataset import file_order, project_dataset
@@ -65,6 +65,7 @@ class SelectResult:
     metrics: dict[str, Any] | None
     dropped: int = 0  # unlabeled images of a replaced batch returned to the pool
     pool_left: int = 0
+    quarantined: dict[int, str] = field(default_factory=dict)  # unreadable pool images left out (bad_images: skip)
 
 
 # ============================================================================ opening
@@ -251,12 +252,30 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
             if test is not None and test.class_names != proj.base.class_names:
                 raise ConfigError(f"test split classes {test.class_names} differ from the labeled set's "
                                   f"{proj.base.class_names}")
-            return _plan(proj, opts, project_dir, test is not None)
+            plan = _plan(proj, opts, project_dir, test is not None)
+            plan["quarantined"] = _verify_pool(cfg, proj, progress)
+            return plan
 
         plan = distributed.on_main(start)  # its error, if any, stops every rank
         proj, test = held if main else (None, None)
         base = proj.base if proj is not None else _load_base(cfg)  # the other ranks read dataset.train themselves
         return _select(cfg, project_dir, opts, strategy, test, proj, base, plan, progress and main)
+
+
+def _verify_pool(cfg: ExperimentConfig, proj: _Project, progress: bool) -> dict[int, str]:
+    """Decode every image before anything trains (cached by file size and time, so a
+    weekly pool is decoded once): the labeled set must be whole; unreadable pool images stop
+    the command, naming them, or under ``dataset.bad_images: skip`` are left out of the pool
+    (returned as ``{image id: reason}``)."""
+    verify_images(proj.base, "train", "error", progress)
+    labeled = {row.image_id: Path(row.path) for row in proj.labels}
+    verify_files(labeled, "labeled", "error", progress)
+    pool = {i: Path(p) for i, p in proj.pool_ids.items() if i not in labeled}
+    try:
+        return verify_files(pool, "unlabeled", cfg.dataset.bad_images, progress)
+    except DatasetError as e:
+        raise DatasetError(f"{e}; remove it from the pool, or set dataset.bad_images: skip to leave unreadable "
+                           f"pool images out") from None
 
 
 def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool) -> dict[str, Any]:
@@ -295,7 +314,8 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     # ---- the labeled set (rounds 0..r-1) and the pool
     task, root = cfg.task, plan["root"]
     extra = {row.image_id: _ingested_record(row, task, root) for row in labels}
-    pool_paths = {i: p for i, p in plan["pool_ids"].items() if i not in extra}
+    bad = plan["quarantined"]
+    pool_paths = {i: p for i, p in plan["pool_ids"].items() if i not in extra and i not in bad}
     dataset = project_dataset(task, base.class_names, base, extra, pool_paths, root)
     costs = {i: base.num_boxes(i) for i in base_order}
     costs.update({i: (1 if task == "classification" else len(rec.labels)) for i, rec in extra.items()})
@@ -349,7 +369,7 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         ledger, conn = proj.ledger, proj.ledger.conn
         spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
                          list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
-                         opts.local_files_root, root)
+                         opts.local_files_root, root, category_ids(base))
         images = _describe(chosen, scores, dataset, adapter, cfg, r)
         out_dir = project_dir / "rounds" / f"{r:03d}"
         out_dir.parent.mkdir(exist_ok=True)
@@ -366,9 +386,10 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
                             strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
                             pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
                             config_yaml=dump_config(cfg), config=cfg.to_dict(),
+                            quarantined={str(i): why for i, why in sorted(bad.items())},
                             train_source=cfg.dataset.train)
         return SelectResult(r, out_dir, images, files, trained, metrics, dropped,
-                            len(pool.unlabeled) - len(chosen))
+                            len(pool.unlabeled) - len(chosen), dict(bad))
 
     return distributed.on_main(write)
 

@@ -11,7 +11,10 @@ and the ledger together: an ingest either lands entirely or not at all.
   and labels ``1..C``; classification: one class index ``0..C-1``);
 - ``project_models``: which labeled set (a fingerprint) each round's checkpoint was
   trained on, so ``select`` reuses a checkpoint only when nothing changed;
-- ``project_ingests``: one row per ingested file (what it added).
+- ``project_ingests``: one row per ingested file (what it added);
+- ``project_revisions``: every correction of an image of a closed round (its labels
+  before and after, and the file that changed them): ``project_labels`` holds the labels
+  now, this table what they were.
 
 None of these functions commits: callers group them in ``with conn:``.
 """
@@ -37,6 +40,10 @@ CREATE TABLE IF NOT EXISTS project_models (round INTEGER PRIMARY KEY, fingerprin
 CREATE TABLE IF NOT EXISTS project_ingests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, file TEXT NOT NULL, sha256 TEXT NOT NULL, round INTEGER,
     added INTEGER NOT NULL, updated INTEGER NOT NULL, boxes INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS project_revisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL, round INTEGER NOT NULL,
+    old_boxes TEXT NOT NULL, old_labels TEXT NOT NULL, boxes TEXT NOT NULL, labels TEXT NOT NULL,
+    source TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -110,6 +117,22 @@ def put_label(conn: sqlite3.Connection, row: LabelRow) -> None:
     conn.execute("INSERT OR REPLACE INTO project_labels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (row.image_id, row.round, row.rank, row.path, row.width, row.height,
                   json.dumps(row.boxes), json.dumps(row.labels), row.source, time.time()))
+
+
+def add_revision(conn: sqlite3.Connection, old: LabelRow, new: LabelRow) -> None:
+    """Record that ``old`` (an image of a closed round) was corrected to ``new``."""
+    conn.execute("INSERT INTO project_revisions (image_id, round, old_boxes, old_labels, boxes, labels, source, at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (old.image_id, old.round, json.dumps(old.boxes),
+                                                    json.dumps(old.labels), json.dumps(new.boxes),
+                                                    json.dumps(new.labels), new.source, time.time()))
+
+
+def revisions(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every correction of a closed round's labels, oldest first."""
+    cur = conn.execute("SELECT image_id, round, old_boxes, old_labels, boxes, labels, source, at "
+                       "FROM project_revisions ORDER BY id")
+    return [{"image_id": r[0], "round": r[1], "old_boxes": json.loads(r[2]), "old_labels": json.loads(r[3]),
+             "boxes": json.loads(r[4]), "labels": json.loads(r[5]), "source": r[6], "at": r[7]} for r in cur]
 
 
 def set_labeled_counts(conn: sqlite3.Connection, round_: int, images: int, boxes: int) -> None:
