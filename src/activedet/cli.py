@@ -182,6 +182,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with Ledger(args.run_dir) as ledger:
         status = ledger.status()
+        meta = ledger.meta()
+    if meta.get("label_studio"):  # a project bound to Label Studio: how far its round is there
+        from activedet.labeling.studio import describe
+
+        status["label_studio"] = describe(meta["label_studio"], meta["project"]["uid"],
+                                          (status.get("labeling") or {}).get("pending_round"),
+                                          args.label_studio_key_file)
     print(json.dumps(status) if args.json else _status_text(status))
     return 0
 
@@ -249,7 +256,20 @@ def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
             shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
                      f"{shown or '-'}")
-    if pending is not None:
+    ls = status.get("label_studio")
+    if ls:
+        where = f"Label Studio {ls['url']} project {ls['project']}"
+        if "error" in ls:
+            lines.append(f"{where}: cannot be asked now: {ls['error']}")
+        elif "tasks" in ls:
+            lines.append(f"{where}: {ls['labeled']} of {ls['tasks']} tasks of round {ls['round']} labeled there"
+                         + (f", {ls['skipped']} skipped" if ls["skipped"] else ""))
+        else:
+            lines.append(f"{where} (last round imported: {ls.get('pushed_round')})")
+    if pending is not None and ls:
+        lines.append(f"round {pending} is pending: label it in Label Studio, then `activedet ingest --project "
+                     f"{status['run_dir']} --label-studio {ls['url']}`")
+    elif pending is not None:
         lines.append(f"round {pending} is pending: label {lab.get('dir')}, then `activedet ingest --project "
                      f"{status['run_dir']} EXPORT.json`")
     return "\n".join(lines)
@@ -281,9 +301,22 @@ def _cmd_select(args: argparse.Namespace) -> int:
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
                          prelabel_score=args.prelabel_score)
+    studio = None
+    if args.label_studio:  # before any work: the server answers and takes the key (torchrun children never see it)
+        from activedet.labeling import studio as ls
+
+        studio = ls.connect(args.label_studio, args.label_studio_key_file)
+        state = ls.link_state(Path(args.project))
+        pending = state["pending_round"]
+        if pending is not None and not args.replace and (state["pushed_round"] != pending
+                                                          or args.label_studio_relink):
+            return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)
     if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        return _launch_torchrun(args, _select_words(args), "the project holds the last complete step; "
+        code = _launch_torchrun(args, _select_words(args), "the project holds the last complete step; "
                                 "run the same select again")
+        if code == 0 and studio is not None:
+            return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)
+        return code
     distributed.init(cfg.device)  # under torchrun: join the group; else nothing
     main_rank = distributed.is_main()
     try:
@@ -292,12 +325,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if not main_rank:  # ranks other than 0 say nothing
         return 0
+    sync = None if studio is None else ls.sync_pending(Path(args.project), studio, args.label_studio_relink)
     rows = [{"rank": im.rank, "image_id": im.image_id, "path": im.path, "score": im.score} for im in res.images]
     if args.json:
         print(json.dumps({"round": res.round, "dir": str(res.out_dir), "files": [str(f) for f in res.files],
                           "trained": res.trained, "metrics": res.metrics, "dropped": res.dropped,
                           "pool_left": res.pool_left, "quarantined": {str(i): w for i, w in res.quarantined.items()},
-                          "batch": rows}))
+                          "batch": rows, "label_studio": sync}))
         return 0
     for why in res.quarantined.values():
         print(f"left out of the pool (unreadable; dataset.bad_images: skip): {why}")
@@ -308,15 +342,36 @@ def _cmd_select(args: argparse.Namespace) -> int:
     print(f"round {res.round}: selected {len(res.images)} images ({model}); {res.pool_left} left in the pool")
     for f in res.files:
         print(f"  {f}")
+    if sync is not None:
+        return _print_sync(args, sync, res)
     print(f"next: label them (Label Studio: import {res.out_dir / 'labelstudio' / 'tasks.json'}), then "
           f"`activedet ingest --project {args.project} EXPORT.json`")
+    return 0
+
+
+def _print_sync(args: argparse.Namespace, sync: dict[str, Any], res: Any) -> int:
+    if res is None and args.json:
+        print(json.dumps({"round": sync["round"], "label_studio": sync}))
+        return 0
+    print(f"Label Studio {sync['url']} project {sync['project']}: round {sync['round']}: imported "
+          f"{sync['imported']} tasks ({sync['present']} were there already"
+          + (f", {sync['deleted']} unannotated tasks of the dropped batch deleted" if sync["deleted"] else "") + ")")
+    print(f"next: label them there, then `activedet ingest --project {args.project} --label-studio {sync['url']}`")
     return 0
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from activedet.labeling.ingest import ingest
 
-    res = ingest(args.project, args.file)
+    if (args.file is None) == (args.label_studio is None):
+        raise ActivedetError("ingest takes an export FILE or --label-studio URL (the bound project's tasks), "
+                             "one of them")
+    if args.label_studio is not None:
+        from activedet.labeling.studio import pull_and_ingest
+
+        args.file, res = pull_and_ingest(Path(args.project), args.label_studio, args.label_studio_key_file)
+    else:
+        res = ingest(args.project, args.file)
     if args.json:
         print(json.dumps({"round": res.round, "added": res.added, "updated": res.updated,
                           "unchanged": res.unchanged, "boxes": res.boxes, "skipped": res.skipped,
@@ -614,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
     s.add_argument("run_dir", help="a run directory (simulate --out) or a labeling project")
+    s.add_argument("--label-studio-key-file", metavar="F",
+                   help="a project bound to Label Studio: the API key, to count the round's tasks labeled there "
+                        "(default: $LABEL_STUDIO_API_KEY)")
     s.add_argument("--json", action="store_true", help="machine-readable status")
     s.set_defaults(func=_cmd_status)
 
@@ -641,6 +699,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R and a Local files storage on the pool folder")
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
+    s.add_argument("--label-studio", metavar="URL",
+                   help="import the round into Label Studio over its API (first round: create a project bound "
+                        "to this one, with the labeling config and a local-files storage on the pool folder); "
+                        "re-running after a failure completes the import without duplicates")
+    s.add_argument("--label-studio-key-file", metavar="F",
+                   help="file holding the Label Studio API key (default: $LABEL_STUDIO_API_KEY; never recorded)")
+    s.add_argument("--label-studio-relink", action="store_true",
+                   help="bind to a new Label Studio project (the recorded one was deleted there) and import "
+                        "the pending round into it")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
@@ -653,7 +720,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "listed image is labeled (no annotations = an empty image). Ingesting the "
                                    "same file twice changes nothing; a partial batch stays pending.")
     s.add_argument("--project", required=True, help="project directory")
-    s.add_argument("file", help="Label Studio JSON export, or a COCO json (CVAT, Label Studio COCO, ...)")
+    s.add_argument("file", nargs="?", help="Label Studio JSON export, or a COCO json (CVAT, Label Studio COCO, ...)")
+    s.add_argument("--label-studio", metavar="URL",
+                   help="pull the bound Label Studio project's annotations over its API instead of a file "
+                        "(saved under DIR/rounds/NNN/labelstudio/export-*.json, then ingested)")
+    s.add_argument("--label-studio-key-file", metavar="F",
+                   help=f"file holding the Label Studio API key (default: ${'{'}LABEL_STUDIO_API_KEY{'}'})")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
     s.set_defaults(func=_cmd_ingest)
 

@@ -158,10 +158,24 @@ def test_labelstudio_tasks_round_trip_through_the_parser(tmp_path: Path) -> None
     tasks = labelstudio_tasks([im], spec)
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=pool/a/x.png"  # relative to the pool's parent
     pred = tasks[0]["predictions"][0]
-    assert pred["model_version"] == "entropy-round003" and pred["score"] == pytest.approx(0.7)
+    assert pred["model_version"] == "entropy-round003" and pred["score"] == pytest.approx(0.5)  # rank 1 of 1
+    assert tasks[0]["data"]["activedet_score"] == pytest.approx(0.7) and tasks[0]["data"]["activedet_rank"] == 1
     assert len(pred["result"]) == 1  # the 0.2 detection is below the pre-annotation threshold
     tasks[0]["annotations"] = [ann(pred["result"])]
     parsed = parse_export(write(tmp_path, tasks), view())
     assert parsed.items[0].boxes[0] == pytest.approx([10, 20, 50, 60]) and parsed.items[0].labels == [2]
     assert to_percent([10, 20, 50, 60], 200, 100)["width"] == pytest.approx(20.0)
     assert '<Label value="car"/>' in labelstudio_config(spec)
+
+
+def test_label_studio_orders_put_the_first_choice_first() -> None:
+    """Uncertainty sampling serves the lowest prediction score first, the Data Manager sorts
+    it ascending: both must start with rank 1, whatever the strategy's scores are."""
+    spec = BatchSpec(UID, 2, "entropy", "detection", ["tree", "car"], 0.5, None, None, "/pool")
+    scores = [9.0, 3.5, 3.4, -1.0]  # the strategy's, best first
+    images = [BatchImage(k + 1, 10 + k, f"/pool/{k}.png", f"{k}.png", 64, 64, s) for k, s in enumerate(scores)]
+    tasks = labelstudio_tasks(images, spec)
+    served = sorted(tasks, key=lambda t: t["predictions"][0]["score"])
+    assert [t["data"]["activedet_rank"] for t in served] == [1, 2, 3, 4]
+    assert all(0 < t["predictions"][0]["score"] < 1 for t in tasks)
+    assert [t["data"]["activedet_score"] for t in served] == scores

@@ -180,10 +180,14 @@ def to_percent(box: Sequence[float], width: int, height: int) -> dict[str, float
 
 
 def labelstudio_tasks(images: Sequence[BatchImage], spec: BatchSpec) -> list[dict[str, Any]]:
-    """One task per image; ``predictions`` carry ``model_version`` and the image's score
-    (Label Studio's data manager sorts by it). No prediction when the round was drawn at
-    random (no model yet)."""
+    """One task per image. ``predictions`` carry ``model_version`` and a ``score`` that
+    grows with the rank, ``(rank - 0.5) / n`` in (0, 1): Label Studio's uncertainty sampling
+    serves the lowest prediction score first, and its Data Manager sorts by it ascending, so
+    both start with the strategy's first choice. The strategy's own score and rank are in
+    ``data`` (``activedet_score``, ``activedet_rank``: columns Community edition sorts on).
+    No prediction when the round was drawn at random (no model yet)."""
     tasks = []
+    n = max(1, len(images))
     for im in images:
         task: dict[str, Any] = {"data": {
             LS_IMAGE: image_url(im.path, spec), "activedet_image_id": im.image_id,
@@ -191,13 +195,13 @@ def labelstudio_tasks(images: Sequence[BatchImage], spec: BatchSpec) -> list[dic
             "activedet_rank": im.rank, "activedet_file": im.name,
             "activedet_score": im.score}}
         if im.score is not None:
-            task["predictions"] = [{"model_version": spec.model_version, "score": float(im.score),
-                                    "result": _prediction_result(im, spec)}]
+            task["predictions"] = [{"model_version": spec.model_version, "score": (im.rank - 0.5) / n,
+                                    "result": prediction_result(im, spec)}]
         tasks.append(task)
     return tasks
 
 
-def _prediction_result(im: BatchImage, spec: BatchSpec) -> list[dict[str, Any]]:
+def prediction_result(im: BatchImage, spec: BatchSpec) -> list[dict[str, Any]]:
     if spec.task == "classification":
         if im.predicted_class is None:
             return []

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ import numpy as np
 from activedet import distributed
 from activedet.config import ExperimentConfig, StrategyConfig, dump_config, image_root
 from activedet.data.base import ImageRecord, category_ids
-from activedet.data.loading import load_dataset
 from activedet.data.verify import verify_files, verify_images
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhaustedError
@@ -84,7 +82,7 @@ def _load_base(cfg: ExperimentConfig) -> Any:
     if cfg.dataset.train is None:
         raise ConfigError("config key 'dataset.train' is required: the labeled set (to start from no "
                           "labels, a COCO file with your categories and an empty 'images' list)")
-    base = load_dataset(cfg.dataset.train, "train", image_root(cfg.dataset, "train"), cfg.dataset.options)
+    base = load_split(cfg, "train")
     if base.task != cfg.task:
         raise ConfigError(f"dataset '{cfg.dataset.train}' is a {base.task} dataset but task is '{cfg.task}'")
     return base
@@ -289,9 +287,11 @@ def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool
         batch_ids = [b.image_id for b in store.batch(proj.ledger.conn, pending)]
         done = {row.image_id for row in proj.labels if row.round == pending}
         if not opts.replace:
+            bound = proj.meta.get("label_studio")
+            how = f"--label-studio {bound['url']}" if bound else "EXPORT.json"
             raise LabelingError(
                 f"round {pending} is pending ({len(done)} of {len(batch_ids)} images labeled): ingest the "
-                f"labels with `activedet ingest --project {project_dir} EXPORT.json`, or pass --replace to "
+                f"labels with `activedet ingest --project {project_dir} {how}`, or pass --replace to "
                 f"drop its {len(batch_ids) - len(done)} unlabeled images and select again")
         dropped = len(batch_ids) - len(done)
         r = pending if not done else pending + 1
@@ -303,35 +303,81 @@ def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool
             "uid": proj.meta["project"]["uid"], "has_test": has_test}
 
 
+def _labeled_pool(cfg: ExperimentConfig, base: Any, plan: dict[str, Any]) -> tuple[Any, Pool]:
+    """The project's dataset (labeled set + pool) and its pool with every labeled image
+    added in its round: round 0 in the labeled file's order, then each round's ingested
+    images in batch rank order (the training order ``simulate`` uses)."""
+    task, root, labels = cfg.task, plan["root"], plan["labels"]
+    extra = {row.image_id: _ingested_record(row, task, root) for row in labels}
+    bad = plan["quarantined"]
+    pool_paths = {i: p for i, p in plan["pool_ids"].items() if i not in extra and i not in bad}
+    dataset = project_dataset(task, base.class_names, base, extra, pool_paths, root)
+    costs = {i: base.num_boxes(i) for i in plan["base_order"]}
+    costs.update({i: (1 if task == "classification" else len(rec.labels)) for i, rec in extra.items()})
+    pool = Pool(list(plan["base_order"]) + list(extra) + list(pool_paths), costs, dataset)
+    pool.add(plan["base_order"], 0)
+    for rd in sorted({row.round for row in labels}):
+        pool.add([row.image_id for row in labels if row.round == rd], rd)
+    return dataset, pool
+
+
+@dataclass
+class CurrentModel:
+    adapter: Any
+    round: int  # trained on the images labeled in rounds 0..round
+    fingerprint: str
+    trained: bool  # False: the recorded checkpoint was reused
+
+
+def current_model(cfg: ExperimentConfig, project_dir: str | Path, progress: bool = False) -> CurrentModel:
+    """The model on every image labeled now, through the round engine as ``select`` makes
+    it (reused when the round's checkpoint was trained on the same labels, else trained,
+    saved and recorded): what ``activedet serve`` predicts with. One process; holds the
+    project's lock while it trains."""
+    project_dir = Path(project_dir)
+    strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
+    with run_lock(project_dir, "serve (training)"):
+        proj = _open(cfg, project_dir)
+        try:
+            plan = {"labels": proj.labels, "pool_ids": proj.pool_ids, "root": proj.listing.root,
+                    "base_order": proj.base_order, "quarantined": {}}
+            dataset, pool = _labeled_pool(cfg, proj.base, plan)
+            rows = {row["round"] for row in proj.ledger.rounds(scores=False)}
+            if not pool.labeled or not rows:
+                raise LabelingError(f"nothing of {project_dir} is labeled yet: run `activedet select` and ingest "
+                                    f"the first batch, then train")
+            k = max(pool.round_of[i] for i in pool.labeled)
+            if cfg.model.image_size is None:
+                cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
+            adapter = build_adapter(cfg, len(proj.base.class_names), strategy)
+            fp = _fingerprint(cfg, dataset, RoundModels.labeled(pool, k))
+            models = RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(proj.ledger), progress,
+                                 fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
+            trained = models.hold(k, dataset, pool)
+            return CurrentModel(adapter, k, fp, trained)
+        finally:
+            proj.ledger.close()
+
+
 def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strategy: Any, test: Any,
             proj: _Project | None, base: Any, plan: dict[str, Any], progress: bool) -> SelectResult:
     """The round of ``plan`` on every rank; ``proj`` (the open project) and ``test`` on rank 0
     only: every read or write of the project happens in :func:`distributed.on_main`."""
     r, drop_round, dropped, rounds = plan["r"], plan["drop_round"], plan["dropped"], plan["rounds"]
-    labels: list[store.LabelRow] = plan["labels"]
     base_order: list[int] = plan["base_order"]
 
     # ---- the labeled set (rounds 0..r-1) and the pool
-    task, root = cfg.task, plan["root"]
-    extra = {row.image_id: _ingested_record(row, task, root) for row in labels}
-    bad = plan["quarantined"]
-    pool_paths = {i: p for i, p in plan["pool_ids"].items() if i not in extra and i not in bad}
-    dataset = project_dataset(task, base.class_names, base, extra, pool_paths, root)
-    costs = {i: base.num_boxes(i) for i in base_order}
-    costs.update({i: (1 if task == "classification" else len(rec.labels)) for i, rec in extra.items()})
-    pool = Pool(list(base_order) + list(extra) + list(pool_paths), costs, dataset)
+    task, root, bad = cfg.task, plan["root"], plan["quarantined"]
+    dataset, pool = _labeled_pool(cfg, base, plan)
     if base_order and not rounds:  # round 0: the labeled set the project starts from
         def first_round() -> dict[int, Any]:
             assert proj is not None
             with proj.ledger.conn:
-                proj.ledger.insert_round(0, base_order, len(base_order), sum(costs[i] for i in base_order),
+                proj.ledger.insert_round(0, base_order, len(base_order), sum(pool.costs[i] for i in base_order),
                                          {}, None)
             return {row["round"]: row for row in proj.ledger.rounds(scores=False)}
 
         rounds = distributed.on_main(first_round)
-    pool.add(base_order, 0)
-    for rd in sorted({row.round for row in labels}):
-        pool.add([row.image_id for row in labels if row.round == rd], rd)
     if not pool.unlabeled:
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
 

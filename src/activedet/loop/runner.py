@@ -21,8 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activedet import distributed
-from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, image_root
-from activedet.data.loading import load_dataset
+from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline

@@ -1,0 +1,147 @@
+"""Label Studio live over its API (``make test-integration``): ``select --label-studio``
+creates and fills a bound project, ``ingest --label-studio`` pulls what annotators did,
+``status`` counts it there; a wrong key, a server that is down, an import cut off
+halfway, a labeling config edited there and a project deleted there are each one line,
+and running the same command again completes the work without duplicate tasks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from activedet.cli import main
+from activedet.labeling import studio as studio_mod
+from tests.labeling.conftest import gt, make_project_config
+from tests.labeling.test_labelstudio_e2e import TOKEN, LabelStudio, free_port, gt_result
+
+pytestmark = pytest.mark.integration
+
+
+def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if code == 0 and out.out.strip() else None), out.err.strip()
+
+
+def ls_tasks(ls: LabelStudio, pid: int) -> list[dict]:
+    listed = ls.get(f"/api/tasks?project={pid}&page_size=1000")
+    return sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda t: t["id"])
+
+
+def test_label_studio_live(tmp_path: Path, trees_files: Path, capsys, monkeypatch) -> None:
+    t0 = time.time()
+    truth = gt(trees_files)
+    ids = [im["id"] for im in truth["images"]]
+    pool_root = trees_files / "all" / "images"
+    by_name = {im["file_name"].split("/", 1)[1]: im for im in truth["images"]}
+    cfg = make_project_config(tmp_path, trees_files, ids[:8])
+    project = tmp_path / "project"
+    sel = ["select", str(cfg), "--project", str(project), "--quiet", "--label-studio"]
+
+    ls = LabelStudio(tmp_path / "ls-data", pool_root.parent, tmp_path / "label-studio.log")
+    try:
+        ls.wait()
+        url = ls.url
+        # no key, a wrong key, a server that is down: one line each, before anything trains
+        monkeypatch.delenv(studio_mod.KEY_ENV, raising=False)
+        code, _, err = run(capsys, *sel, url, "--budget", "6")
+        assert code == 2 and studio_mod.KEY_ENV in err and len(err.splitlines()) == 1
+        monkeypatch.setenv(studio_mod.KEY_ENV, "0" * 40)
+        code, _, err = run(capsys, *sel, url, "--budget", "6")
+        assert code == 2 and "refused the API key" in err and len(err.splitlines()) == 1
+        code, _, err = run(capsys, *sel, f"http://127.0.0.1:{free_port()}", "--budget", "6")
+        assert code == 2 and "does not answer" in err and len(err.splitlines()) == 1
+        assert not (project / "checkpoints").exists()
+
+        # the import is cut off halfway (the connection drops after 3 tasks): one line; the
+        # same command again imports the rest, no duplicates
+        (tmp_path / "key").write_text(TOKEN + "\n")
+        real_import = studio_mod.Studio.import_tasks
+
+        def cut_off(self, pid, tasks):
+            real_import(self, pid, tasks[:3])
+            raise studio_mod.LabelingError("Label Studio at ... does not answer (ReadTimeout) while importing")
+
+        monkeypatch.setattr(studio_mod.Studio, "import_tasks", cut_off)
+        key = ["--label-studio-key-file", str(tmp_path / "key")]
+        code, _, err = run(capsys, *sel, url, "--budget", "6", *key)
+        assert code == 2 and "does not answer" in err
+        monkeypatch.setattr(studio_mod.Studio, "import_tasks", real_import)
+        code, first, err = run(capsys, *sel, url, "--budget", "6", *key)
+        assert code == 0, err
+        pid = first["label_studio"]["project"]
+        assert first["label_studio"]["imported"] == 3 and first["label_studio"]["present"] == 3
+        tasks = ls_tasks(ls, pid)
+        assert len(tasks) == 6 and len({t["data"]["activedet_image_id"] for t in tasks}) == 6
+        # nothing imported twice, and again: nothing to do
+        code, again, err = run(capsys, *sel, url, "--budget", "6", *key)
+        assert code == 2 and "is pending" in err and "--label-studio" in err
+        assert len(ls_tasks(ls, pid)) == 6
+
+        # the bound project: labeling config, predictions ordered for both Label Studio orders
+        proj = ls.get(f"/api/projects/{pid}")
+        assert "activedet" in proj["title"] and '<Label value="tree"/>' in proj["label_config"]
+        full = [ls.get(f"/api/tasks/{t['id']}") for t in tasks]
+        by_rank = sorted(full, key=lambda t: t["data"]["activedet_rank"])
+        pred_scores = [t["predictions"][0]["score"] for t in by_rank]
+        assert pred_scores == sorted(pred_scores) and len(set(pred_scores)) == 6  # lowest first = rank 1
+        assert ls.get(tasks[0]["data"]["image"], raw=True)[:4] == b"\x89PNG"  # served by the storage
+
+        # annotators label 4 (one skipped); status counts them there
+        for k, t in enumerate(by_rank[:5]):
+            im = by_name[t["data"]["activedet_file"]]
+            if k == 4:
+                ls.post(f"/api/tasks/{t['id']}/annotations/", {"result": [], "was_cancelled": True})
+                continue
+            boxes = [a["bbox"] for a in truth["annotations"] if a["image_id"] == im["id"]]
+            ls.post(f"/api/tasks/{t['id']}/annotations/", {"result": gt_result(boxes, im["width"], im["height"])})
+        code, status, err = run(capsys, "status", str(project), *key)
+        assert status["label_studio"]["labeled"] == 4 and status["label_studio"]["skipped"] == 1
+        assert status["label_studio"]["tasks"] == 6
+        monkeypatch.setenv(studio_mod.KEY_ENV, TOKEN)  # the key from the environment
+        capsys.readouterr()
+        assert main(["status", str(project)]) == 0
+        assert "4 of 6 tasks of round 1 labeled there, 1 skipped" in capsys.readouterr().out
+        monkeypatch.setenv(studio_mod.KEY_ENV, "0" * 40)  # from here on: the key file, which wins
+
+        code, ing, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert code == 0, err
+        assert ing["added"] == 4 and ing["remaining"] == 2
+        code, twice, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert twice["added"] == 0 and twice["unchanged"] == 4
+
+        # the next round replaces the 2 left over: their unannotated tasks leave Label Studio
+        code, second, err = run(capsys, *sel, url, "--budget", "3", "--replace", *key)
+        assert code == 0, err
+        assert second["round"] == 2 and second["label_studio"]["imported"] == 3
+        assert second["label_studio"]["deleted"] == 1  # the skipped one stays (it has a cancelled annotation)
+        assert len(ls_tasks(ls, pid)) == 6 - 1 + 3
+
+        # a labeling config edited there: one line, then the same command works once restored
+        good = proj["label_config"]
+        ls.request("PATCH", f"/api/projects/{pid}", {"label_config": good.replace('"tree"', '"shrub"')})
+        code, _, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert code == 2 and "was edited there" in err and len(err.splitlines()) == 1
+        ls.request("PATCH", f"/api/projects/{pid}", {"label_config": good})
+        code, _, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert code == 0, err
+
+        # the project deleted there: one line naming the way out, which works
+        ls.request("DELETE", f"/api/projects/{pid}")
+        code, _, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert code == 2 and "no longer exists" in err and "--label-studio-relink" in err
+        code, relinked, err = run(capsys, *sel, url, "--budget", "3", "--label-studio-relink", *key)
+        assert code == 0, err
+        assert relinked["label_studio"]["project"] != pid and relinked["label_studio"]["imported"] == 3
+
+        # the key is nowhere in the project
+        for f in project.rglob("*"):
+            if f.is_file():
+                assert TOKEN.encode() not in f.read_bytes(), f
+    finally:
+        ls.stop()
+    print(f"Label Studio live: {time.time() - t0:.0f} s")
