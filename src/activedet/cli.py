@@ -158,6 +158,7 @@ _INTERRUPTED = {
     "ingest": "nothing was merged; run the same command again",
     "export": "the output file was not written; run the same command again",
     "report": "run the same command again",
+    "serve": "stopped; annotations that arrived are on disk under DIR/webhooks/ and are ingested at the next start",
 }
 
 
@@ -394,6 +395,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
               f"later, or `activedet select ... --replace` to drop them")
     else:
         print(f"round {res.round} complete: run `activedet select` for the next batch")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from activedet.labeling.backend import serve
+
+    key = None
+    if args.label_studio_key_file or os.environ.get("LABEL_STUDIO_API_KEY"):
+        from activedet.labeling.studio import api_key
+
+        key = api_key(args.label_studio_key_file)
+    serve(args.project, args.host, args.port, args.device, args.local_files_root, key)
     return 0
 
 
@@ -712,6 +725,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
     s.set_defaults(func=_cmd_select)
+
+    s = sub.add_parser("serve", help="a Label Studio ML backend for a labeling project",
+                       description="Answer Label Studio's ML-backend protocol (/health, /setup, /predict, "
+                                   "/webhook) for the project: /predict returns the current model's boxes for any "
+                                   "task; Start training (START_TRAINING) retrains in the background on "
+                                   "everything labeled and bumps model_version; annotation webhooks are "
+                                   "ingested. In Label Studio: Settings -> Model -> Connect model, URL "
+                                   "http://HOST:PORT.")
+    s.add_argument("--project", required=True, help="project directory (after its first select)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the project's device")
+    s.add_argument("--local-files-root", metavar="R",
+                   help="Label Studio's local-files document root, to read /data/local-files/ images "
+                        "(default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder holding the pool)")
+    s.add_argument("--label-studio-key-file", metavar="F",
+                   help="API key to fetch images Label Studio serves (default: $LABEL_STUDIO_API_KEY, or "
+                        "the token Label Studio sends to /setup)")
+    s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("ingest", help="merge labels (Label Studio JSON export or COCO) into the labeled set",
                        description="Validate FILE against the pending batch and merge it into the labeled "

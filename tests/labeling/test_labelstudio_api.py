@@ -145,3 +145,93 @@ def test_label_studio_live(tmp_path: Path, trees_files: Path, capsys, monkeypatc
     finally:
         ls.stop()
     print(f"Label Studio live: {time.time() - t0:.0f} s")
+
+
+def test_label_studio_uses_activedet_serve_as_its_ml_backend(tmp_path: Path, trees_files: Path, capsys,
+                                                             monkeypatch) -> None:
+    """Label Studio connects to `activedet serve`, gets predictions for a task imported some
+    other way, sends annotation webhooks that activedet ingests, and *Start training*
+    retrains in the background and bumps the model version."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    truth = gt(trees_files)
+    ids = [im["id"] for im in truth["images"]]
+    pool_root = trees_files / "all" / "images"
+    by_name = {im["file_name"].split("/", 1)[1]: im for im in truth["images"]}
+    cfg = make_project_config(tmp_path, trees_files, ids[:8])
+    project = tmp_path / "project"
+    monkeypatch.setenv(studio_mod.KEY_ENV, TOKEN)
+    # Label Studio refuses ML backends and webhooks on 127.0.0.1 unless told they are fine
+    monkeypatch.setenv("ML_BLOCK_LOCAL_IP", "false")
+    monkeypatch.setenv("USE_DEFAULT_BANNED_SUBNETS", "false")
+    ls = LabelStudio(tmp_path / "ls-data", pool_root.parent, tmp_path / "label-studio.log")
+    serve = None
+    try:
+        ls.wait()
+        code, first, err = run(capsys, "select", str(cfg), "--project", str(project), "--quiet", "--budget", "4",
+                               "--label-studio", ls.url)
+        assert code == 0, err
+        pid = first["label_studio"]["project"]
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": f"{Path(__file__).resolve().parents[2] / 'src'}", "OMP_NUM_THREADS": "1"}
+        serve = subprocess.Popen([sys.executable, "-m", "activedet.cli", "serve", "--project", str(project),
+                                  "--port", str(port)], env=env, stdout=(tmp_path / "serve.log").open("w"),
+                                 stderr=subprocess.STDOUT)
+        backend = f"http://127.0.0.1:{port}"
+
+        def health() -> dict:
+            with urllib.request.urlopen(backend + "/health", timeout=10) as r:
+                return json.loads(r.read())
+
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                version0 = health()["model_version"]
+                break
+            except OSError:
+                time.sleep(1)
+        ml = ls.post("/api/ml", {"url": backend, "project": pid, "title": "activedet"})
+        assert ml["state"] in ("CO", "CONNECTED") or "id" in ml
+
+        # a task imported some other way gets the model's predictions from the backend
+        name = sorted(n for n in by_name if n not in {t["data"]["activedet_file"] for t in ls_tasks(ls, pid)})[0]
+        ls.post(f"/api/projects/{pid}/import", [{"image": f"/data/local-files/?d=images/{name}"}])
+        other = next(t for t in ls_tasks(ls, pid) if "activedet_project" not in t["data"])
+        ls.post(f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+                {"selectedItems": {"all": False, "included": [other["id"]]}})
+        preds = ls.get(f"/api/predictions?task={other['id']}")
+        preds = preds if isinstance(preds, list) else preds.get("results", [])
+        assert preds and preds[0]["model_version"] == version0
+
+        # annotations reach activedet by webhook, through the ingest path
+        ls.post("/api/webhooks/", {"url": backend + "/webhook", "project": pid, "send_payload": True,
+                                   "send_for_all_actions": False, "actions": ["ANNOTATION_CREATED"]})
+        ours = [t for t in ls_tasks(ls, pid) if t["data"].get("activedet_round") == 1][:2]
+        for t in ours:
+            im = by_name[t["data"]["activedet_file"]]
+            boxes = [a["bbox"] for a in truth["annotations"] if a["image_id"] == im["id"]]
+            ls.post(f"/api/tasks/{t['id']}/annotations/", {"result": gt_result(boxes, im["width"], im["height"])})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            code, status, _ = run(capsys, "status", str(project))
+            if status["labeling"]["labeled"] == 2:
+                break
+            time.sleep(1)
+        assert status["labeling"]["labeled"] == 2
+
+        # Start training: the backend retrains in the background and bumps model_version
+        ls.post(f"/api/ml/{ml['id']}/train", {})
+        deadline = time.time() + 600
+        while time.time() < deadline and health()["model_version"] == version0:
+            assert health()["status"] == "UP"  # answering while it trains
+            time.sleep(1)
+        assert health()["model_version"] != version0 and "model001" in health()["model_version"]
+    finally:
+        if serve is not None:
+            serve.terminate()
+            serve.wait(30)
+        ls.stop()
