@@ -1,7 +1,7 @@
 """Train one config's detector on another run's labeled sets: the detector's part of a
 difference, without its selection.
 
-``quality.py`` compares strategies each with its own model. When two strategies train
+``activedet compare`` compares strategies each with its own model. When two strategies train
 different models (MIAL's head has two classifiers and a MIL branch; random's is a plain
 FCOS head), part of a difference in AP is the model's. This replays the labeled set of
 every round of ``--labeled-from`` (a finished run, e.g. random's) through ``CONFIG``'s

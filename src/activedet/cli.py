@@ -158,6 +158,7 @@ _INTERRUPTED = {
     "ingest": "nothing was merged; run the same command again",
     "export": "the output file was not written; run the same command again",
     "report": "run the same command again",
+    "compare": "finished cells are kept and an unfinished one continues: run the same command again",
     "serve": "stopped; annotations that arrived are on disk under DIR/webhooks/ and are ingested at the next start",
 }
 
@@ -407,6 +408,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         key = api_key(args.label_studio_key_file)
     serve(args.project, args.host, args.port, args.device, args.local_files_root, key)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from activedet.compare import compare, table
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    summary = compare(args.config, strategies, args.seeds, args.out, jobs=args.jobs, unit=args.unit,
+                      only=args.only, nproc=args.nproc, project=args.project,
+                      allow_unequal=args.allow_unequal_budgets, overrides=args.set, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary))
+    elif "cell" in summary:
+        print(f"cell done: {summary['cell']} (a plain `activedet compare` with the same arguments aggregates)")
+    else:
+        print(table(summary))
+        print(f"wrote {Path(args.out) / 'compare.json'} and {Path(args.out) / 'report' / 'index.html'}")
     return 0
 
 
@@ -725,6 +743,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the round and its batch as JSON")
     s.set_defaults(func=_cmd_select)
+
+    s = sub.add_parser("compare", help="which strategy saves boxes on your data: strategies x seeds, paired",
+                       description="Replay CONFIG's protocol for every strategy x seed (each cell a resumable "
+                                   "simulate run under OUT/runs/, equal training budgets), then compare them "
+                                   "with random paired by seed, per image and per box, with a verdict per "
+                                   "strategy and one recommendation (OUT/compare.json, OUT/report/index.html). "
+                                   "Re-running continues; --only runs one cell (a job array over machines "
+                                   "sharing OUT), a plain run then aggregates.")
+    s.add_argument("config", help="experiment config (YAML): data, model, training and loop protocol")
+    s.add_argument("--strategies", required=True,
+                   help="comma-separated: NAME or NAME:key=value;key=value (e.g. random,entropy,"
+                        "entropy:batch=kcenter,mial)")
+    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy (default 3)")
+    s.add_argument("--out", required=True, help="output directory (runs/, compare.json, report/)")
+    s.add_argument("--jobs", type=int, default=1, help="cells run at once, the cores split between them")
+    s.add_argument("--unit", choices=["images", "boxes"], help="the loop's budget unit for every cell "
+                   "(default: the config's); compare reports both axes either way")
+    s.add_argument("--only", metavar="STRATEGY:SEED", help="run this one cell and stop (no aggregation)")
+    s.add_argument("--nproc", type=int, help="run each cell under torchrun with N processes")
+    s.add_argument("--project", metavar="DIR", help="replay on the labels an `activedet select` project holds")
+    s.add_argument("--allow-unequal-budgets", action="store_true",
+                   help="run strategies whose labeled training iterations differ from random's")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("serve", help="a Label Studio ML backend for a labeling project",
                        description="Answer Label Studio's ML-backend protocol (/health, /setup, /predict, "
