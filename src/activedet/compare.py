@@ -19,7 +19,9 @@ missing and aggregates):
 
 Writes ``DIR/compare.json`` and ``DIR/report/index.html`` (the run report with seed bands
 against images and boxes, plus the verdicts). Strategy items are ``NAME`` or
-``NAME:key=value;key=value`` (values read as YAML), e.g. ``entropy:batch=kcenter``.
+``[LABEL=]NAME:key=value;key=value`` (values read as YAML), e.g. ``entropy:batch=kcenter``;
+a dotted key sets that config key for the item's cells, e.g.
+``typical=random:loop.initial_strategy=typical`` (random, with a TypiClust round 0).
 """
 
 from __future__ import annotations
@@ -79,7 +81,15 @@ def cell_config(base: dict[str, Any], cell: Cell, unit: str | None) -> dict[str,
     settings when it names the same strategy, else the strategy's defaults)."""
     data = json.loads(json.dumps(base))
     data["seed"] = cell.seed
-    strategy = dict(cell.strategy)
+    strategy = {k: v for k, v in cell.strategy.items() if "." not in k}
+    for key, value in cell.strategy.items():  # a dotted key is a config key of this cell
+        if "." in key:
+            *path, last = key.split(".")
+            node = data
+            for part in path:
+                node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node \
+                    else node[part]
+            node[last] = value
     own = data.get("strategy") or {}
     if own.get("name") == strategy["name"]:
         strategy = {**own, **strategy}

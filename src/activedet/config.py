@@ -112,6 +112,7 @@ class LoopConfig:
     cycles: int = 6
     unit: str = "images"  # images | boxes
     reinit: bool = True  # re-initialise the model every cycle (the papers' protocol)
+    initial_strategy: str = "random"  # round 0 without labels: random | typical | kcenter
 
 
 @dataclass
@@ -143,6 +144,7 @@ _CHOICES = {
     ("task",): ("detection", "classification"),
     ("device",): ("auto", "cpu", "cuda"),
     ("loop", "unit"): ("images", "boxes"),
+    ("loop", "initial_strategy"): ("random", "typical", "kcenter"),
     ("dataset", "bad_images"): ("error", "skip"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),

@@ -406,7 +406,8 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     unit = "images" if task == "classification" else opts.unit
 
     # ---- select (the simulate code path: sharded scoring, rank 0's choice for all)
-    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed)
+    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed,
+                                               cfg.loop.initial_strategy, cfg.device)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
 

@@ -277,16 +277,26 @@ def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
 
 
 def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
-                 seed: int) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
-    """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is a
-    seeded random draw, later rounds are ranked by ``strategy`` with the model in
-    ``adapter``. Shared by ``simulate`` and ``select``. Returns (chosen ids, per-image
-    scores or None, seconds per stage); ``pool`` is not modified."""
+                 seed: int, initial: str = "random",
+                 device: str = "cpu") -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
+    """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is
+    drawn by ``initial`` (``loop.initial_strategy``: a seeded random draw, or a label-free
+    ranking of ImageNet features, :mod:`activedet.strategies.cold_start`, on ``device``),
+    later rounds are ranked by ``strategy`` with the model in ``adapter``. Shared by
+    ``simulate`` and ``select``. Returns (chosen ids, per-image scores or None, seconds per
+    stage); ``pool`` is not modified."""
     rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
     scores = None
-    if r == 0:
+    if r == 0 and initial == "random":
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
+    elif r == 0:
+        from activedet.models.detection_adapter import resolve_device
+        from activedet.strategies import cold_start
+
+        take = budget if unit == "images" else expected_images(pool, budget)
+        ranked = distributed.on_main(lambda: cold_start.rank(initial, pool.dataset, pool.unlabeled, take, rng,
+                                                             resolve_device(device)))
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
         take = budget if unit == "images" else expected_images(pool, budget)
@@ -301,7 +311,8 @@ def _select_round(exp: Experiment, adapter: Any, store: RunStore, r: int, target
     cfg, pool = exp.cfg, exp.pool
     unit = cfg.loop.unit
     budget = target - _labeled_amount(pool, unit)
-    chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed)
+    chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed,
+                                           cfg.loop.initial_strategy, cfg.device)
     pool.add(chosen, r)
     store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
