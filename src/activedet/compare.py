@@ -308,6 +308,9 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             st["per_image"] = interval(per_image) or (per_image[0] if per_image else None)
             st["ahead_per_box"] = sum(x > 0 for x in per_box)
             st["ahead_per_image"] = sum(x > 0 for x in per_image)
+            n_r = min([len(c[0]) for c in cs.values()] + [len(rand[seed][0]) for seed in per_seed])
+            diffs = [[cs[seed][0][k] - rand[seed][0][k] for seed in per_seed] for k in range(n_r)]
+            st["per_round_diff"] = [interval(d) or (d[0], d[0], d[0]) for d in diffs]  # (mean, lo, hi)
             st["verdict"] = verdict(saved, per_box, scale, cost) if saved else "random never reaches a final metric"
         out["strategies"][label] = st
     out["recommendation"] = recommend(out)
@@ -342,6 +345,11 @@ def table(summary: dict[str, Any]) -> str:
         boxes = " ".join(f"{b:>13.0f}" for b in s["boxes"])
         lines.append(f"{label:<28} {cells}")
         lines.append(f"{'  ' + summary.get('cost', 'boxes'):<28} {boxes}")
+    lines.append("")
+    for label, s in summary["strategies"].items():
+        if "per_round_diff" in s:
+            diffs = " ".join(f"{m * scale:+6.1f} [{lo * scale:+.1f},{hi * scale:+.1f}]" for m, lo, hi in s["per_round_diff"])
+            lines.append(f"{label + ' - random':<28} {diffs}   (paired by seed, 95% CI)")
     lines.append("")
     for label, s in summary["strategies"].items():
         if "verdict" in s:

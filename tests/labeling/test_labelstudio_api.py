@@ -121,6 +121,21 @@ def test_label_studio_live(tmp_path: Path, trees_files: Path, capsys, monkeypatc
         assert second["label_studio"]["deleted"] == 1  # the skipped one stays (it has a cancelled annotation)
         assert len(ls_tasks(ls, pid)) == 6 - 1 + 3
 
+        # an annotator corrects a box of closed round 1 there: the next pull applies it as a
+        # revision and the export carries the corrected box
+        fixed = ls.get(f"/api/tasks/{by_rank[0]['id']}")["annotations"][0]
+        result = fixed["result"]
+        result[0]["value"]["width"] = result[0]["value"]["width"] / 2
+        ls.request("PATCH", f"/api/annotations/{fixed['id']}", {"result": result})
+        code, ing, err = run(capsys, "ingest", "--project", str(project), "--label-studio", url, *key)
+        assert code == 0 and ing["corrected"] == 1, err
+        code, _, err = run(capsys, "export", "--project", str(project), str(tmp_path / "all.json"))
+        exported = json.loads((tmp_path / "all.json").read_text())
+        image_id = by_rank[0]["data"]["activedet_image_id"]
+        w = by_name[by_rank[0]["data"]["activedet_file"]]["width"]
+        widths = sorted(a["bbox"][2] for a in exported["annotations"] if a["image_id"] == image_id)
+        assert any(abs(x - result[0]["value"]["width"] * w / 100) < 1e-3 for x in widths)
+
         # a labeling config edited there: one line, then the same command works once restored
         good = proj["label_config"]
         ls.request("PATCH", f"/api/projects/{pid}", {"label_config": good.replace('"tree"', '"shrub"')})
@@ -234,4 +249,52 @@ def test_label_studio_uses_activedet_serve_as_its_ml_backend(tmp_path: Path, tre
         if serve is not None:
             serve.terminate()
             serve.wait(30)
+        ls.stop()
+
+
+def test_a_phone_photo_through_label_studio(tmp_path: Path, capsys, monkeypatch) -> None:
+    """An EXIF-rotated JPEG (stored 160 x 96, shown 96 x 160) through a real Label Studio:
+    its task says the shown frame, Label Studio serves it, a box drawn there lands where the
+    object is in the pixels activedet trains on."""
+    import numpy as np
+
+    from activedet.data.base import read_image_rgb
+    from tests.labeling.test_everyday_pool import noise_png, phone_photo
+
+    pool = tmp_path / "photos"
+    pool.mkdir()
+    phone_photo(pool / "phone.jpg", 6)  # red in the stored top-left = the shown top-right 32 x 48
+    noise_png(pool / "other.png", 1)
+    labeled = tmp_path / "labeled.json"
+    labeled.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 5, "name": "thing"}]}))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({"seed": 0, "device": "cpu", "dataset": {"train": str(labeled), "unlabeled": str(pool)},
+                               "model": {"arch": "fcos", "backbone": "mobilenet_v2", "pretrained": False,
+                                         "image_size": 64}}))
+    project = tmp_path / "project"
+    monkeypatch.setenv(studio_mod.KEY_ENV, TOKEN)
+    ls = LabelStudio(tmp_path / "ls-data", tmp_path, tmp_path / "label-studio.log")
+    try:
+        ls.wait()
+        code, first, err = run(capsys, "select", str(cfg), "--project", str(project), "--quiet", "--budget", "2",
+                               "--label-studio", ls.url)
+        assert code == 0, err
+        pid = first["label_studio"]["project"]
+        task = next(t for t in ls_tasks(ls, pid) if t["data"]["activedet_file"] == "phone.jpg")
+        assert ls.get(task["data"]["image"], raw=True)[:2] == b"\xff\xd8"  # served: the JPEG itself
+        coco = json.loads((Path(first["dir"]) / "batch.coco.json").read_text())
+        assert {(im["width"], im["height"]) for im in coco["images"] if im["file_name"] == "phone.jpg"} == {(96, 160)}
+        box = {"x": 200 / 3, "y": 0.0, "width": 100 / 3, "height": 30.0, "rotation": 0, "rectanglelabels": ["thing"]}
+        ls.post(f"/api/tasks/{task['id']}/annotations/", {"result": [
+            {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 96,
+             "original_height": 160, "image_rotation": 0, "value": box}]})
+        code, ing, err = run(capsys, "ingest", "--project", str(project), "--label-studio", ls.url)
+        assert code == 0 and ing["added"] == 1, err
+        run(capsys, "export", "--project", str(project), str(tmp_path / "all.json"))
+        (ann,) = json.loads((tmp_path / "all.json").read_text())["annotations"]
+        x, y, w, h = (round(v) for v in ann["bbox"])
+        assert (x, y, w, h) == (64, 0, 32, 48) and ann["category_id"] == 5
+        pixels = read_image_rgb(pool / "phone.jpg")
+        assert pixels[y:y + h, x:x + w, 0].mean() > 240 and np.delete(pixels[:, :, 0], np.s_[x:x + w], 1).mean() < 160
+    finally:
         ls.stop()

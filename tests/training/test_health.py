@@ -186,7 +186,7 @@ def test_nonfinite_loss_stops_naming_the_epoch_or_skips_the_batch() -> None:
 # ---------------------------------------------------------------- through the loop: ledger, status, report
 def test_a_collapsed_round_is_retried_recorded_shown_and_reported(tmp_path, monkeypatch, capsys) -> None:
     from activedet.cli import main
-    from activedet.loop import runner
+    from activedet.loop import engine, runner
     from activedet.loop.ledger import Ledger
     from activedet.training.trainer import train_plain
     from tests.loop.test_runner import write_config
@@ -199,7 +199,7 @@ def test_a_collapsed_round_is_retried_recorded_shown_and_reported(tmp_path, monk
             raise TrainingCollapseError("bbox_regression stuck at 1.000 (test)", [{"stage": "train", "epoch": 1}])
         return train_plain(adapter, dataset, labeled, unlabeled, cfg, params, seed, progress)
 
-    monkeypatch.setattr(runner, "get_trainer", lambda name: flaky)
+    monkeypatch.setattr(engine, "get_trainer", lambda name: flaky)
     cfg = write_config(tmp_path, cycles=1)
     run_dir = tmp_path / "run"
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
@@ -224,7 +224,7 @@ def test_a_collapsed_round_is_retried_recorded_shown_and_reported(tmp_path, monk
 
 def test_a_nan_loss_stops_the_round_with_one_line_and_resume_trains_it(tmp_path, monkeypatch, capsys) -> None:
     from activedet.cli import main
-    from activedet.loop import runner
+    from activedet.loop import engine
     from activedet.loop.ledger import Ledger
     from tests.loop.test_runner import write_config
 
@@ -235,14 +235,14 @@ def test_a_nan_loss_stops_the_round_with_one_line_and_resume_trains_it(tmp_path,
 
     cfg = write_config(tmp_path, cycles=1)
     run_dir = tmp_path / "run"
-    real = runner.get_trainer
-    monkeypatch.setattr(runner, "get_trainer", lambda name: nan_trainer)
+    real = engine.get_trainer
+    monkeypatch.setattr(engine, "get_trainer", lambda name: nan_trainer)
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "round 0: train epoch 1 training loss is not finite at iteration 0" in err[0], err
     with Ledger(run_dir) as ledger:
         assert [(r["round"], r["checkpoint"]) for r in ledger.rounds()] == [(0, None)]  # selected, not trained
-    monkeypatch.setattr(runner, "get_trainer", real)
+    monkeypatch.setattr(engine, "get_trainer", real)
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume"]) == 0
     with Ledger(run_dir) as ledger:
         assert all(r["metrics"] for r in ledger.rounds()) and len(ledger.rounds()) == 2
