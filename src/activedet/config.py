@@ -451,6 +451,22 @@ def json_schema(strategies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"$schema": JSON_SCHEMA_DIALECT, "title": "activedet experiment config", **schema}
 
 
+def with_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict (:meth:`ExperimentConfig.to_dict` form) with every key it lacks set to
+    its default: a config recorded before a release added a key (``loop.initial_strategy``)
+    reads as the config it ran with. Strategy settings are left as recorded."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for section, values in ExperimentConfig().to_dict().items():
+        if section == "strategy":
+            out.setdefault(section, values)
+        elif isinstance(values, dict) and isinstance(out.get(section), dict):
+            for key, value in values.items():
+                out[section].setdefault(key, value)
+        else:
+            out.setdefault(section, values)
+    return out
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two config dicts (:meth:`ExperimentConfig.to_dict`),
     each as ``key: old -> new`` (``(absent)`` for a key only one side has)."""

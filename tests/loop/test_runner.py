@@ -199,3 +199,23 @@ def test_unset_image_size_is_the_median_shorter_side(tmp_path: Path) -> None:
     data.export_coco(tmp_path / "d")
     cfg.dataset.train = cfg.dataset.test = str(tmp_path / "d" / "annotations.json")
     assert prepare(cfg).cfg.model.image_size == 72
+
+
+def test_a_ledger_from_before_a_new_config_key_resumes(tmp_path: Path, capsys) -> None:
+    """A run recorded before ``loop.initial_strategy`` existed resumes: the missing key reads
+    as its default; a key that really differs is still refused."""
+    cfg = write_config(tmp_path, cycles=1)
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    with Ledger(run_dir) as ledger:
+        old = ledger.meta()["config"]
+        del old["loop"]["initial_strategy"]  # as the previous release wrote it
+        ledger.set_meta(config=old, complete=False)
+        rounds = len(ledger.rounds())
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume"]) == 0
+    with Ledger(run_dir) as ledger:
+        assert len(ledger.rounds()) == rounds
+    capsys.readouterr()
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume",
+                 "--set", "loop.initial_strategy=typical"]) == 2
+    assert "loop.initial_strategy" in capsys.readouterr().err

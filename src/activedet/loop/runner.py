@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activedet import distributed
-from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config
+from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, with_defaults
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline
@@ -173,7 +173,7 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
             raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         ledger = Ledger(run_dir)
         meta = ledger.meta()
-        old = meta.get("config") or {}
+        old = with_defaults(meta.get("config") or {})  # keys added since it was written: their defaults
         if not meta.get("config_resolved"):  # older ledgers stored strategy keys as written
             resolved["strategy"] = {k: v for k, v in resolved["strategy"].items() if k in old.get("strategy", {})}
         diff = differences(old, resolved)
