@@ -82,6 +82,8 @@ class ModelConfig:
     score_thresh: float = 0.05
     detections_per_img: int = 100
     box_prior: float | None = 1.0  # FCOS: initial box-regression output, in strides (null: torchvision's 0)
+    fg_normalizer: str = "batch"  # RetinaNet/FCOS losses over: batch (torchvision: each batch's foreground
+    # count) | ema (a running mean of it, as detectron2 does)
     offline_fallback: bool = False  # pretrained weights of `backbone` unavailable: build mobilenet_v2
     # (packaged ImageNet weights) instead of stopping; the stored config then names mobilenet_v2
 
@@ -148,6 +150,7 @@ _CHOICES = {
     ("dataset", "bad_images"): ("error", "skip"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
+    ("model", "fg_normalizer"): ("batch", "ema"),
     ("train", "on_collapse"): ("retry", "stop", "warn"),
     ("train", "on_nonfinite"): ("stop", "skip_batch"),
 }

@@ -23,6 +23,8 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import misc as misc_nn_ops
@@ -177,6 +179,56 @@ def _transform_kwargs(cfg: ModelConfig) -> dict:
     return {"min_size": cfg.image_size, "max_size": int(round(cfg.image_size * 1333 / 800))}
 
 
+class EMANormalizer:
+    """A running normaliser of the foreground count for a dense head's losses (detectron2's
+    ``loss_normalizer``): each training step the losses summed over the batch are divided
+    by ``z <- momentum * z + (1 - momentum) * max(1, foreground anchors in the batch)``
+    (z starts at 100, momentum 0.9; evaluation does not update it), instead of by the
+    batch's own count, so a batch of near-empty images does not get a huge loss.
+    ``model.fg_normalizer: ema`` selects it; an attribute, not a buffer, so checkpoints keep
+    their keys (a round re-initialises it with the model)."""
+
+    momentum = 0.9
+    initial = 100.0
+
+    def _normalize(self, sums: dict[str, torch.Tensor], n_fg: int) -> dict[str, torch.Tensor]:
+        z = getattr(self, "fg_normalizer", self.initial)
+        if self.training:  # type: ignore[attr-defined]
+            z = self.momentum * z + (1 - self.momentum) * max(1, n_fg)
+            self.fg_normalizer = z
+        return {k: v / z for k, v in sums.items()}
+
+
+class EMARetinaNetHead(EMANormalizer, RetinaNetHead):
+    """RetinaNet's head with :class:`EMANormalizer`: torchvision's losses per image (focal
+    over the valid anchors, L1 over the foreground, each divided by the image's foreground)
+    taken back to sums, then divided by the running normaliser."""
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor],
+                     anchors: list[torch.Tensor], matched_idxs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        sums: dict[str, torch.Tensor] = {}
+        n_fg = 0
+        for i in range(len(targets)):
+            fg = int((matched_idxs[i] >= 0).sum())
+            n_fg += fg
+            part = RetinaNetHead.compute_loss(self, [targets[i]], {k: v[i:i + 1] for k, v in head_outputs.items()},
+                                              [anchors[i]], [matched_idxs[i]])
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0) + v * max(1, fg)
+        return self._normalize(sums, n_fg)
+
+
+class EMAFCOSHead(EMANormalizer, FCOSHead):
+    """FCOS's head with :class:`EMANormalizer` (torchvision divides the batch's sums by the
+    batch's foreground count: taken back to sums, then divided by the running normaliser)."""
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor],
+                     anchors: list[torch.Tensor], matched_idxs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = FCOSHead.compute_loss(self, targets, head_outputs, anchors, matched_idxs)
+        n_fg = int(sum(int((m >= 0).sum()) for m in matched_idxs))
+        return self._normalize({k: v * max(1, n_fg) for k, v in out.items()}, n_fg)
+
+
 def build_detector(cfg: ModelConfig, num_classes: int,
                    head_factory: Callable[[int, int, int], nn.Module] | None = None) -> nn.Module:
     """A torchvision detector for ``num_classes`` object classes (labels 1..C).
@@ -198,6 +250,8 @@ def build_detector(cfg: ModelConfig, num_classes: int,
         gen = AnchorGenerator(tuple((s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)) for s in sizes),
                               ((0.5, 1.0, 2.0),) * 5)
         head = head_factory(backbone.out_channels, gen.num_anchors_per_location()[0], k) if head_factory else None
+        if head is None and cfg.fg_normalizer == "ema":
+            head = EMARetinaNetHead(backbone.out_channels, gen.num_anchors_per_location()[0], k)
         return RetinaNet(backbone, k, anchor_generator=gen, head=head,
                          score_thresh=cfg.score_thresh, **common)
     if cfg.arch == "fcos":
@@ -205,6 +259,8 @@ def build_detector(cfg: ModelConfig, num_classes: int,
         # FCOS uses one point per location; sizes equal the strides (8..128)
         gen = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
         head = head_factory(backbone.out_channels, 1, k) if head_factory else None
+        if head is None and cfg.fg_normalizer == "ema":
+            head = EMAFCOSHead(backbone.out_channels, 1, k)
         model = FCOS(backbone, k, anchor_generator=gen, head=head, score_thresh=cfg.score_thresh, **common)
         if cfg.box_prior is not None:
             init_box_prior(model, cfg.box_prior)
