@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from activedet.errors import ActivedetError
+from activedet.launch import ERROR_FILE_ENV
+from activedet.report.status_text import status_text
 
 EPILOG = "Docs: README.md. Configs: configs/*.yaml. Every YAML key has a default."
 
@@ -37,7 +39,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         cfg.seed = args.seed
     if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        return _launch_torchrun(args, _simulate_words(args), f"continue with: {_resume_command(args)}")
+        return _launch(args, _simulate_words(args), f"continue with: {_resume_command(args)}")
     distributed.init(cfg.device)  # under torchrun: join the group; else nothing
     main_rank = distributed.is_main()
     try:
@@ -56,7 +58,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status))
     else:
-        print(_status_text(status))
+        print(status_text(status))
     return 0
 
 
@@ -72,83 +74,10 @@ def _simulate_words(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def _launch_torchrun(args: argparse.Namespace, words: list[str], after: str) -> int:
-    """``activedet simulate|select --nproc N``: run the command ``words`` under ``torchrun``
-    with N processes on this host, all traffic on 127.0.0.1. ``after``: what the user can
-    do when the run stops (said in the message)."""
-    import subprocess
-    import tempfile
+def _launch(args: argparse.Namespace, words: list[str], after: str) -> int:
+    from activedet.launch import launch_torchrun
 
-    from activedet import distributed
-
-    port = args.master_port if args.master_port is not None else distributed.free_port()
-    distributed.check_port(port)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "activedet",
-           *(["--verbose"] if args.verbose else []), *words]
-    with tempfile.TemporaryDirectory(prefix="activedet-launch-") as tmp:
-        error_file = Path(tmp) / "error"
-        env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-        assert proc.stderr is not None
-        _relay_stderr(proc.stderr.fileno())
-        code = proc.wait()
-        reported = error_file.is_file()  # a rank printed its one-line error (exit 2)
-    if code == 0:
-        return 0
-    if reported:  # a rank said what went wrong, on one line, above
-        return 2
-    print(f"activedet {words[0]}: error: the {args.nproc}-process run stopped (a process exited with code "
-          f"{code} or was killed); {after}", file=sys.stderr)
-    return 1
-
-
-#: the file a rank of a launched run creates after printing its one-line error
-ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
-#: torchrun's own lines and DDP's advice, hidden from the user (the ranks' lines stay)
-_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was")
-#: a traceback with a frame from these files is torchrun's own failure report
-_LAUNCHER_FRAMES = ("torch/distributed/run.py", "torch/distributed/launcher/", "torch/distributed/elastic/")
-
-
-def _relay_stderr(fd: int) -> None:
-    """Copy torchrun's stderr to ours as it comes (progress bars included), leaving out
-    torchrun's own traceback and failure summary. A traceback is held until it ends (its
-    exception line) or shows a launcher frame: a rank's own traceback is passed on whole,
-    torchrun's report dropped with everything after it."""
-
-    buf, quiet = b"", False
-    held: list[str] | None = None  # the lines of a traceback not yet judged
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-        while True:
-            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
-            if cut < 0:
-                break
-            text, buf = buf[:cut + 1], buf[cut + 1:]
-            for seg in text.decode(errors="replace").splitlines(keepends=True):
-                if quiet:
-                    continue
-                if held is None and seg.startswith("Traceback (most recent call last)"):
-                    held = []
-                if held is not None:
-                    held.append(seg)
-                    if any(f in seg for f in _LAUNCHER_FRAMES):
-                        quiet, held = True, None  # torchrun's ChildFailedError report: to the end
-                    elif len(held) > 1 and not seg.startswith((" ", "\t")):  # the exception line
-                        sys.stderr.writelines(held)
-                        held = None
-                    continue
-                if not any(n in seg for n in _LAUNCHER_NOISE):
-                    sys.stderr.write(seg)
-            sys.stderr.flush()
-    if held:
-        sys.stderr.writelines(held)
-    if buf and not quiet:
-        sys.stderr.write(buf.decode(errors="replace"))
+    return launch_torchrun(args.nproc, args.master_port, args.verbose, words, after)
 
 
 #: What Ctrl-C leaves behind, per command (simulate says its own resume command).
@@ -191,90 +120,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         status["label_studio"] = describe(meta["label_studio"], meta["project"]["uid"],
                                           (status.get("labeling") or {}).get("pending_round"),
                                           args.label_studio_key_file)
-    print(json.dumps(status) if args.json else _status_text(status))
+    print(json.dumps(status) if args.json else status_text(status))
     return 0
-
-
-def _status_text(status: dict[str, Any]) -> str:
-    from activedet.evaluation import headline
-
-    lab = status.get("labeling")
-    if lab is not None:
-        return _project_status_text(status, lab)
-    boxes = status.get("task", "detection") == "detection"  # classification has no boxes
-    lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
-             f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images"
-             + (f" / {status['pool_boxes']} boxes" if boxes else "")]
-    lines.append(f"{'round':>5} {'added':>6} {'images':>7}" + (f" {'boxes':>7}" if boxes else "")
-                 + f"  {'training':<26} metrics")
-    notes = []
-    for r in status["rounds"]:
-        m = r["metrics"] or {}
-        shown = headline(m) or (
-            "(no test split)" if r["metrics"] == {} else "(pending)")
-        train, note = _training_cell(r)
-        if note:
-            notes.append(f"round {r['round']}: {note}")
-        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7}"
-                     + (f" {r['labeled_boxes']:>7}" if boxes else "") + f"  {train:<26} {shown}")
-    quarantined = status.get("quarantined") or {}
-    if quarantined:
-        lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
-                     f"image id: {', '.join(sorted(quarantined, key=int))}")
-    return "\n".join(lines + notes)
-
-
-def _training_cell(round_: dict[str, Any]) -> tuple[str, str | None]:
-    """(``loss 1.92→0.41 ok`` style cell, a note for an unhealthy or retried round)."""
-    from activedet.training.health import training_curve
-
-    log = round_.get("train_log") or []
-    if not log:
-        return "-", None
-    last = max(row.get("attempt", 0) for row in log)
-    totals = training_curve(log)
-    curve = f"loss {totals[0]:.2f}→{totals[-1]:.2f}" if totals else "loss -"
-    health = round_.get("health") or {}
-    reasons = [a["reason"] for a in health.get("attempts", []) if a.get("reason")]
-    if health.get("unhealthy"):
-        return f"{curve} UNHEALTHY", "training unhealthy: " + "; ".join(reasons)
-    if last:
-        return f"{curve} retried {last}x", f"retried {last}x after: " + "; ".join(reasons)
-    return f"{curve} ok", None
-
-
-# ------------------------------------------------------------------ labeling projects
-def _project_status_text(status: dict[str, Any], lab: dict[str, Any]) -> str:
-    from activedet.evaluation import headline
-
-    pending = lab.get("pending_round")
-    lines = [f"project {status['run_dir']}: {status['pool_size']} images (labeled and unlabeled), "
-             f"last strategy {status['strategy']}"]
-    lines.append(f"{'round':>5} {'batch':>6} {'images':>7} {'boxes':>7}  state / metrics")
-    for r in status["rounds"]:
-        m = r["metrics"] or {}
-        shown = headline(m)
-        if r["round"] == pending:
-            shown = f"PENDING: {lab.get('labeled', 0)} of {lab.get('batch')} labeled"
-        lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7} {r['labeled_boxes']:>7}  "
-                     f"{shown or '-'}")
-    ls = status.get("label_studio")
-    if ls:
-        where = f"Label Studio {ls['url']} project {ls['project']}"
-        if "error" in ls:
-            lines.append(f"{where}: cannot be asked now: {ls['error']}")
-        elif "tasks" in ls:
-            lines.append(f"{where}: {ls['labeled']} of {ls['tasks']} tasks of round {ls['round']} labeled there"
-                         + (f", {ls['skipped']} skipped" if ls["skipped"] else ""))
-        else:
-            lines.append(f"{where} (last round imported: {ls.get('pushed_round')})")
-    if pending is not None and ls:
-        lines.append(f"round {pending} is pending: label it in Label Studio, then `activedet ingest --project "
-                     f"{status['run_dir']} --label-studio {ls['url']}`")
-    elif pending is not None:
-        lines.append(f"round {pending} is pending: label {lab.get('dir')}, then `activedet ingest --project "
-                     f"{status['run_dir']} EXPORT.json`")
-    return "\n".join(lines)
 
 
 def _select_words(args: argparse.Namespace) -> list[str]:
@@ -314,7 +161,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
                                                           or args.label_studio_relink):
             return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)
     if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        code = _launch_torchrun(args, _select_words(args), "the project holds the last complete step; "
+        code = _launch(args, _select_words(args), "the project holds the last complete step; "
                                 "run the same select again")
         if code == 0 and studio is not None:
             return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from activedet.cli import _relay_stderr
+from activedet.launch import relay_stderr
 
 RANK_TRACEBACK = (
     "round 1: training\n"
@@ -29,7 +29,7 @@ def _relayed(text: str, capsys) -> str:
     os.write(w, text.encode())
     os.close(w)
     try:
-        _relay_stderr(r)
+        relay_stderr(r)
     finally:
         os.close(r)
     return capsys.readouterr().err
