@@ -254,36 +254,62 @@ def test_label_studio_uses_activedet_serve_as_its_ml_backend(tmp_path: Path, tre
 
 def test_a_phone_photo_through_label_studio(tmp_path: Path, capsys, monkeypatch) -> None:
     """An EXIF-rotated JPEG (stored 160 x 96, shown 96 x 160) through a real Label Studio:
-    its task says the shown frame, Label Studio serves it, a box drawn there lands where the
-    object is in the pixels activedet trains on."""
+    its task says the shown frame and Label Studio serves it; the model's pre-annotation
+    (trained on red squares) covers the red block where it is shown; a box drawn there lands
+    where the object is in the pixels activedet trains on."""
     import numpy as np
+    from PIL import Image
 
     from activedet.data.base import read_image_rgb
     from tests.labeling.test_everyday_pool import noise_png, phone_photo
 
+    rng = np.random.default_rng(0)
+    shapes = tmp_path / "labeled"
+    shapes.mkdir()
+    images, anns = [], []
+    for k in range(24):  # the labeled set: one red square each, on grey
+        a = np.full((96, 96, 3), 128, np.uint8)
+        w, h = (int(v) for v in rng.integers(24, 48, 2))
+        x, y = int(rng.integers(0, 96 - w)), int(rng.integers(0, 96 - h))
+        a[y:y + h, x:x + w] = (255, 0, 0)
+        Image.fromarray(a).save(shapes / f"s{k}.png")
+        images.append({"id": k + 1, "file_name": f"s{k}.png", "width": 96, "height": 96})
+        anns.append({"id": k + 1, "image_id": k + 1, "category_id": 5, "bbox": [x, y, w, h], "area": w * h,
+                     "iscrowd": 0})
+    (shapes / "labeled.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                     "categories": [{"id": 5, "name": "thing"}]}))
     pool = tmp_path / "photos"
     pool.mkdir()
     phone_photo(pool / "phone.jpg", 6)  # red in the stored top-left = the shown top-right 32 x 48
     noise_png(pool / "other.png", 1)
-    labeled = tmp_path / "labeled.json"
-    labeled.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 5, "name": "thing"}]}))
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(json.dumps({"seed": 0, "device": "cpu", "dataset": {"train": str(labeled), "unlabeled": str(pool)},
-                               "model": {"arch": "fcos", "backbone": "mobilenet_v2", "pretrained": False,
-                                         "image_size": 64}}))
+    cfg.write_text(json.dumps({
+        "seed": 0, "device": "cpu", "dataset": {"train": str(shapes / "labeled.json"), "unlabeled": str(pool)},
+        "model": {"arch": "fcos", "backbone": "mobilenet_v2", "pretrained": True, "image_size": 96},
+        "train": {"epochs": 15, "batch_size": 4, "lr": 0.01, "warmup_iters": 10, "grad_clip": 10.0},
+        "strategy": {"name": "entropy"}}))
     project = tmp_path / "project"
     monkeypatch.setenv(studio_mod.KEY_ENV, TOKEN)
     ls = LabelStudio(tmp_path / "ls-data", tmp_path, tmp_path / "label-studio.log")
     try:
         ls.wait()
         code, first, err = run(capsys, "select", str(cfg), "--project", str(project), "--quiet", "--budget", "2",
-                               "--label-studio", ls.url)
+                               "--prelabel-score", "0.3", "--label-studio", ls.url)
         assert code == 0, err
         pid = first["label_studio"]["project"]
         task = next(t for t in ls_tasks(ls, pid) if t["data"]["activedet_file"] == "phone.jpg")
         assert ls.get(task["data"]["image"], raw=True)[:2] == b"\xff\xd8"  # served: the JPEG itself
         coco = json.loads((Path(first["dir"]) / "batch.coco.json").read_text())
         assert {(im["width"], im["height"]) for im in coco["images"] if im["file_name"] == "phone.jpg"} == {(96, 160)}
+        # the model's best box on the phone photo, in Label Studio's percent of the shown frame
+        pred = max(ls.get(f"/api/tasks/{task['id']}")["predictions"][0]["result"], key=lambda r: r["score"])
+        assert (pred["original_width"], pred["original_height"]) == (96, 160)
+        v = pred["value"]
+        px = [v["x"] * 0.96, v["y"] * 1.6, (v["x"] + v["width"]) * 0.96, (v["y"] + v["height"]) * 1.6]
+        inter = max(0.0, min(px[2], 96) - max(px[0], 64)) * max(0.0, min(px[3], 48) - max(px[1], 0))
+        union = (px[2] - px[0]) * (px[3] - px[1]) + 32 * 48 - inter
+        assert inter / union > 0.3, (px, inter / union)  # over the red block as shown (not the stored corner)
+
         box = {"x": 200 / 3, "y": 0.0, "width": 100 / 3, "height": 30.0, "rotation": 0, "rectanglelabels": ["thing"]}
         ls.post(f"/api/tasks/{task['id']}/annotations/", {"result": [
             {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 96,
@@ -291,7 +317,9 @@ def test_a_phone_photo_through_label_studio(tmp_path: Path, capsys, monkeypatch)
         code, ing, err = run(capsys, "ingest", "--project", str(project), "--label-studio", ls.url)
         assert code == 0 and ing["added"] == 1, err
         run(capsys, "export", "--project", str(project), str(tmp_path / "all.json"))
-        (ann,) = json.loads((tmp_path / "all.json").read_text())["annotations"]
+        exported = json.loads((tmp_path / "all.json").read_text())
+        phone_id = next(im["id"] for im in exported["images"] if im["file_name"].endswith("phone.jpg"))
+        (ann,) = [a for a in exported["annotations"] if a["image_id"] == phone_id]
         x, y, w, h = (round(v) for v in ann["bbox"])
         assert (x, y, w, h) == (64, 0, 32, 48) and ann["category_id"] == 5
         pixels = read_image_rgb(pool / "phone.jpg")
