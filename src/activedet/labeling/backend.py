@@ -142,7 +142,7 @@ class Backend:
 
     def predict(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One prediction per task, in order (an unreadable image: an empty one, logged)."""
-        from activedet.labeling.project import _describe
+        from activedet.labeling.project import describe_batch
 
         with self.lock:
             adapter, version, cfg = self.adapter, self.version, self.cfg
@@ -158,7 +158,7 @@ class Backend:
             good = [r for r in records if r is not None]
             cls = DetectionDataset if self.task == "detection" else ClassificationDataset
             dataset = cls(good, self.class_names, "serve")
-            ims = {im.image_id: im for im in _describe([r.id for r in good], None, dataset, adapter, cfg, 0)}
+            ims = {im.image_id: im for im in describe_batch([r.id for r in good], None, dataset, adapter, cfg, 0)}
         finally:
             for f in temp:
                 os.unlink(f)

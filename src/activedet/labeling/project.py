@@ -417,7 +417,7 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
                          list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
                          opts.local_files_root, root, category_ids(base))
-        images = _describe(chosen, scores, dataset, adapter, cfg, r)
+        images = describe_batch(chosen, scores, dataset, adapter, cfg, r)
         out_dir = project_dir / "rounds" / f"{r:03d}"
         out_dir.parent.mkdir(exist_ok=True)
         files = write_round(images, spec, out_dir)
@@ -441,7 +441,7 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     return distributed.on_main(write)
 
 
-def _describe(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,
+def describe_batch(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,
               cfg: ExperimentConfig, r: int) -> list[BatchImage]:
     """One :class:`BatchImage` per chosen id: size, score and the model's predictions."""
     preds: dict[int, Any] = {}
