@@ -95,3 +95,4 @@ def test_a_real_grid_resumes_refuses_a_changed_cell_and_runs_one_cell(tmp_path: 
     assert main([*one, "--only", "entropy:1"]) == 0
     assert sorted(p.name for p in (tmp_path / "one" / "runs").iterdir() if p.is_dir()) == ["entropy-seed1"]
     assert main([*one, "--only", "isal:0"]) == 2
+
