@@ -11,7 +11,6 @@ import yaml
 from activedet.cli import main
 
 
-
 @pytest.mark.slow
 def test_compare_replays_on_the_labels_of_a_select_project(tmp_path: Path, trees_files: Path, capsys) -> None:
     from tests.labeling.conftest import annotator_export, tiny_detector
