@@ -33,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,8 +140,9 @@ def _same_config(path: Path, data: dict[str, Any], cell: Cell) -> None:
 
 
 def run_cell(out: Path, base: dict[str, Any], cell: Cell, unit: str | None, threads: int, nproc: int | None,
-             quiet: bool = True) -> Path:
-    """Run (or continue) one cell through ``activedet simulate`` in a subprocess; its run dir."""
+             quiet: bool = True) -> tuple[Path, bool]:
+    """Run (or continue) one cell through ``activedet simulate`` in a subprocess; (its run
+    dir, whether anything ran: False for a cell already complete)."""
     from activedet.loop.ledger import Ledger
 
     runs = out / "runs"
@@ -151,7 +153,7 @@ def run_cell(out: Path, base: dict[str, Any], cell: Cell, unit: str | None, thre
     if (run_dir / Ledger.FILENAME).is_file():
         with Ledger(run_dir) as ledger:
             if ledger.meta().get("complete"):
-                return run_dir
+                return run_dir, False
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     argv = [sys.executable, "-m", "activedet.cli", "simulate", str(path), "--out", str(run_dir)]
     argv += ["--resume"] if (run_dir / Ledger.FILENAME).is_file() else []
@@ -163,7 +165,7 @@ def run_cell(out: Path, base: dict[str, Any], cell: Cell, unit: str | None, thre
         tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RunDirError(f"cell {cell.name} failed (exit {proc.returncode}): {tail}; its run directory "
                           f"{run_dir} continues where it stopped when compare runs again")
-    return run_dir
+    return run_dir, True
 
 
 def run_grid(out: Path, base: dict[str, Any], cells: Sequence[Cell], unit: str | None, jobs: int,
@@ -172,17 +174,19 @@ def run_grid(out: Path, base: dict[str, Any], cells: Sequence[Cell], unit: str |
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, jobs))
     t0 = time.time()
-    done = 0
+    done = ran = 0
+    lock = threading.Lock()
 
     def one(cell: Cell) -> Path:
-        nonlocal done
-        run_dir = run_cell(out, base, cell, unit, threads, nproc)
-        done += 1
+        nonlocal done, ran
+        run_dir, worked = run_cell(out, base, cell, unit, threads, nproc)
+        with lock:
+            done, ran = done + 1, ran + worked
         if progress:
             spent = time.time() - t0
-            left = spent / done * (len(cells) - done)
-            print(f"compare: {done}/{len(cells)} cells done ({cell.name}); {spent / 60:.1f} min, "
-                  f"~{left / 60:.1f} min left", file=sys.stderr, flush=True)
+            left = f"~{spent / ran * (len(cells) - done) / 60:.1f} min left" if ran else "time left unknown yet"
+            print(f"compare: {done}/{len(cells)} cells done ({cell.name}{'' if worked else ', already complete'}); "
+                  f"{spent / 60:.1f} min, {left}", file=sys.stderr, flush=True)
         return run_dir
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -398,7 +402,7 @@ def compare(config: str | Path, strategies: Sequence[str], seeds: int, out: str 
         if not match:
             raise ConfigError(f"--only {only!r} is not a cell of this grid (STRATEGY:SEED, strategies "
                               f"{labels}, seeds 0..{seeds - 1})")
-        run_dir = run_cell(out, base, match[0], unit, os.cpu_count() or 1, nproc)
+        run_dir, _ = run_cell(out, base, match[0], unit, os.cpu_count() or 1, nproc)
         return {"cell": str(run_dir)}
     run_dirs = run_grid(out, base, cells, unit, jobs, nproc, progress)
     results: dict[str, dict[int, list[dict]]] = {}
