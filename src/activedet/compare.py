@@ -130,10 +130,11 @@ def _same_config(path: Path, data: dict[str, Any], cell: Cell) -> None:
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text())
+    new = with_defaults(data)
     if isinstance(old, dict):
         old = with_defaults(old)  # a cell written before a release added a key
-    if old != with_defaults(data):
-        keys = differences(old, with_defaults(data)) if isinstance(old, dict) else ["(unreadable)"]
+    if old != new:
+        keys = differences(old, new) if isinstance(old, dict) else ["(unreadable)"]
         raise RunDirError(f"cell {cell.name}: its config ({path}) differs from this compare's in "
                           f"{', '.join(keys) or 'its layout'}; use a new --out, or delete {path.with_suffix('')} "
                           f"and {path} to run it again")

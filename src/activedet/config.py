@@ -8,6 +8,7 @@ code receives these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import typing
@@ -455,19 +456,14 @@ def json_schema(strategies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def with_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A config dict (:meth:`ExperimentConfig.to_dict` form) with every key it lacks set to
-    its default: a config recorded before a release added a key (``loop.initial_strategy``)
-    reads as the config it ran with. Strategy settings are left as recorded."""
-    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
-    for section, values in ExperimentConfig().to_dict().items():
-        if section == "strategy":
-            out.setdefault(section, values)
-        elif isinstance(values, dict) and isinstance(out.get(section), dict):
-            for key, value in values.items():
-                out[section].setdefault(key, value)
-        else:
-            out.setdefault(section, values)
-    return out
+    """A recorded config dict (:meth:`ExperimentConfig.to_dict` form) read back through
+    :func:`config_from_dict`, so a key added by a later release (``loop.initial_strategy``)
+    takes its default, as the run had it. A config this release cannot read (a key since
+    removed) is returned as recorded, for :func:`differences` to name."""
+    try:
+        return config_from_dict(json.loads(json.dumps(data))).to_dict()
+    except ConfigError:
+        return dict(data)
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
