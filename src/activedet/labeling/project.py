@@ -321,6 +321,18 @@ def _labeled_pool(cfg: ExperimentConfig, base: Any, plan: dict[str, Any]) -> tup
     return dataset, pool
 
 
+def _round_models(cfg: ExperimentConfig, strategy: Any, dataset: Any, pool: Pool, project_dir: Path,
+                  ledger: Ledger | None, progress: bool) -> RoundModels:
+    """The round engine over a project (``ledger`` on rank 0, None on the others): a fresh
+    adapter (``model.image_size`` resolved from the labeled images when unset), checkpoints
+    reused only for the same labels (:func:`_fingerprint`)."""
+    if cfg.model.image_size is None:
+        cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
+    adapter = build_adapter(cfg, len(dataset.class_names), strategy)
+    return RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(ledger), progress,
+                       fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
+
+
 @dataclass
 class CurrentModel:
     adapter: Any
@@ -347,14 +359,11 @@ def current_model(cfg: ExperimentConfig, project_dir: str | Path, progress: bool
                 raise LabelingError(f"nothing of {project_dir} is labeled yet: run `activedet select` and ingest "
                                     f"the first batch, then train")
             k = max(pool.round_of[i] for i in pool.labeled)
-            if cfg.model.image_size is None:
-                cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
-            adapter = build_adapter(cfg, len(proj.base.class_names), strategy)
-            fp = _fingerprint(cfg, dataset, RoundModels.labeled(pool, k))
-            models = RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(proj.ledger), progress,
-                                 fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
+            models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger, progress)
             trained = models.hold(k, dataset, pool)
-            return CurrentModel(adapter, k, fp, trained)
+            fp = models.store.fingerprint(k)  # recorded by hold: what round k was trained on
+            assert fp is not None
+            return CurrentModel(models.adapter, k, fp, trained)
         finally:
             proj.ledger.close()
 
@@ -386,11 +395,8 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     if r > 0:
         if not pool.labeled:
             raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
-        if cfg.model.image_size is None:
-            cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
-        adapter = build_adapter(cfg, len(base.class_names), strategy)
-        models = RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(proj.ledger if proj else None),
-                             progress, fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
+        models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger if proj else None, progress)
+        adapter = models.adapter
         prev = r - 1
         trained = models.hold(prev, dataset, pool)
         metrics = models.rows[prev].get("metrics")
