@@ -54,8 +54,9 @@ TRAIN_ACTIONS = ("START_TRAINING",)
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
-def project_config(project_dir: Path, device: str | None = None) -> ExperimentConfig:
-    """The config the project's last ``select`` ran with (recorded in its ledger)."""
+def project_config(project_dir: Path, device: str | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The config the project's last ``select`` ran with (recorded in its ledger), and the
+    ledger's meta."""
     ledger, meta = open_project(project_dir)
     ledger.close()
     if "config" not in meta:
@@ -63,7 +64,7 @@ def project_config(project_dir: Path, device: str | None = None) -> ExperimentCo
     cfg = config_from_dict(meta["config"])
     if device is not None:
         cfg.device = device
-    return cfg
+    return cfg, meta
 
 
 class Backend:
@@ -72,10 +73,7 @@ class Backend:
     def __init__(self, project_dir: str | Path, device: str | None = None, local_files_root: str | None = None,
                  label_studio_key: str | None = None) -> None:
         self.project_dir = Path(project_dir)
-        self.cfg = project_config(self.project_dir, device)
-        ledger, meta = open_project(self.project_dir)
-        ledger.close()
-        self.meta = meta
+        self.cfg, meta = project_config(self.project_dir, device)
         proj = meta["project"]
         self.uid, self.task, self.class_names = proj["uid"], proj["task"], list(proj["class_names"])
         self.local_root = os.path.realpath(local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
@@ -99,7 +97,7 @@ class Backend:
         from activedet.labeling.project import current_model
 
         try:
-            cfg = project_config(self.project_dir, self.cfg.device)
+            cfg, _ = project_config(self.project_dir, self.cfg.device)
             model = current_model(cfg, self.project_dir, progress=False)
             version = f"activedet-{self.uid}-model{model.round:03d}-{model.fingerprint[:8]}"
             with self.lock:
@@ -148,8 +146,7 @@ class Backend:
             adapter, version, cfg = self.adapter, self.version, self.cfg
         if adapter is None:
             raise LabelingError("no model yet")
-        known = self._known_images()
-        ranks = self._pending_ranks()
+        known, ranks = self._lookup(tasks)
         records, temp = [], []
         try:
             for k, task in enumerate(tasks):
@@ -180,21 +177,19 @@ class Backend:
             out.append({"result": result, "score": score, "model_version": version})
         return out
 
-    def _known_images(self) -> dict[int, str]:
-        ledger, _ = open_project(self.project_dir)
-        try:
-            return {i: p for p, i in store.image_ids(ledger.conn).items()}
-        finally:
-            ledger.close()
-
-    def _pending_ranks(self) -> dict[tuple[int, int], float]:
+    def _lookup(self, tasks: list[dict[str, Any]]) -> tuple[dict[int, str], dict[tuple[int, int], float]]:
+        """One read of the project: the files of the tasks' activedet images (id -> path),
+        and the pending batch's scores in Label Studio's order ((round, id) -> (rank - 0.5) / n)."""
+        ours = [d["activedet_image_id"] for d in (t.get("data") or {} for t in tasks)
+                if d.get("activedet_project") == self.uid and isinstance(d.get("activedet_image_id"), int)]
         ledger, meta = open_project(self.project_dir)
         try:
+            known = store.image_paths(ledger.conn, ours)
             r = (meta.get("labeling") or {}).get("pending_round")
             rows = [] if r is None else store.batch(ledger.conn, r)
         finally:
             ledger.close()
-        return {(b.round, b.image_id): (b.rank - 0.5) / len(rows) for b in rows}
+        return known, {(b.round, b.image_id): (b.rank - 0.5) / len(rows) for b in rows}
 
     def _record(self, k: int, path: str) -> ImageRecord | None:
         try:

@@ -81,6 +81,17 @@ def image_ids(conn: sqlite3.Connection) -> dict[str, int]:
     return {p: i for i, p in conn.execute("SELECT id, path FROM project_images")}
 
 
+def image_paths(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
+    """id -> path of the project images among ``ids`` (unknown ids left out)."""
+    ids = sorted({int(i) for i in ids})
+    out: dict[int, str] = {}
+    for k in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        part = ids[k:k + 500]
+        out.update(conn.execute(f"SELECT id, path FROM project_images WHERE id IN ({','.join('?' * len(part))})",
+                                part).fetchall())
+    return out
+
+
 def add_images(conn: sqlite3.Connection, mapping: dict[str, int]) -> None:
     conn.executemany("INSERT INTO project_images (id, path) VALUES (?, ?)",
                      [(i, p) for p, i in mapping.items()])
