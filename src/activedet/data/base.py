@@ -138,10 +138,11 @@ class DetectionDataset:
     task = "detection"
 
     def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str],
-                 name: str = "dataset", source: str = "") -> None:
+                 name: str = "dataset", source: str = "", category_ids: Sequence[int] | None = None) -> None:
         self.name = name
         self.source = source
         self.class_names = list(class_names)
+        self.category_ids = None if category_ids is None else list(category_ids)  # the file's own, per label
         self._records: dict[int, ImageRecord] = {}
         for r in records:
             if r.id in self._records:
@@ -207,10 +208,8 @@ class DetectionDataset:
 
     def subset(self, ids: Iterable[int], name: str | None = None) -> "DetectionDataset":
         ids = list(ids)
-        out = DetectionDataset([self.record(i) for i in ids], self.class_names, name or self.name, self.source)
-        if getattr(self, "category_ids", None) is not None:
-            out.category_ids = self.category_ids
-        return out
+        return DetectionDataset([self.record(i) for i in ids], self.class_names, name or self.name, self.source,
+                                self.category_ids)
 
     # ---------------------------------------------------------------- COCO out
     def to_coco(self, ids: Iterable[int] | None = None) -> dict[str, Any]:

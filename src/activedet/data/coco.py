@@ -104,9 +104,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
             crowd_boxes=_stack([t[0] for t in crowd]) if crowd else NO_CROWD_BOXES,
             crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64) if crowd else NO_CROWD_LABELS,
         ))
-    ds = DetectionDataset(records, class_names, name or json_path.stem, source=where)
-    ds.category_ids = sorted(cat_ids)  # the file's own ids, for files written back to the user
-    return ds
+    return DetectionDataset(records, class_names, name or json_path.stem, source=where, category_ids=sorted(cat_ids))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

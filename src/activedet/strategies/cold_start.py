@@ -84,21 +84,16 @@ def typiclust(x: np.ndarray, budget: int, seed: int) -> list[int]:
     k = max(1, min(budget, n))
     labels = KMeans(n_clusters=k, n_init=3, random_state=seed % (2 ** 31)).fit_predict(x) if k > 1 \
         else np.zeros(n, dtype=int)
-    queues = []
+    clusters = []
     for c in range(k):
         members = np.flatnonzero(labels == c)
-        if members.size == 0:
-            continue
-        typ = typicality(x[members])
-        order = members[np.lexsort((members, -typ))]  # most typical first, ties by index
-        queues.append(list(order))
-    queues.sort(key=lambda q: (-len(q), q[0]))  # largest cluster first
-    out: list[int] = []
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(int(q.pop(0)))
-    return out
+        if members.size:
+            typ = typicality(x[members])
+            clusters.append(members[np.lexsort((members, -typ))])  # most typical first, ties by index
+    clusters.sort(key=lambda m: (-len(m), m[0]))  # largest cluster first
+    # round robin: every cluster's j-th most typical before any cluster's (j+1)-th
+    keyed = [(j, c, int(i)) for c, members in enumerate(clusters) for j, i in enumerate(members)]
+    return [i for _, _, i in sorted(keyed)]
 
 
 def rank(name: str, dataset: Any, ids: Sequence[int], budget: int, rng: np.random.Generator,
