@@ -32,14 +32,19 @@ def ls_tasks(ls: LabelStudio, pid: int) -> list[dict]:
     return sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda t: t["id"])
 
 
-def test_label_studio_live(tmp_path: Path, trees_files: Path, capsys, monkeypatch) -> None:
-    t0 = time.time()
+def trees_project(tmp_path: Path, trees_files: Path) -> tuple[dict, dict, Path, Path, Path]:
+    """(ground truth, truth image by pool file name, pool folder, config, project dir): the
+    first 8 tiles labeled, the rest of the folder the pool."""
     truth = gt(trees_files)
     ids = [im["id"] for im in truth["images"]]
-    pool_root = trees_files / "all" / "images"
     by_name = {im["file_name"].split("/", 1)[1]: im for im in truth["images"]}
     cfg = make_project_config(tmp_path, trees_files, ids[:8])
-    project = tmp_path / "project"
+    return truth, by_name, trees_files / "all" / "images", cfg, tmp_path / "project"
+
+
+def test_label_studio_live(tmp_path: Path, trees_files: Path, capsys, monkeypatch) -> None:
+    t0 = time.time()
+    truth, by_name, pool_root, cfg, project = trees_project(tmp_path, trees_files)
     sel = ["select", str(cfg), "--project", str(project), "--quiet", "--label-studio"]
 
     ls = LabelStudio(tmp_path / "ls-data", pool_root.parent, tmp_path / "label-studio.log")
@@ -172,12 +177,7 @@ def test_label_studio_uses_activedet_serve_as_its_ml_backend(tmp_path: Path, tre
     import sys
     import urllib.request
 
-    truth = gt(trees_files)
-    ids = [im["id"] for im in truth["images"]]
-    pool_root = trees_files / "all" / "images"
-    by_name = {im["file_name"].split("/", 1)[1]: im for im in truth["images"]}
-    cfg = make_project_config(tmp_path, trees_files, ids[:8])
-    project = tmp_path / "project"
+    truth, by_name, pool_root, cfg, project = trees_project(tmp_path, trees_files)
     monkeypatch.setenv(studio_mod.KEY_ENV, TOKEN)
     # Label Studio refuses ML backends and webhooks on 127.0.0.1 unless told they are fine
     monkeypatch.setenv("ML_BLOCK_LOCAL_IP", "false")
