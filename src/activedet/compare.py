@@ -310,14 +310,13 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             saved = [p["saved"] for p in per_seed.values() if p["saved"] is not None]
             per_box = [p["per_box"] for p in per_seed.values() if p["per_box"] is not None]
             per_image = [p["per_image"] for p in per_seed.values() if p["per_image"] is not None]
-            st["saved"] = interval(saved) or (saved[0] if saved else None)
-            st["per_box"] = interval(per_box) or (per_box[0] if per_box else None)
-            st["per_image"] = interval(per_image) or (per_image[0] if per_image else None)
+            # (mean, low, high) over seeds; None below 2 seeds (each seed's value is in vs_random)
+            st["saved"], st["per_box"], st["per_image"] = interval(saved), interval(per_box), interval(per_image)
             st["ahead_per_box"] = sum(x > 0 for x in per_box)
             st["ahead_per_image"] = sum(x > 0 for x in per_image)
             n_r = min([len(c[0]) for c in cs.values()] + [len(rand[seed][0]) for seed in per_seed])
             diffs = [[cs[seed][0][k] - rand[seed][0][k] for seed in per_seed] for k in range(n_r)]
-            st["per_round_diff"] = [interval(d) or (d[0], d[0], d[0]) for d in diffs]  # (mean, lo, hi)
+            st["per_round_diff"] = [interval(d) or (d[0], None, None) for d in diffs]  # (mean, lo, hi); 1 seed: no CI
             st["verdict"] = verdict(saved, per_box, scale, cost) if saved else "random never reaches a final metric"
         out["strategies"][label] = st
     out["recommendation"] = recommend(out)
@@ -330,7 +329,7 @@ def recommend(summary: dict[str, Any]) -> str:
     best, best_lo = None, 0.0
     for label, st in summary["strategies"].items():
         saved = st.get("saved")
-        if isinstance(saved, (list, tuple)) and saved[1] > best_lo:
+        if saved is not None and saved[1] > best_lo:
             best, best_lo = label, saved[1]
     if "random" not in summary["strategies"]:
         return "no recommendation: include random in --strategies to measure savings against it"
@@ -355,13 +354,14 @@ def table(summary: dict[str, Any]) -> str:
     lines.append("")
     for label, s in summary["strategies"].items():
         if "per_round_diff" in s:
-            diffs = " ".join(f"{m * scale:+6.1f} [{lo * scale:+.1f},{hi * scale:+.1f}]" for m, lo, hi in s["per_round_diff"])
+            diffs = " ".join(f"{m * scale:+6.1f} " + ("[n/a]" if lo is None else f"[{lo * scale:+.1f},{hi * scale:+.1f}]")
+                             for m, lo, hi in s["per_round_diff"])
             lines.append(f"{label + ' - random':<28} {diffs}   (paired by seed, 95% CI)")
     lines.append("")
     for label, s in summary["strategies"].items():
         if "verdict" in s:
             img = s.get("per_image")
-            per_image = "" if not isinstance(img, (list, tuple)) else \
+            per_image = "" if img is None else \
                 f" [per image {img[0] * scale:+.1f} points, {s['ahead_per_image']} seeds ahead]"
             lines.append(f"{label}: {s['verdict']}{per_image}")
     lines.append(f"recommendation: {summary['recommendation']}")

@@ -80,7 +80,7 @@ def exif_orientation(im: Image.Image) -> int:
 WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
-def _to_rgb(im: Image.Image, path: Path, who: str) -> np.ndarray:
+def to_rgb(im: Image.Image, path: Path, who: str) -> np.ndarray:
     """Any mode PIL opens as (H, W, 3) uint8 RGB with its full range kept: 16-bit and
     integer grayscale scaled from 0..65535, float from 0..1; others refused by name."""
     if im.mode in WIDE_MODES:
@@ -105,7 +105,7 @@ def read_image_rgb(path: Path, image_id: int | str | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             shown = ImageOps.exif_transpose(im) if exif_orientation(im) != 1 else im
-            return _to_rgb(shown, Path(path), who)
+            return to_rgb(shown, Path(path), who)
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read image {path}{who}: {e}") from None
 

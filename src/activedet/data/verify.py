@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from PIL import Image
 from tqdm.auto import tqdm
 
-from activedet.data.base import WIDE_MODES, read_image_rgb
+from activedet.data.base import WIDE_MODES, to_rgb
 from activedet.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def decode_error(path: Path) -> str | None:
             if im.width < 1 or im.height < 1:
                 return f"empty image ({im.width}x{im.height})"
             if im.mode in WIDE_MODES:  # their range is checked as training will read them
-                read_image_rgb(path)
+                to_rgb(im, Path(path), "")
     except DatasetError as e:
         return str(e).split(": ", 1)[-1][:200]
     except Exception as e:  # Pillow's plugins raise many types; any of them means unreadable
