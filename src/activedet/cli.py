@@ -511,6 +511,11 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _key_file_argument(s: argparse.ArgumentParser, why: str) -> None:
+    s.add_argument("--label-studio-key-file", metavar="F",
+                   help=f"file holding the Label Studio API key (default: $LABEL_STUDIO_API_KEY); {why}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="activedet",
@@ -547,9 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="rounds, selections, costs and metrics of a run")
     s.add_argument("run_dir", help="a run directory (simulate --out) or a labeling project")
-    s.add_argument("--label-studio-key-file", metavar="F",
-                   help="a project bound to Label Studio: the API key, to count the round's tasks labeled there "
-                        "(default: $LABEL_STUDIO_API_KEY)")
+    _key_file_argument(s, "to count the round's tasks labeled in the bound Label Studio project")
     s.add_argument("--json", action="store_true", help="machine-readable status")
     s.set_defaults(func=_cmd_status)
 
@@ -581,8 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import the round into Label Studio over its API (first round: create a project bound "
                         "to this one, with the labeling config and a local-files storage on the pool folder); "
                         "re-running after a failure completes the import without duplicates")
-    s.add_argument("--label-studio-key-file", metavar="F",
-                   help="file holding the Label Studio API key (default: $LABEL_STUDIO_API_KEY; never recorded)")
+    _key_file_argument(s, "never recorded")
     s.add_argument("--label-studio-relink", action="store_true",
                    help="bind to a new Label Studio project (the recorded one was deleted there) and import "
                         "the pending round into it")
@@ -631,9 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local-files-root", metavar="R",
                    help="Label Studio's local-files document root, to read /data/local-files/ images "
                         "(default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder holding the pool)")
-    s.add_argument("--label-studio-key-file", metavar="F",
-                   help="API key to fetch images Label Studio serves (default: $LABEL_STUDIO_API_KEY, or "
-                        "the token Label Studio sends to /setup)")
+    _key_file_argument(s, "to fetch images Label Studio serves; else the token Label Studio sends to /setup")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("ingest", help="merge labels (Label Studio JSON export or COCO) into the labeled set",
@@ -647,8 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-studio", metavar="URL",
                    help="pull the bound Label Studio project's annotations over its API instead of a file "
                         "(saved under DIR/rounds/NNN/labelstudio/export-*.json, then ingested)")
-    s.add_argument("--label-studio-key-file", metavar="F",
-                   help=f"file holding the Label Studio API key (default: ${'{'}LABEL_STUDIO_API_KEY{'}'})")
+    _key_file_argument(s, "to pull the annotations")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
     s.set_defaults(func=_cmd_ingest)
 
