@@ -322,7 +322,7 @@ def _labeled_pool(cfg: ExperimentConfig, base: Any, plan: dict[str, Any]) -> tup
 
 
 def _round_models(cfg: ExperimentConfig, strategy: Any, dataset: Any, pool: Pool, project_dir: Path,
-                  ledger: Ledger | None, progress: bool) -> RoundModels:
+                  ledger: Ledger | None, progress: bool, rows: dict[int, dict[str, Any]] | None = None) -> RoundModels:
     """The round engine over a project (``ledger`` on rank 0, None on the others): a fresh
     adapter (``model.image_size`` resolved from the labeled images when unset), checkpoints
     reused only for the same labels (:func:`_fingerprint`)."""
@@ -330,7 +330,7 @@ def _round_models(cfg: ExperimentConfig, strategy: Any, dataset: Any, pool: Pool
         cfg.model.image_size = auto_image_size(dataset.subset(pool.labeled))
     adapter = build_adapter(cfg, len(dataset.class_names), strategy)
     return RoundModels(cfg, strategy, adapter, project_dir, ProjectStore(ledger), progress,
-                       fingerprint=lambda ids: _fingerprint(cfg, dataset, ids))
+                       fingerprint=lambda ids: _fingerprint(cfg, dataset, ids), rows=rows)
 
 
 @dataclass
@@ -395,7 +395,8 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     if r > 0:
         if not pool.labeled:
             raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
-        models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger if proj else None, progress)
+        models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger if proj else None, progress,
+                               rounds)
         adapter = models.adapter
         prev = r - 1
         trained = models.hold(prev, dataset, pool)

@@ -208,10 +208,11 @@ class RoundModels:
     a labeling project whose labels changed since retrains. Every rank makes the same calls."""
 
     def __init__(self, cfg: ExperimentConfig, strategy: Strategy, adapter: Any, run_dir: Path, store: RunStore,
-                 progress: bool, fingerprint: Callable[[list[int]], str] | None = None) -> None:
+                 progress: bool, fingerprint: Callable[[list[int]], str] | None = None,
+                 rows: dict[int, dict[str, Any]] | None = None) -> None:
         self.cfg, self.strategy, self.adapter, self.run_dir = cfg, strategy, adapter, Path(run_dir)
         self.store, self.progress, self.fingerprint = store, progress, fingerprint
-        self.rows = store.rounds()
+        self.rows = store.rounds() if rows is None else rows  # ``rows``: the caller has just read them
         self.sums = store.checksums()
         self.held = -1  # which round's model the adapter holds
 
