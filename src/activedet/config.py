@@ -128,6 +128,11 @@ class StrategyConfig:
 class ExperimentConfig:
     task: str = "detection"  # detection | classification
     device: str = "auto"  # auto | cpu | cuda
+    #: intra-op CPU threads per process (0: torch's default for this host, so answers then
+    #: depend on its cores and on how many processes share it). Float sums split over threads
+    #: differ in their last bits, and a selection can follow them: 1 gives the same answers
+    #: however the processes of a run are spread over hosts.
+    threads: int = 1
     seed: int = 0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -244,7 +249,7 @@ def _number_from_string(value: Any, ref: Any) -> Any:
     return number if math.isfinite(number) else value
 
 
-_INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
+_INT_KEYS = {"seed", "threads", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
              "eval_batch_size", "detections_per_img", "max_retries", "workers"}
 
 
@@ -267,6 +272,7 @@ def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
     cfg = ExperimentConfig(
         task=data.get("task", "detection"),
         device=data.get("device", "auto"),
+        threads=data.get("threads", 1),
         seed=data.get("seed", 0),
         dataset=_build(DatasetConfig, data.get("dataset"), "dataset"),
         model=_build(ModelConfig, data.get("model"), "model"),
@@ -282,6 +288,9 @@ def validate(cfg: ExperimentConfig) -> None:
     """Check values (choices, ranges). Raises :class:`ConfigError` naming the key."""
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"config key 'seed' must be an integer, got {cfg.seed!r}")
+    if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 0:
+        raise ConfigError(f"config key 'threads' = {cfg.threads!r} must be an integer >= 0 (1: the same "
+                          f"answers on any host; 0: torch's default for the host)")
     for path, choices in _CHOICES.items():
         obj: Any = cfg
         for p in path:

@@ -44,6 +44,24 @@ def test_k_center_greedy_matches_brute_force(seed: int, n: int, dim: int, n_labe
     assert not set(picks) & set(np.flatnonzero(labeled))
 
 
+@pytest.mark.parametrize("chunk", [3, 2048])
+def test_float32_features_are_not_copied_and_pick_as_float64(chunk: int) -> None:
+    """Features held as float32 (as models return them): distances are float64 block by
+    block, so the picks are the brute force's on the same values in float64."""
+    rng = np.random.default_rng(7)
+    x32 = rng.normal(size=(300, 24)).astype(np.float32)
+    labeled = np.zeros(300, dtype=bool)
+    labeled[rng.choice(300, 4, replace=False)] = True
+    picks, gains = k_center_greedy(x32, labeled, 12, np.random.default_rng(0), chunk_size=chunk)
+    ref_picks, ref_gains = brute_force_k_center(x32.astype(np.float64), labeled, 12)
+    assert picks == ref_picks
+    np.testing.assert_allclose(gains, ref_gains, rtol=1e-9)
+    x = torch.from_numpy(x32)
+    c = x[:5].to(torch.float64)
+    full = torch.cdist(x.to(torch.float64), c).pow(2).min(1).values
+    torch.testing.assert_close(min_distances(x, c, chunk), full)  # float32 in, float64 out
+
+
 def test_min_distances_chunked_equals_full() -> None:
     rng = np.random.default_rng(3)
     x, c = torch.tensor(rng.normal(size=(37, 4))), torch.tensor(rng.normal(size=(11, 4)))

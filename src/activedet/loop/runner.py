@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from activedet import distributed
 from activedet.config import ExperimentConfig, LoopConfig, differences, dump_config, with_defaults
@@ -197,7 +198,8 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
                     seed=cfg.seed, unit=cfg.loop.unit, pool_size=len(exp.pool.ids),
                     pool_boxes=exp.pool.cost(exp.pool.ids), complete=False,
                     train_source=exp.train.source or exp.train.name,
-                    quarantined={str(i): why for i, why in exp.quarantined.items()})
+                    quarantined={str(i): why for i, why in exp.quarantined.items()},
+                    world_size=distributed.env_world(), threads=torch.get_num_threads())  # what answers depend on
     return ledger
 
 

@@ -360,7 +360,8 @@ class DetectionAdapter:
         if not rows:
             return np.zeros((0, 0), np.float32)
         where = {image_id: k for k, image_id in enumerate(order)}
-        return torch.cat(rows).numpy().astype(np.float32)[[where[i] for i in ids]]
+        feats = torch.cat(rows).numpy().astype(np.float32, copy=False)  # one copy: the reorder below
+        return feats[[where[i] for i in ids]]
 
     def gradient_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """ISAL's parameters: weights (not biases) of the final prediction layers.

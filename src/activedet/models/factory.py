@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from activedet.config import ExperimentConfig
 
 
@@ -14,7 +16,10 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
     (``strategy.model_kwargs()``); the loop never asks which strategy it holds. With
     ``model.offline_fallback`` the backbone built may differ from the one asked for:
     ``cfg.model.backbone`` is set to it, so a config stored afterwards says what ran.
+    Sets this process's intra-op threads to ``cfg.threads`` (0: left as torch chose).
     """
+    if cfg.threads > 0:  # before the model exists: every pass of this process runs on them
+        torch.set_num_threads(cfg.threads)
     variant = getattr(strategy, "model_variant", "plain")
     kwargs = strategy.model_kwargs() if strategy is not None else {}
     if cfg.task == "detection":

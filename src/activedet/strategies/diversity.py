@@ -59,23 +59,58 @@ class BatchSettings(Settings):
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x (n, D), y (m, D) -> (n, m) squared Euclidean distances, clamped at 0."""
-    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+def squared_euclidean(x: torch.Tensor, y: torch.Tensor, x_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """x (n, D), y (m, D) -> (n, m) squared Euclidean distances, clamped at 0.
+    ``x_norms`` (n,): ``(x * x).sum(1)`` when the caller holds it already (:func:`row_norms`)."""
+    xx = (x * x).sum(1, keepdim=True) if x_norms is None else x_norms[:, None]
+    d = xx + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
     return d.clamp_min_(0.0)
 
 
-def min_distances(x: torch.Tensor, centers: torch.Tensor, chunk_size: int,
-                  distance: Distance = squared_euclidean) -> torch.Tensor:
-    """x (N, D), centers (M, D) -> (N,) distance of each row to its nearest center
-    (+inf when M = 0), computed in (chunk_size × chunk_size) blocks."""
-    out = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
-    for i in range(0, x.shape[0], chunk_size):
-        rows = x[i:i + chunk_size]
-        for j in range(0, centers.shape[0], chunk_size):
-            block = distance(rows, centers[j:j + chunk_size]).min(1).values
-            out[i:i + chunk_size] = torch.minimum(out[i:i + chunk_size], block)
+def _rows_per_block(x: torch.Tensor, m: int, chunk_size: int) -> int:
+    """Rows of ``x`` per block so that a block holds about ``chunk_size``² float64 numbers."""
+    width = max(x.shape[1] if x.ndim == 2 else 1, min(m, chunk_size), 1)
+    return max(chunk_size, chunk_size * chunk_size // width)
+
+
+def row_norms(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """x (N, D) of any float dtype -> (N,) float64 ``(x * x).sum(1)``, block by block."""
+    step = _rows_per_block(x, 1, chunk_size)
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for i in range(0, x.shape[0], step):
+        rows = x[i:i + step].to(torch.float64)
+        out[i:i + step] = (rows * rows).sum(1, keepdim=True)[:, 0]
     return out
+
+
+def min_distances(x: torch.Tensor, centers: torch.Tensor, chunk_size: int,
+                  distance: Distance = squared_euclidean, x_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, D), centers (M, D) of any float dtype -> (N,) float64 distance of each row to its
+    nearest center (+inf when M = 0).
+
+    Blocks of rows and centers are cast to float64 one at a time, so a float32 ``x`` is never
+    copied whole; a block holds about ``chunk_size``² numbers (fewer centers: more rows).
+    ``x_norms`` (:func:`row_norms`) spares :func:`squared_euclidean` recomputing them."""
+    n, m = x.shape[0], centers.shape[0]
+    step = _rows_per_block(x, m, chunk_size)
+    out = torch.full((n,), float("inf"), dtype=torch.float64)
+    for i in range(0, n, step):
+        rows = x[i:i + step].to(torch.float64)
+        for j in range(0, m, chunk_size):
+            c = centers[j:j + chunk_size].to(torch.float64)
+            if x_norms is not None and distance is squared_euclidean:
+                d = squared_euclidean(rows, c, x_norms[i:i + step])
+            else:
+                d = distance(rows, c)
+            torch.minimum(out[i:i + step], d.min(1).values, out=out[i:i + step])
+    return out
+
+
+def _float_rows(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The features as a float tensor without a copy when they are float32 or float64
+    already (the distances are float64 either way, block by block)."""
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float64)
 
 
 def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, budget: int,
@@ -89,7 +124,7 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, bu
     row the first pick is drawn from ``rng``. Rows already centers are never picked, even
     when every remaining distance is 0 (duplicate features).
     """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    x = _float_rows(features)
     labeled = np.asarray(labeled, dtype=bool)
     if x.ndim != 2 or labeled.shape != (x.shape[0],):
         raise StrategyError(f"k-center greedy needs features (N, D) and a mask (N,), got {tuple(x.shape)} "
@@ -100,7 +135,8 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, bu
     if chunk_size < 1:
         raise ConfigError(f"strategy key 'chunk_size' = {chunk_size!r} must be >= 1")
     taken = torch.as_tensor(labeled).clone()
-    dist = min_distances(x, x[taken], chunk_size, distance)
+    norms = row_norms(x, chunk_size) if distance is squared_euclidean else None
+    dist = min_distances(x, x[taken], chunk_size, distance, norms)
     picks: list[int] = []
     gains: list[float] = []
     for _ in range(budget):
@@ -113,7 +149,7 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, labeled: np.ndarray, bu
         picks.append(idx)
         gains.append(float(masked[idx]))
         taken[idx] = True
-        dist = torch.minimum(dist, min_distances(x, x[idx:idx + 1], chunk_size, distance))
+        dist = torch.minimum(dist, min_distances(x, x[idx:idx + 1], chunk_size, distance, norms))
     return picks, gains
 
 
@@ -148,8 +184,7 @@ def k_center_greedy_sharded(features: Callable[[list[int]], np.ndarray], centers
                         dtype=torch.float64)
     mine = distributed.shard(list(range(n)), block)
     lo = mine[0] if mine else 0
-    x = torch.as_tensor(np.asarray(features([candidates[j] for j in mine])) if mine else np.zeros((0, 0)),
-                        dtype=torch.float64)
+    x = _float_rows(features([candidates[j] for j in mine]) if mine else np.zeros((0, 0)))
     if not distributed.all_true(bool(torch.isfinite(x).all() and torch.isfinite(c).all())):
         raise StrategyError("the model produced non-finite features")
     dist = torch.full((len(mine),), float("inf"), dtype=torch.float64)  # no center: +inf (as in one process)
@@ -186,7 +221,7 @@ def kmeanspp_seeding(features: np.ndarray | torch.Tensor, k: int, rng: np.random
     nearest earlier pick. When every unpicked row duplicates a pick (all distances 0), the
     lowest unpicked index is taken.
     """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    x = _float_rows(features)
     if x.ndim != 2:
         raise StrategyError(f"k-means++ needs features (N, D), got {tuple(x.shape)}")
     n = x.shape[0]
