@@ -6,7 +6,7 @@ For each model (a classifier and FCOS) on the same images:
 - ``isal batched`` / ``isal loop``: the per-image part of ISAL scoring (UUIC pseudo labels,
   the per-image expected gradient of the chosen parameters, the dot product with
   ``s_test``), with the batched path (for FCOS one forward pass gives both the pseudo boxes
-  and the gradients, ``_Model.dense_image_grads``; the classifier takes an inference pass,
+  and the gradients' dots with s_test, ``_Model.image_dots``; the classifier takes an inference pass,
   then a gradient pass) and with the per-sample loop; seconds per image and the ratio to
   ``inference``;
 - ``fixed``: the once-per-round part (reference gradient + LiSSA), reported separately with
@@ -33,7 +33,6 @@ import torch
 from activedet.config import ModelConfig
 from activedet.data.builtin import load_builtin
 from activedet.data.pool import Pool
-from activedet.influence import influence_scores
 from activedet.models.classifier import ClassificationAdapter
 from activedet.models.detection_adapter import DetectionAdapter
 from activedet.strategies.isal import ISALStrategy, _chunks, _Model
@@ -73,10 +72,8 @@ def _case(name: str, adapter: Any, dataset: Any, reference: Any, params: dict[st
     def per_image(batched: bool) -> int:
         scored = 0
         for chunk in _chunks(ids, batch_size):
-            kept, g = m.image_grads(dataset, chunk, st.params, batched)  # what ISALStrategy.score runs
-            if kept:
-                influence_scores(s_test, g)
-                scored += len(kept)
+            kept, _ = m.image_dots(dataset, chunk, st.params, batched, s_test)  # what ISALStrategy.score runs
+            scored += len(kept)
         return scored
 
     scored = per_image(True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from activedet.config import ModelConfig
 from activedet.influence import (
+    layer_grad_dots,
     layer_per_sample_grads,
     linear_ce_per_sample_grads,
     loop_per_sample_grads,
@@ -92,6 +94,26 @@ def test_layer_closed_form_equals_loop_with_shared_conv_and_linear():
     loop = loop_per_sample_grads(lambda i: F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]),
                                  [net.head.weight, net.fc.weight], 5)
     _assert_close(batched, loop)
+
+
+def test_layer_grad_dots_equal_the_dots_of_the_gradients():
+    """<V, dW_i> by one more pass of each layer (a conv with V as its weight, X @ V.T) equals
+    the per-sample gradients dotted with V; a strided, dilated conv called twice, a linear."""
+    torch.manual_seed(3)
+    net = _Shared().double()
+    net.head = nn.Conv2d(4, 5, 3, padding=2, dilation=2, stride=2).double()
+    x = torch.randn(5, 3, 9, 7, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    layers = [net.head, net.fc]
+    loss = lambda: F.cross_entropy(net(x), y, reduction="sum")  # noqa: E731
+    vectors = [torch.randn_like(net.head.weight), torch.randn_like(net.fc.weight)]
+    grads = layer_per_sample_grads(loss, layers, 5)
+    want = sum((g * v).flatten(1).sum(1) for g, v in zip(grads, vectors))
+    got = layer_grad_dots(loss, layers, vectors, 5)
+    assert got.shape == (5,) and float(want.abs().min()) > 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="expected"):
+        layer_grad_dots(loss, layers, vectors[::-1], 5)
 
 
 def test_linear_ce_closed_form_equals_loop():

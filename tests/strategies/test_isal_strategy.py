@@ -282,3 +282,42 @@ def test_one_pass_gradients_equal_the_two_pass_path(arch: str):
     assert [p.requires_grad for p in ad.model.parameters()] == flags
     assert not any(mod._forward_hooks for mod in ad.model.modules())
     assert m.image_grads(data, list(data.ids), p, batched=True)[0] == kept
+    # the scores: the gradients' dots with s_test, never formed (layer_grad_dots)
+    s_test = [torch.randn_like(g[0]) for g in grads]
+    dot_kept, dots = m.image_dots(data, list(data.ids), p, True, s_test)
+    want = sum((g * v).flatten(1).sum(1) for g, v in zip(ref, s_test))
+    assert dot_kept == kept and float(want.abs().min()) > 0
+    assert float((dots - want).abs().max()) <= 1e-6 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("arch", ["fcos", "retinanet"])
+def test_scores_from_gradient_dots_equal_scores_from_the_gradients(arch: str, monkeypatch):
+    """ISAL's scores with the per-image gradients never formed (``image_dots``) equal the
+    scores from the stacked gradients, on a pool of four image sizes where some images get
+    no pseudo box (no score)."""
+    from activedet.data.pool import Pool
+    from activedet.influence import influence_scores
+    from activedet.strategies.isal import _Model
+    from tests.conftest import make_mixed_size_dataset
+
+    data = make_mixed_size_dataset()
+    ad = build_adapter(tiny_config(**{"model.arch": arch, "model.image_size": 96}), 2)
+    ad.reset(0)
+    pool = Pool.from_dataset(data)
+    pool.add([1, 2], 0)
+    best = sorted({float(inf.scores.max()) if inf.scores.numel() else 0.0
+                   for inf in ad.infer(data, pool.unlabeled, 4)})
+    threshold = (best[0] + best[1]) / 2  # the images of the lowest best score get no pseudo box
+    params = {"max_pseudo_boxes": 5, "pseudo_score_threshold": threshold, "depth": 2, "repeats": 1,
+              "reference": "labeled"}
+    new = build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+
+    def from_gradients(self, dataset, ids, p, batched, vectors):
+        kept, g = self.image_grads(dataset, ids, p, batched)
+        return (kept, -influence_scores(vectors, g)) if kept else ([], torch.zeros(0))
+
+    monkeypatch.setattr(_Model, "image_dots", from_gradients)
+    old = build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    assert set(new) == set(old) and 0 < len(old) < len(pool.unlabeled)
+    top = max(abs(v) for v in old.values())
+    assert top > 0 and all(abs(new[i] - old[i]) <= 1e-6 * top for i in old)

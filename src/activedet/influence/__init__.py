@@ -24,6 +24,7 @@ from activedet.influence.lissa import (
     random_index_batches,
 )
 from activedet.influence.per_sample import (
+    layer_grad_dots,
     layer_per_sample_grads,
     linear_ce_per_sample_grads,
     loop_per_sample_grads,
@@ -44,6 +45,7 @@ __all__ = [
     "hvp",
     "hvp_source",
     "influence_scores",
+    "layer_grad_dots",
     "layer_per_sample_grads",
     "linear_ce_per_sample_grads",
     "lissa_inverse_hvp",

@@ -11,7 +11,8 @@ loss, computed as if it were a batch of one (``inputs[i:i+1]``, ``targets[i:i+1]
 - :func:`linear_ce_per_sample_grads`: closed form for the final ``nn.Linear`` of a
   classifier trained with cross-entropy.
 - :func:`layer_per_sample_grads`: closed form for the weights of final ``Conv2d`` /
-  ``Linear`` layers from one batched forward + backward (detector heads).
+  ``Linear`` layers from one batched forward + backward (detector heads);
+  :func:`layer_grad_dots`: their dots with one vector per layer, without forming them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.func import functional_call, grad, vmap
 from activedet.influence.hvp import grad as param_grad
 
 __all__ = [
+    "layer_grad_dots",
     "layer_per_sample_grads",
     "linear_ce_per_sample_grads",
     "loop_per_sample_grads",
@@ -239,6 +241,56 @@ def layer_per_sample_grads(
     Returns:
         ``[(N, *layer.weight.shape) for layer in layers]``, detached (biases excluded).
     """
+    result: list[Tensor] = []
+    for layer, per_layer in zip(layers, _layer_calls(loss_fn, layers, n, cut_below)):
+        w = layer.weight
+        acc = torch.zeros((n, *w.shape), dtype=w.dtype, device=w.device)
+        for x, dy in per_layer:
+            acc += _layer_weight_grad(layer, x, dy).to(w.dtype)
+        result.append(acc.detach())
+    return result
+
+
+def layer_grad_dots(
+    loss_fn: Callable[[], Tensor],
+    layers: Sequence[nn.Module],
+    vectors: Sequence[Tensor],
+    n: int,
+    *,
+    cut_below: bool = False,
+) -> Tensor:
+    """``(N,)``: ``sum over layers k of <vectors[k], dW_k,i>`` for each sample ``i``, the dot
+    of :func:`layer_per_sample_grads` with one weight-shaped vector per layer, without
+    forming the per-sample gradients.
+
+    For a call with input ``X`` and output gradient ``dY``, ``<V, dW_i> = sum over positions
+    of dY_i · (X_i * V)``: a convolution of ``X`` with ``V`` as its weight (the layer's
+    stride, padding and dilation; no bias), or ``X @ V.T`` for a linear layer, against
+    ``dY``. One more pass of each final layer instead of the patches of every image.
+    Arguments as in :func:`layer_per_sample_grads`; ``vectors[k]`` has ``layers[k].weight``'s
+    shape.
+    """
+    layers, vectors = list(layers), list(vectors)
+    if len(vectors) != len(layers):
+        raise ValueError(f"{len(vectors)} vectors for {len(layers)} layers")
+    for k, (layer, v) in enumerate(zip(layers, vectors)):
+        if tuple(v.shape) != tuple(layer.weight.shape):
+            raise ValueError(f"vectors[{k}] has shape {tuple(v.shape)}, expected {tuple(layer.weight.shape)}")
+    out: Tensor | None = None
+    for layer, v, per_layer in zip(layers, vectors, _layer_calls(loss_fn, layers, n, cut_below)):
+        for x, dy in per_layer:
+            d = _layer_dot(layer, x, dy, v.to(x.dtype))
+            out = d if out is None else out + d
+    if out is None:
+        return torch.zeros(n, dtype=layers[0].weight.dtype, device=layers[0].weight.device)
+    return out.detach()
+
+
+def _layer_calls(loss_fn: Callable[[], Tensor], layers: Sequence[nn.Module], n: int,
+                 cut_below: bool) -> list[list[tuple[Tensor, Tensor]]]:
+    """Per layer, its calls' ``(X, dY)`` (input, gradient of the loss at the output) from one
+    forward (``loss_fn``) and one backward pass to the layers' outputs; calls the loss does
+    not reach are left out."""
     layers = list(layers)
     if not layers:
         raise ValueError("layers is empty")
@@ -246,6 +298,8 @@ def layer_per_sample_grads(
         if isinstance(layer, nn.Conv2d):
             if layer.groups != 1:
                 raise ValueError(f"layers[{k}] is a grouped convolution (groups={layer.groups})")
+            if isinstance(layer.padding, str):
+                raise ValueError(f"string padding {layer.padding!r} is not supported")
         elif not isinstance(layer, nn.Linear):
             raise ValueError(f"layers[{k}] is a {type(layer).__name__}, expected nn.Conv2d or nn.Linear")
     calls: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layers]
@@ -270,21 +324,30 @@ def layer_per_sample_grads(
     out_grads: Sequence[Tensor | None] = [None] * len(outputs)
     if outputs and loss.requires_grad:
         out_grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-    result: list[Tensor] = []
+    result: list[list[tuple[Tensor, Tensor]]] = []
     pos = 0
     for layer, per_layer in zip(layers, calls):
-        w = layer.weight
-        acc = torch.zeros((n, *w.shape), dtype=w.dtype, device=w.device)
-        for x, out in per_layer:
+        kept = []
+        for x, _ in per_layer:
             dy = out_grads[pos]
             pos += 1
             if dy is None:
                 continue
             if x.shape[0] != n:
                 raise ValueError(f"a {type(layer).__name__} call saw {x.shape[0]} rows, expected {n} samples")
-            acc += _layer_weight_grad(layer, x, dy).to(w.dtype)
-        result.append(acc.detach())
+            kept.append((x, dy))
+        result.append(kept)
     return result
+
+
+def _layer_dot(layer: nn.Module, x: Tensor, dy: Tensor, v: Tensor) -> Tensor:
+    """``(N,)`` ``<v, dW_i>`` of one call (see :func:`layer_grad_dots`)."""
+    n = x.shape[0]
+    if isinstance(layer, nn.Linear):
+        return ((x @ v.T) * dy).reshape(n, -1).sum(1)
+    assert isinstance(layer, nn.Conv2d)
+    xv = torch.nn.functional.conv2d(x, v, None, layer.stride, layer.padding, layer.dilation)
+    return (xv * dy).reshape(n, -1).sum(1)
 
 
 def _layer_weight_grad(layer: nn.Module, x: Tensor, dy: Tensor) -> Tensor:

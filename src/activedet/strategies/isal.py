@@ -43,7 +43,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ from activedet.influence import (
     hessian_matrix,
     hvp,
     influence_scores,
+    layer_grad_dots,
     layer_per_sample_grads,
     lissa_inverse_hvp,
     loop_per_sample_grads,
@@ -301,8 +302,32 @@ class _Model:
             return [], []
         return kept, self.sample_grads(inputs, targets, len(kept), batched)
 
+    def image_dots(self, dataset: Any, ids: list[int], params: dict[str, Any], batched: bool,
+                   vectors: list[Tensor]) -> tuple[list[int], Tensor]:
+        """The images of ``ids`` that get a score and ``(n,)`` dots of their per-image
+        gradients (:meth:`image_grads`) with ``vectors`` (one per chosen parameter). Batched
+        dense detectors never form the gradients (:func:`layer_grad_dots`)."""
+        if batched and self.detection and _is_dense(self.model) and self.layers() is not None:
+            kept_rows, dots = self._dense_pass(dataset, ids, params,
+                                               lambda loss, layers, n: layer_grad_dots(loss, layers, vectors, n,
+                                                                                       cut_below=True))
+            return [int(ids[r]) for r in kept_rows], dots[kept_rows]
+        kept, g = self.image_grads(dataset, ids, params, batched)
+        if not kept:
+            return [], torch.zeros(0)
+        return kept, -influence_scores(vectors, g)
+
     def dense_image_grads(self, dataset: Any, ids: list[int], params: dict[str, Any]) -> tuple[list[int], list[Tensor]]:
-        """:meth:`image_grads` of FCOS / RetinaNet from one forward pass over ``ids``.
+        """:meth:`image_grads` of FCOS / RetinaNet from one forward pass over ``ids``
+        (:meth:`_dense_pass`)."""
+        kept, grads = self._dense_pass(dataset, ids, params,
+                                       lambda loss, layers, n: layer_per_sample_grads(loss, layers, n, cut_below=True))
+        return [int(ids[r]) for r in kept], [g[kept] for g in grads]
+
+    def _dense_pass(self, dataset: Any, ids: list[int], params: dict[str, Any],
+                    consume: Callable[[Callable[[], Tensor], list[nn.Module], int], Any]) -> tuple[list[int], Any]:
+        """One forward pass of FCOS / RetinaNet over ``ids``: the rows that get pseudo boxes,
+        and ``consume(loss, final layers, n)`` of their summed training loss.
 
         The detections come from the adapter's own post-processing (``_infer_dense``) of
         that pass, the pseudo boxes from them as in :meth:`pseudo_targets`, and each kept
@@ -351,11 +376,11 @@ class _Model:
         model.eval()
         try:
             with _frozen(model), torch.enable_grad():
-                grads = layer_per_sample_grads(loss, layers, len(ids), cut_below=True)
+                result = consume(loss, layers, len(ids))
         finally:
             for h in handles:
                 h.remove()
-        return [int(ids[r]) for r in kept], [g[kept] for g in grads]
+        return kept, result
 
     def sample_grads(self, inputs: Any, targets: Any, n: int, batched: bool) -> list[Tensor]:
         """Stacked per-image gradients ``[(n, *p.shape)]`` of the chosen parameters.
@@ -516,11 +541,9 @@ class InfluenceStrategy(Strategy):
                 lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
             out: dict[int, float] = {}
             for chunk in m.batches(pool.dataset, ids, bs):
-                kept, g = m.image_grads(pool.dataset, chunk, self.params, bool(self.params["batched"]))
-                if not kept:
-                    continue
-                infl = influence_scores(s_test, g)  # (N,) most negative = most helpful
-                out.update({i: float(-x) for i, x in zip(kept, infl.tolist())})
+                # s_test · G_z' per image: minus its influence on the reference loss (higher = more helpful)
+                kept, dots = m.image_dots(pool.dataset, chunk, self.params, bool(self.params["batched"]), s_test)
+                out.update({i: float(x) for i, x in zip(kept, dots.tolist())})
         self.last_info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
                                "scored": len(out), "unscored": len(ids) - len(out)})
         return out
