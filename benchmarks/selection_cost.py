@@ -223,9 +223,10 @@ def bench_cycle(ds: Any, pool: Pool, args: argparse.Namespace, device: torch.dev
     for name, ad in (("mial", mial_ad), ("random", plain_ad)):
         orig = ad.load_batch
 
-        def counted(dataset: Any, ids: Any, augment: bool, generator: Any = None, _o=orig, _n=name) -> Any:
+        def counted(dataset: Any, ids: Any, augment: bool, generator: Any = None, decoded: Any = None,
+                    _o=orig, _n=name) -> Any:
             counts[_n][0 if set(ids) <= lab else 1] += 1
-            return _o(dataset, ids, augment, generator)
+            return _o(dataset, ids, augment, generator, decoded)
         ad.load_batch = counted  # type: ignore[method-assign]
 
     parts: dict[str, list[float]] = {"mial_train": [], "mial_select": [], "random_train": [], "random_select": []}

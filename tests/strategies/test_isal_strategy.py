@@ -312,7 +312,7 @@ def test_scores_from_gradient_dots_equal_scores_from_the_gradients(arch: str, mo
               "reference": "labeled"}
     new = build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(0))
 
-    def from_gradients(self, dataset, ids, p, batched, vectors):
+    def from_gradients(self, dataset, ids, p, batched, vectors, images=None):
         kept, g = self.image_grads(dataset, ids, p, batched)
         return (kept, -influence_scores(vectors, g)) if kept else ([], torch.zeros(0))
 
@@ -321,3 +321,21 @@ def test_scores_from_gradient_dots_equal_scores_from_the_gradients(arch: str, mo
     assert set(new) == set(old) and 0 < len(old) < len(pool.unlabeled)
     top = max(abs(v) for v in old.values())
     assert top > 0 and all(abs(new[i] - old[i]) <= 1e-6 * top for i in old)
+
+
+def test_isal_scores_do_not_depend_on_loader_workers():
+    """The one-pass path reads its images through loader processes when the adapter has
+    them (``dataset.workers``); the scores are the same as read in this process."""
+    from activedet.data.pool import Pool
+
+    data = make_detection_dataset(10, seed=3)
+    ad = build_adapter(tiny_config(**{"model.arch": "fcos"}), 2)
+    ad.reset(0)
+    pool = Pool.from_dataset(data)
+    pool.add(list(data.ids[:3]), 0)
+    params = {"pseudo_score_threshold": 0.0, "depth": 2, "repeats": 1, "reference": "labeled", "batch_size": 2}
+    scores = []
+    for workers in (0, 2):
+        ad.workers = workers
+        scores.append(build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(0)))
+    assert len(scores[0]) == len(pool.unlabeled) and scores[0] == scores[1]

@@ -163,7 +163,7 @@ class _NaNAdapter:
     def __init__(self) -> None:
         self.model = torch.nn.Linear(1, 1)
 
-    def load_batch(self, dataset, ids, augment, generator):
+    def load_batch(self, dataset, ids, augment, generator, decoded=None):
         return list(ids), None
 
     def loss(self, ids) -> dict[str, torch.Tensor]:

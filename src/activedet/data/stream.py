@@ -91,13 +91,21 @@ def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: in
     ``group``: the blocks of :func:`size_batches` with that grouping instead (ids grouped)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+    ids = list(ids)
+    chunks = (size_batches(dataset, ids, batch_size, group) if group is not None
+              else [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
+    yield from chunk_batches(dataset, chunks, workers, prefetch, pixels)
+
+
+def chunk_batches(dataset: Any, chunks: Sequence[Sequence[int]], workers: int = 0, prefetch: int = PREFETCH,
+                  pixels: str = "image") -> Iterator[tuple[list[int], list[Any]]]:
+    """:func:`image_batches` over the given ``chunks`` of ids (e.g. an epoch's shuffled
+    training batches), in their order."""
     if workers < 0:
         raise ConfigError(f"the number of image-loading workers must be >= 0, got {workers!r}")
     if pixels not in ("image", "array"):
         raise ConfigError(f"pixels must be 'image' or 'array', got {pixels!r}")
-    ids = list(ids)
-    chunks = (size_batches(dataset, ids, batch_size, group) if group is not None
-              else [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)])
+    chunks = [list(c) for c in chunks]
     batches = _Batches(dataset, chunks, pixels)
     if workers == 0 or len(batches) <= 1:
         for k in range(len(batches)):
@@ -112,4 +120,4 @@ def image_batches(dataset: Any, ids: Sequence[int], batch_size: int, workers: in
         yield list(chunk), list(images)
 
 
-__all__ = ["PREFETCH", "image_batches", "size_batches"]
+__all__ = ["PREFETCH", "chunk_batches", "image_batches", "size_batches"]

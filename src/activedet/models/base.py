@@ -49,13 +49,17 @@ class Adapter(Protocol):
     def reset(self, seed: int) -> None:
         """Build a fresh model (ImageNet backbone when configured), deterministically."""
 
+    #: ``"image"`` or ``"array"``: what :meth:`load_batch` takes as ``decoded``
+    pixels: str
+
     def load_batch(self, dataset: Any, ids: Sequence[int], augment: bool,
-                   generator: torch.Generator | None = None) -> tuple[Any, Any]:
+                   generator: torch.Generator | None = None, decoded: Sequence[Any] | None = None) -> tuple[Any, Any]:
         """Read ``ids`` into model inputs and targets on the adapter's device.
 
         Detection: (list of (3, H, W) tensors, list of target dicts); classification:
         ((B, 3, H, W) tensor, (B,) int64 labels). ``augment`` applies the training
-        transforms (horizontal flip, crop) drawn from ``generator``.
+        transforms (horizontal flip, crop) drawn from ``generator``. ``decoded``: the
+        pixels of ``ids`` (:attr:`pixels`) already read, e.g. by loader processes.
         """
 
     def train_loss(self, inputs: Any, targets: Any) -> dict[str, torch.Tensor]:

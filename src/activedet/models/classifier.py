@@ -241,16 +241,22 @@ class ClassificationAdapter:
             out[k] = crop.flip(-1) if flips[k] else crop
         return out
 
+    #: what :func:`~activedet.data.stream.chunk_batches` decodes for :meth:`load_batch`
+    pixels = "array"
+
     def load_batch(self, dataset: Any, ids: Sequence[int], augment: bool,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None,
+                   decoded: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of ``ids`` on the device: ((B, 3, S, S) float32, (B,) int64).
 
         Images are resized to S×S, scaled to [0, 1] and normalised with :data:`MEAN` /
         :data:`STD`. ``augment``: random crop with zero padding (4 px at S = 32, scaled
         with S) and horizontal flip, drawn from ``generator`` (a CPU generator; when None,
-        the adapter's own generator seeded by :meth:`reset`).
+        the adapter's own generator seeded by :meth:`reset`). ``decoded``: the (H, W, 3)
+        uint8 arrays of ``ids`` already read (``dataset.load_array``), e.g. by loader processes.
         """
-        inputs = self._load_inputs(dataset, ids, augment, generator)
+        inputs = (self._load_inputs(dataset, ids, augment, generator) if decoded is None
+                  else self._inputs([np.asarray(a) for a in decoded], augment, generator))
         labels = torch.tensor([dataset.label(i) for i in ids], dtype=torch.int64)
         return inputs, labels.to(self.device)
 

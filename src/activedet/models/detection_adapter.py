@@ -147,12 +147,18 @@ class DetectionAdapter:
         return self if self.scorer is None else self.with_model(self.scorer)
 
     # ------------------------------------------------------------------ data
+    #: what :func:`~activedet.data.stream.chunk_batches` decodes for :meth:`load_batch`
+    pixels = "image"
+
     def load_batch(self, dataset: Any, ids: Sequence[int], augment: bool,
-                   generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[dict]]:
-        """Images (3, H, W) in [0, 1] and targets on the device; ``augment``: random h-flip."""
+                   generator: torch.Generator | None = None,
+                   decoded: Sequence[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[dict]]:
+        """Images (3, H, W) in [0, 1] and targets on the device; ``augment``: random h-flip.
+        ``decoded``: the images of ``ids`` already read (``dataset.load_image``), e.g. by
+        loader processes; else they are read here."""
         images, targets = [], []
-        for i in ids:
-            img = dataset.load_image(i)
+        for k, i in enumerate(ids):
+            img = dataset.load_image(i) if decoded is None else decoded[k]
             tgt = dataset.target(i)
             if augment and torch.rand((), generator=generator).item() < 0.5:
                 h, w = img.shape[-2:]

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from activedet import distributed
 from activedet.data.pool import Pool
+from activedet.data.stream import chunk_batches
 from activedet.errors import ConfigError, StrategyError
 from activedet.influence import (
     flat,
@@ -302,15 +303,21 @@ class _Model:
             return [], []
         return kept, self.sample_grads(inputs, targets, len(kept), batched)
 
+    def one_pass(self, batched: bool) -> bool:
+        """Whether :meth:`image_dots` takes the one-pass path of a dense detector (which
+        reads the images it is handed, so they can be decoded ahead)."""
+        return batched and self.detection and _is_dense(self.model) and self.layers() is not None
+
     def image_dots(self, dataset: Any, ids: list[int], params: dict[str, Any], batched: bool,
-                   vectors: list[Tensor]) -> tuple[list[int], Tensor]:
+                   vectors: list[Tensor], images: list[Tensor] | None = None) -> tuple[list[int], Tensor]:
         """The images of ``ids`` that get a score and ``(n,)`` dots of their per-image
         gradients (:meth:`image_grads`) with ``vectors`` (one per chosen parameter). Batched
-        dense detectors never form the gradients (:func:`layer_grad_dots`)."""
-        if batched and self.detection and _is_dense(self.model) and self.layers() is not None:
+        dense detectors never form the gradients (:func:`layer_grad_dots`); ``images``: the
+        images of ``ids`` already decoded (``dataset.load_image``), for that path."""
+        if self.one_pass(batched):
             kept_rows, dots = self._dense_pass(dataset, ids, params,
                                                lambda loss, layers, n: layer_grad_dots(loss, layers, vectors, n,
-                                                                                       cut_below=True))
+                                                                                       cut_below=True), images)
             return [int(ids[r]) for r in kept_rows], dots[kept_rows]
         kept, g = self.image_grads(dataset, ids, params, batched)
         if not kept:
@@ -325,7 +332,8 @@ class _Model:
         return [int(ids[r]) for r in kept], [g[kept] for g in grads]
 
     def _dense_pass(self, dataset: Any, ids: list[int], params: dict[str, Any],
-                    consume: Callable[[Callable[[], Tensor], list[nn.Module], int], Any]) -> tuple[list[int], Any]:
+                    consume: Callable[[Callable[[], Tensor], list[nn.Module], int], Any],
+                    decoded: list[Tensor] | None = None) -> tuple[list[int], Any]:
         """One forward pass of FCOS / RetinaNet over ``ids``: the rows that get pseudo boxes,
         and ``consume(loss, final layers, n)`` of their summed training loss.
 
@@ -343,7 +351,7 @@ class _Model:
         model, device = self.model, self.adapter.device
         layers = self.layers()
         assert layers is not None
-        images = [dataset.load_image(i).to(device) for i in ids]
+        images = [img.to(device) for img in (decoded if decoded is not None else map(dataset.load_image, ids))]
         seen: dict[str, Any] = {}
         kept: list[int] = []
 
@@ -540,9 +548,13 @@ class InfluenceStrategy(Strategy):
             s_test = [t.to(q.device) for t, q in zip(distributed.on_main(
                 lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
             out: dict[int, float] = {}
-            for chunk in m.batches(pool.dataset, ids, bs):
+            batched = bool(self.params["batched"])
+            chunks = m.batches(pool.dataset, ids, bs)
+            stream = (chunk_batches(pool.dataset, chunks, int(getattr(adapter, "workers", 0) or 0))
+                      if m.one_pass(batched) else ((c, None) for c in chunks))  # loader processes read ahead
+            for chunk, images in stream:
                 # s_test · G_z' per image: minus its influence on the reference loss (higher = more helpful)
-                kept, dots = m.image_dots(pool.dataset, chunk, self.params, bool(self.params["batched"]), s_test)
+                kept, dots = m.image_dots(pool.dataset, chunk, self.params, batched, s_test, images)
                 out.update({i: float(x) for i, x in zip(kept, dots.tolist())})
         self.last_info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
                                "scored": len(out), "unscored": len(ids) - len(out)})

@@ -62,7 +62,7 @@ from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
-from activedet.training.trainer import (Precision, TrainResult, batches, guarded_step, make_optimizer,
+from activedet.training.trainer import (Precision, TrainResult, batches, decoded_batches, guarded_step, make_optimizer,
                                          model_device, stop_if_dead, train_plain, warmup_factor,
                                          warmup_length)
 
@@ -258,19 +258,22 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
             for _ in range(s.repeat):
                 lab_batches = batches(labeled, cfg.batch_size, generator)
                 unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
-                for b, batch in enumerate(lab_batches):
+                unl_seq = [unl_batches[b % len(unl_batches)] for b in range(len(lab_batches))] if paired else []
+                unl_pixels = decoded_batches(adapter, dataset, unl_seq)  # loader processes read ahead
+                lab_pixels = decoded_batches(adapter, dataset, lab_batches)
+                for b, (batch, pixels) in enumerate(zip(lab_batches, lab_pixels)):
                     step_lr = lr * warmup_factor(it, warmup_iters)
                     for g in opt.param_groups:
                         g["lr"] = step_lr
-                    inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator)
+                    inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator, pixels)
                     with amp.autocast():
                         losses = call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
                     if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage", amp.scaler):
                         add("", losses, len(batch))
                     images += len(batch)
                     if paired:
-                        ubatch = unl_batches[b % len(unl_batches)]
-                        uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator)
+                        ubatch = unl_seq[b]
+                        uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator, next(unl_pixels))
                         with amp.autocast():
                             ulosses, extra = call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, s))
                         if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)",

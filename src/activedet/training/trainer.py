@@ -15,13 +15,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from activedet import distributed
 from activedet.config import TrainConfig
+from activedet.data.stream import chunk_batches
 from activedet.errors import ActivedetError, ConfigError, TrainingCollapseError, TrainingError
 from activedet.training.health import Health, assess, dead_branch
 
@@ -83,6 +84,20 @@ def batches(ids: Sequence[int], batch_size: int, generator: torch.Generator) -> 
     ids = list(ids)
     order = distributed.epoch_part(torch.randperm(len(ids), generator=generator).tolist())
     return [[ids[j] for j in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def decoded_batches(adapter: Any, dataset: Any, chunks: Sequence[Sequence[int]]) -> Iterator[Sequence[Any] | None]:
+    """Per batch of ``chunks`` (an epoch's, in order): its pixels decoded ahead by the
+    adapter's ``workers`` loader processes (``dataset.workers``), for ``load_batch(...,
+    decoded=)``; ``None`` for every batch when there are none (``load_batch`` reads them).
+    The pixels are those ``load_batch`` would read, so training does not depend on workers."""
+    workers = int(getattr(adapter, "workers", 0) or 0)
+    if workers == 0 or len(chunks) <= 1:
+        for _ in chunks:
+            yield None
+        return
+    for chunk, pixels in chunk_batches(dataset, chunks, workers, pixels=adapter.pixels):
+        yield pixels
 
 
 def check_finite(losses: dict[str, torch.Tensor], it: int, lr: float, policy: str = "stop",
@@ -203,11 +218,12 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
             seen = 0  # images whose losses are in ``sums`` (skipped batches are not)
-            for batch in batches(labeled, cfg.batch_size, gen):
+            epoch_batches = batches(labeled, cfg.batch_size, gen)
+            for batch, pixels in zip(epoch_batches, decoded_batches(adapter, dataset, epoch_batches)):
                 lr = cfg.lr * lr_factor(it, total_iters, cfg)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen)
+                inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, gen, pixels)
                 with amp.autocast():
                     losses = call(lambda: loss_fn(inputs, targets, epoch))
                 total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
