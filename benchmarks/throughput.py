@@ -84,10 +84,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (both sides on it)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     tmp = tempfile.TemporaryDirectory(prefix="throughput_")
     trees = load_builtin("trees", "train")
     path = trees.export_coco(Path(tmp.name) / "trees", ids=trees.ids[:args.images])
@@ -119,6 +120,8 @@ def main() -> None:
                             num_workers=args.workers, collate_fn=_collate)
         for _ in range(args.epochs):
             for images, targets in loader:
+                images = [im.to(device) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
                 loss = sum(bare(images, targets).values())
                 opt.zero_grad()
                 loss.backward()
@@ -133,7 +136,7 @@ def main() -> None:
                             collate_fn=_collate)
         with torch.no_grad():
             for images, _ in loader:
-                bare(images)
+                bare([im.to(device) for im in images])
 
     t = alternate({"activedet_train": act_train, "bare_train": bare_train,
                    "activedet_score": act_score, "bare_score": bare_score}, args.repeats, device)
@@ -143,7 +146,7 @@ def main() -> None:
            "threads": args.threads, "times_s": t, "images_per_s": rate,
            "train_ratio": 1.0 / ratio(t, "activedet_train", "bare_train"),
            "score_ratio": 1.0 / ratio(t, "activedet_score", "bare_score")}
-    print(f"throughput: FCOS + MobileNetV2 at {args.size} px, {len(ids)} tree tiles (PNG files), batch "
+    print(f"throughput ({device}): FCOS + MobileNetV2 at {args.size} px, {len(ids)} tree tiles (PNG files), batch "
           f"{args.batch_size}, {args.workers} loader workers, {args.threads} thread(s), median of {args.repeats}")
     for k, v in rate.items():
         print(f"  {k:<16} {v:8.1f} images/s")

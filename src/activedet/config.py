@@ -45,7 +45,7 @@ class DatasetConfig:
     # without annotations, or a text file of paths); `train` is then the labeled set
     options: dict[str, Any] = field(default_factory=dict)  # builtin generator options
     bad_images: str = "error"  # error | skip: an undecodable pool image stops the run, or is quarantined
-    workers: int = 0  # image-loading worker processes of scoring and evaluation passes (0: the main process)
+    workers: int = 0  # image-loading worker processes of training, scoring and evaluation (0: the main process)
 
 
 def image_root(dataset: DatasetConfig, split: str) -> str | None:

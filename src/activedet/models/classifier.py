@@ -173,7 +173,7 @@ class ClassificationAdapter:
         self.image_size = int(model_cfg.image_size)
         self.device = resolve_device(device)
         self.eval_batch_size = eval_batch_size
-        #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
+        #: image-loading worker processes of training and inference (``dataset.workers``; 0: this process)
         self.workers = 0
         self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(STD).view(1, 3, 1, 1)

@@ -98,7 +98,7 @@ class DetectionAdapter:
         #: a second model of the same architecture that scores the pool while ``model`` is the
         #: detector (MIAL ``detector: separate``); None: ``model`` does both
         self.scorer: nn.Module | None = None
-        #: image-loading worker processes of inference passes (``dataset.workers``; 0: this process)
+        #: image-loading worker processes of training and inference (``dataset.workers``; 0: this process)
         self.workers = 0
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input_size, by image size
 

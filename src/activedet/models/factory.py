@@ -31,5 +31,5 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
         from activedet.models.classifier import ClassificationAdapter
 
         adapter = ClassificationAdapter(cfg.model, num_classes, variant, cfg.device, **kwargs)
-    adapter.workers = cfg.dataset.workers  # image-loading processes of scoring and evaluation
+    adapter.workers = cfg.dataset.workers  # image-loading processes of training, scoring and evaluation
     return adapter
