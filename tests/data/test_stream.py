@@ -129,7 +129,7 @@ def test_streamed_scores_equal_the_one_batch_at_a_time_reference(arch: str) -> N
         ref = {}
         for s in range(0, 10, 4):
             chunk = ds.ids[s:s + 4]
-            for i, inf in zip(chunk, ad._infer_dense([ds.load_image(i) for i in chunk], False)):
+            for i, inf in zip(chunk, ad.infer_images([ds.load_image(i) for i in chunk], False)):
                 ref[i] = inf
     pool = Pool.from_dataset(ds)
     per_workers = {}

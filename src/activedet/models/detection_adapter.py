@@ -174,13 +174,48 @@ class DetectionAdapter:
         self.model.train()
         return self.model(inputs, targets)
 
-    def eval_loss(self, inputs: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """The training loss with batch-norm and dropout in eval mode (ISAL's ∇l)."""
+    def _loss_mode(self) -> None:
+        """Training-loss forward with batch-norm and dropout frozen (ISAL's eval-mode ∇l)."""
         self.model.train()
         for m in self.model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
                 m.eval()
-        return self.model(inputs, targets)
+
+    @property
+    def dense(self) -> bool:
+        """A one-stage detector (RetinaNet, FCOS): one head over every anchor."""
+        return isinstance(self.model, (FCOS, RetinaNet))
+
+    def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """``(N,)`` per-image training losses (the sum of the loss terms), batch-norm and
+        dropout frozen; one batched forward for dense heads, each image's loss that of a batch
+        holding only that image (same-size images; losses are normalised per image). Faster
+        R-CNN: one forward per image."""
+        self._loss_mode()
+        model = self.model
+        if not self.dense:
+            return torch.stack([sum(model([im], [t]).values()) for im, t in zip(images, targets)])
+        image_list, tgts = model.transform(images, targets)
+        features = list(model.backbone(image_list.tensors).values())
+        head_out = model.head(features)
+        anchors = model.anchor_generator(image_list, features)
+        per_level = [f.shape[-2] * f.shape[-1] for f in features]
+        return torch.stack([self.dense_image_loss(head_out, anchors, tgts[i], per_level, i)
+                            for i in range(len(images))])
+
+    def dense_image_loss(self, head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor], target: dict,
+                         per_level: list[int], i: int) -> torch.Tensor:
+        """Training loss (sum of its terms) of image ``i`` of a batch's head outputs (N, A, ·)
+        of a dense detector, ``target`` in the transformed image's coordinates."""
+        one = {k: v[i:i + 1] for k, v in head_out.items()}
+        if isinstance(self.model, FCOS):
+            return sum(self.model.compute_loss([target], one, [anchors[i]], per_level).values())
+        return sum(self.model.compute_loss([target], one, [anchors[i]]).values())
+
+    @staticmethod
+    def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+        """(K, 4) xyxy boxes in an image's pixels -> in the model's input frame (its transform's resize)."""
+        return resize_boxes(boxes, original_size, input_size)
 
     # ------------------------------------------------------------------ batching
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -230,14 +265,16 @@ class DetectionAdapter:
                 if isinstance(self.model, FasterRCNN):
                     outs = self._infer_two_stage(images)
                 else:
-                    outs = self._infer_dense(images, keep_anchors)
+                    outs = self.infer_images(images, keep_anchors)
                 for image_id, out in zip(chunk, outs):
                     out.image_id = int(image_id)
                     yield out
                 bar.update(len(chunk))
         bar.close()
 
-    def _infer_dense(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+    def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+        """Detections of a dense detector for images (3, H, W) on the device, in eval mode,
+        gradients as the caller's context has them (see :meth:`infer`)."""
         model = self.model
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = model.transform(images)

@@ -168,49 +168,6 @@ def scaled_exact_solve(hess: Tensor, v: Tensor, scales: Tensor, damping: float) 
     return torch.linalg.solve(a, scales.to(hess.dtype) * v.to(hess.dtype))
 
 
-# ============================================================= model-side losses
-def _loss_mode(model: nn.Module) -> None:
-    """Training-loss forward with batch-norm and dropout frozen (ISAL's eval-mode ∇l)."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
-            m.eval()
-
-
-def _is_dense(model: nn.Module) -> bool:
-    from torchvision.models.detection import FCOS, RetinaNet
-
-    return isinstance(model, (FCOS, RetinaNet))
-
-
-def detection_image_losses(model: nn.Module, images: list[Tensor], targets: list[dict]) -> Tensor:
-    """Per-image training losses (sum of the loss terms), one batched forward for dense heads.
-
-    Each image's loss equals that of a batch holding only that image (same-size images;
-    losses are normalised per image). Faster R-CNN: one forward per image.
-    Returns ``(N,)``. The model must be in loss mode (:func:`_loss_mode`).
-    """
-    if not _is_dense(model):
-        return torch.stack([sum(model([im], [t]).values()) for im, t in zip(images, targets)])
-    image_list, tgts = model.transform(images, targets)
-    features = list(model.backbone(image_list.tensors).values())
-    head_out = model.head(features)
-    anchors = model.anchor_generator(image_list, features)
-    per_level = [f.shape[-2] * f.shape[-1] for f in features]
-    return torch.stack([_dense_image_loss(model, head_out, anchors, tgts[i], per_level, i)
-                        for i in range(len(images))])
-
-
-def _dense_image_loss(model: nn.Module, head_out: dict[str, Tensor], anchors: list[Tensor], target: dict,
-                      per_level: list[int], i: int) -> Tensor:
-    """Training loss (sum of its terms) of image ``i`` of a batch's head outputs (N, A, ·),
-    ``target`` in the transformed image's coordinates."""
-    one = {k: v[i:i + 1] for k, v in head_out.items()}
-    if hasattr(model, "center_sampling_radius"):  # FCOS
-        return sum(model.compute_loss([target], one, [anchors[i]], per_level).values())
-    return sum(model.compute_loss([target], one, [anchors[i]]).values())
-
-
 @contextlib.contextmanager
 def _frozen(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` with ``requires_grad`` False inside (restored after)."""
@@ -240,8 +197,7 @@ class _Model:
     def losses(self, inputs: Any, targets: Any) -> Tensor:
         """(N,) per-image losses against ``targets`` (labels or weights (N, C) / box dicts)."""
         if self.detection:
-            _loss_mode(self.model)
-            return detection_image_losses(self.model, inputs, targets)
+            return self.adapter.image_losses(inputs, targets)
         self.model.eval()
         logits = self.model(inputs)
         if targets.dim() == 1:
@@ -296,7 +252,7 @@ class _Model:
         ``[(n, *p.shape)]`` against their UUIC pseudo labels (:meth:`pseudo_targets`,
         :meth:`sample_grads`). Batched dense detectors take :meth:`dense_image_grads`:
         pseudo boxes and gradients from one forward pass."""
-        if batched and self.detection and _is_dense(self.model) and self.layers() is not None:
+        if self.one_pass(batched):
             return self.dense_image_grads(dataset, ids, params)
         kept, inputs, targets = self.pseudo_targets(dataset, ids, params)
         if not kept:
@@ -306,7 +262,7 @@ class _Model:
     def one_pass(self, batched: bool) -> bool:
         """Whether :meth:`image_dots` takes the one-pass path of a dense detector (which
         reads the images it is handed, so they can be decoded ahead)."""
-        return batched and self.detection and _is_dense(self.model) and self.layers() is not None
+        return batched and self.detection and self.adapter.dense and self.layers() is not None
 
     def image_dots(self, dataset: Any, ids: list[int], params: dict[str, Any], batched: bool,
                    vectors: list[Tensor], images: list[Tensor] | None = None) -> tuple[list[int], Tensor]:
@@ -337,17 +293,15 @@ class _Model:
         """One forward pass of FCOS / RetinaNet over ``ids``: the rows that get pseudo boxes,
         and ``consume(loss, final layers, n)`` of their summed training loss.
 
-        The detections come from the adapter's own post-processing (``_infer_dense``) of
+        The detections come from the adapter's own post-processing (``infer_images``) of
         that pass, the pseudo boxes from them as in :meth:`pseudo_targets`, and each kept
         image's training loss from the same head outputs (batch-norm frozen, as in
-        :func:`_loss_mode`, which for these models computes what eval mode does), back to
+        ``DetectionAdapter.image_losses``, which for these models computes what eval mode does), back to
         the final convs only (:func:`layer_per_sample_grads` with ``cut_below``, every
         parameter frozen during the pass, so no graph is kept below those convs). Equals
         the two-pass path (inference, then a loss pass over the kept images) for images of
         one input size, which is what scoring batches hold (:meth:`_Model.batches`).
         """
-        from torchvision.models.detection.transform import resize_boxes
-
         model, device = self.model, self.adapter.device
         layers = self.layers()
         assert layers is not None
@@ -363,7 +317,7 @@ class _Model:
             seen["image_list"], seen["features"], seen["anchors"] = inp[0], inp[1], out
 
         def loss() -> Tensor:
-            dets = self.adapter._infer_dense(images, keep_anchors=False)
+            dets = self.adapter.infer_images(images, keep_anchors=False)
             image_list, anchors = seen["image_list"], seen["anchors"]
             per_level = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
             terms = []
@@ -373,10 +327,10 @@ class _Model:
                 if tgt is None:
                     continue
                 kept.append(row)
-                target = {"boxes": resize_boxes(tgt["boxes"].to(device), tuple(img.shape[-2:]),
-                                                image_list.image_sizes[row]),
+                target = {"boxes": self.adapter.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
+                                                               image_list.image_sizes[row]),
                           "labels": tgt["labels"].to(device)}
-                terms.append(_dense_image_loss(model, seen["head"], anchors, target, per_level, row))
+                terms.append(self.adapter.dense_image_loss(seen["head"], anchors, target, per_level, row))
             return torch.stack(terms).sum() if terms else torch.zeros((), device=device)
 
         handles = [model.head.register_forward_hook(head_hook),
@@ -398,7 +352,7 @@ class _Model:
         classifiers fall back to ``torch.func.vmap``; otherwise (or ``batched=False``,
         Faster R-CNN) one backward pass per image.
         """
-        if batched and (not self.detection or _is_dense(self.model)):
+        if batched and (not self.detection or self.adapter.dense):
             layers = self.layers()
             if layers is not None:
                 try:
@@ -700,7 +654,6 @@ __all__ = [
     "GradSimilarityStrategy",
     "ISALStrategy",
     "InfluenceStrategy",
-    "detection_image_losses",
     "lissa_gain",
     "lissa_verdict",
     "pseudo_boxes",
