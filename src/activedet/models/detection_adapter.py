@@ -213,7 +213,8 @@ class DetectionAdapter:
         return sum(self.model.compute_loss([target], one, [anchors[i]]).values())
 
     @staticmethod
-    def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int],
+                       input_size: tuple[int, int]) -> torch.Tensor:
         """(K, 4) xyxy boxes in an image's pixels -> in the model's input frame (its transform's resize)."""
         return resize_boxes(boxes, original_size, input_size)
 

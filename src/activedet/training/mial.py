@@ -62,9 +62,9 @@ from activedet.config import TrainConfig
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.mial_losses import anchors_inside
 from activedet.models.mial_settings import MIALTrainSettings
-from activedet.training.trainer import (Precision, TrainResult, batches, decoded_batches, guarded_step, make_optimizer,
-                                         model_device, stop_if_dead, train_plain, warmup_factor,
-                                         warmup_length)
+from activedet.training.trainer import (Precision, TrainResult, batches, decoded_batches, guarded_step,
+                                         make_optimizer, model_device, stop_if_dead, train_plain,
+                                         warmup_factor, warmup_length)
 
 __all__ = [
     "Stage",
