@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks and figures that need a CUDA device, in one go (issue 27, item 6), in well under
-# 8 minutes on one device: the tests marked `gpu` (an AMP training round with finite losses,
+# The checks and figures that need a CUDA device, in one go (issue 27, item 6), meant to fit in
+# 8 minutes on one device (never run on one yet; each step has a timeout): the tests marked `gpu` (an AMP training round with finite losses,
 # NCCL with world size 1), and the CUDA columns of selection_cost.py, isal_scoring.py and throughput.py.
 # Writes one JSON file (default benchmarks/gpu.json). Without CUDA: one line, exit 0.
 #

@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "entropy:batch=kcenter,mial)")
     s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy (default 3)")
     s.add_argument("--out", required=True, help="output directory (runs/, compare.json, report/)")
-    s.add_argument("--jobs", type=int, default=1, help="cells run at once, the cores split between them")
+    s.add_argument("--jobs", type=int, default=1, help="cells run at once, the cores split between them "
+                   "(under threads: 0; otherwise each cell runs on its config's threads)")
     s.add_argument("--unit", choices=["images", "boxes"], help="the loop's budget unit for every cell "
                    "(default: the config's); compare reports both axes either way")
     s.add_argument("--only", metavar="STRATEGY:SEED", help="run this one cell and stop (no aggregation)")

@@ -249,7 +249,7 @@ def _number_from_string(value: Any, ref: Any) -> Any:
     return number if math.isfinite(number) else value
 
 
-_INT_KEYS = {"seed", "threads", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
+_INT_KEYS = {"seed", "epochs", "batch_size", "cycles", "warmup_iters", "image_size",
              "eval_batch_size", "detections_per_img", "max_retries", "workers"}
 
 

@@ -358,8 +358,6 @@ def _layer_weight_grad(layer: nn.Module, x: Tensor, dy: Tensor) -> Tensor:
         gs = dy.reshape(n, -1, dy.shape[-1])  # (N, R, D_out)
         return torch.einsum("nro,nri->noi", gs, xs)
     assert isinstance(layer, nn.Conv2d)
-    if isinstance(layer.padding, str):
-        raise ValueError(f"string padding {layer.padding!r} is not supported")
     patches = torch.nn.functional.unfold(
         x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
     )  # (N, C_in * kh * kw, L)
