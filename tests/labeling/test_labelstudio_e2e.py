@@ -11,13 +11,7 @@ with an extra box, one annotated twice), exports the project as Label Studio JSO
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,74 +21,9 @@ import pytest
 from activedet.cli import main
 from activedet.data.coco import load_coco
 from tests.labeling.conftest import gt, make_project_config
+from tests.labeling.ls_server import LabelStudio
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "activedet0e2e0token0000000000000000000000"
 pytestmark = pytest.mark.integration
-
-
-def label_studio_executable() -> str:
-    exe = os.environ.get("ACTIVEDET_LABEL_STUDIO") or str(ROOT / ".venv-labelstudio" / "bin" / "label-studio")
-    assert os.access(exe, os.X_OK), f"Label Studio not installed at {exe}: run `make test-integration`"
-    return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LabelStudio:
-    """A Label Studio server on 127.0.0.1 and a tiny REST client."""
-
-    def __init__(self, data_dir: Path, files_root: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-               "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-               "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
-               "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir)}
-        self.log = log
-        self.proc = subprocess.Popen(
-            [label_studio_executable(), "start", "--no-browser", "--internal-host", "127.0.0.1",
-             "-p", str(self.port), "--data-dir", str(data_dir), "--username", "annotator@example.com",
-             "--password", "activedet-e2e-pass", "--user-token", TOKEN, "--enable-legacy-api-token"],
-            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait(self, timeout: float = 420) -> float:
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            assert self.proc.poll() is None, f"Label Studio exited: {self.log.read_text()[-3000:]}"
-            try:
-                self.get("/api/projects")
-                return time.time() - t0
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(1)
-        raise AssertionError(f"Label Studio did not answer within {timeout} s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def request(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            payload = resp.read()
-        return payload if raw else (json.loads(payload) if payload else None)
-
-    def get(self, path: str, raw: bool = False) -> Any:
-        return self.request("GET", path, raw=raw)
-
-    def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, body)
 
 
 def gt_result(boxes: list[list[float]], width: int, height: int) -> list[dict[str, Any]]:
