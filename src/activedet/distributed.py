@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  # before any process group exists: see init()
 import torch.distributed as dist
 
 from activedet.errors import ActivedetError, DistributedError
@@ -36,7 +37,7 @@ T = TypeVar("T")
 
 #: seconds a rank waits in a collective for the others (rank 0 may train or evaluate alone)
 DEFAULT_TIMEOUT_S = 4 * 3600
-_DDP_ACTIVE = False  # set while a trainer runs under DistributedDataParallel
+_DDP_ACTIVE = False  # set while a trainer runs data-parallel (:func:`data_parallel`)
 _ALONE = False  # set while rank 0 runs a step alone (on_main): it behaves as one process
 
 
@@ -90,6 +91,10 @@ def init(device: str = "auto", timeout_s: float | None = None) -> str | None:
     backend = "nccl" if cuda else "gloo"
     if timeout_s is None:
         timeout_s = float(os.environ.get("ACTIVEDET_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    # torch._dynamo (torchvision imports it) imported for the first time while a group
+    # exists keeps references to that group, and :func:`shutdown` could not free it: this
+    # module imports it first (issue 37; tests/distributed check that no thread of the
+    # group is left once shutdown returns)
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if cuda:
         torch.cuda.set_device(local)
@@ -342,37 +347,87 @@ def data_parallel(adapter: Any) -> Iterator[Any]:
     _broadcast_tensors(list(adapter.model.state_dict().values()))
 
 
-class _Call(torch.nn.Module):
-    """A module whose forward is ``fn()``: DistributedDataParallel around it syncs the
-    gradients of ``module``'s parameters whatever code calls them (the model's own
-    forward, or its parts one by one as the MIAL stages and the classifier do)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, fn: Callable[[], Any]) -> Any:  # type: ignore[override]
-        return fn()
-
-
 @contextlib.contextmanager
 def synced(module: torch.nn.Module) -> Iterator[Callable[[Callable[[], T]], T]]:
     """Inside :func:`data_parallel`, yields ``call``: ``call(fn)`` computes ``fn()`` (losses
-    from ``module``'s parameters; tensors, or dicts / tuples of them) as the forward of a
-    :class:`~torch.nn.parallel.DistributedDataParallel` wrapper of ``module``, so that
-    ``backward()`` of the result averages the gradients over ranks. The wrapper registers
-    the parameters that require grad on entry: enter it after freezing (one per MIAL
-    stage). ``find_unused_parameters`` is on: a step may leave parts of the model out (the
-    unlabeled MIAL losses do). Outside DDP ``call(fn)`` is ``fn()``."""
+    from ``module``'s parameters; tensors, or dicts / tuples of them) so that ``backward()``
+    of the result ends by averaging the gradients of ``module``'s trainable parameters over
+    ranks (:func:`average_gradients`), as DistributedDataParallel with
+    ``find_unused_parameters`` does: a parameter that got a gradient on some rank gets the
+    mean (zero where a rank left it out), one that got none anywhere keeps none. The set of
+    parameters is taken on entry: enter after freezing (one per MIAL stage). On entry every
+    rank takes rank 0's parameters and buffers, as DDP's wrapping does. Outside
+    :func:`data_parallel` ``call(fn)`` is ``fn()``.
+
+    Why not DDP itself: in torch 2.14 a DDP wrapper's reducer keeps the process group alive
+    after ``destroy_process_group``, so gloo's worker threads outlive :func:`shutdown` and can
+    still be releasing a finished collective's tensors while the interpreter finalizes; the
+    thread then cannot take the GIL, is unwound inside a C++ destructor and the rank aborts
+    ("terminate called without an active exception"; NOTES.md, issue 37)."""
     if not ddp_active() or not any(p.requires_grad for p in module.parameters()):
         yield lambda fn: fn()
         return
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    params = [p for p in module.parameters() if p.requires_grad]
+    _broadcast_tensors(list(module.state_dict().values()))
+    queued = [False]  # one average per backward pass, however many outputs it reaches
 
-    dev = next(module.parameters()).device
-    ddp = DDP(_Call(module), device_ids=[dev.index] if dev.type == "cuda" else None,
-              find_unused_parameters=True)
-    yield lambda fn: ddp(fn)
+    def average() -> None:
+        queued[0] = False
+        average_gradients(params)
+
+    def on_grad(grad: torch.Tensor) -> torch.Tensor:
+        if not queued[0]:
+            queued[0] = True  # runs once the whole backward pass has accumulated its gradients
+            torch.autograd.Variable._execution_engine.queue_callback(average)
+        return grad
+
+    def call(fn: Callable[[], T]) -> T:
+        out = fn()
+        for t in _tensors(out):
+            if t.requires_grad:
+                t.register_hook(on_grad)
+        return out
+
+    yield call
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``obj`` (a tensor, or dicts / lists / tuples of them, nested)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+@_collective
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over ranks, in one all-reduce.
+
+    A rank that has no gradient for a parameter counts zero for it; a parameter with no
+    gradient on any rank keeps ``grad`` None (DDP's ``find_unused_parameters`` rule). Each
+    gradient is divided by the world size before the sum, as DDP's reducer does.
+    ``params``: P tensors, the same list in the same order on every rank."""
+    world = dist.get_world_size()
+    has = [p.grad is not None for p in params]
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float() / world
+             for p in params]
+    flat = torch.cat(parts + [torch.tensor(has, dtype=torch.float32, device=params[0].device)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    used = flat[-len(params):] > 0
+    offset = 0
+    for p, u in zip(params, used.tolist()):
+        n = p.numel()
+        if u:
+            mean = flat[offset:offset + n].view_as(p).to(p.dtype)
+            if p.grad is None:
+                p.grad = mean.clone()
+            else:
+                p.grad.copy_(mean)
+        offset += n
 
 
 @_collective

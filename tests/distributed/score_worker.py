@@ -9,7 +9,9 @@ calling process (the one-process answer the test compares with).
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +187,16 @@ def kcenter_check(spec: dict[str, Any]) -> dict[str, Any]:
     return {"cases": out}
 
 
+def threads() -> int:
+    """This process's threads that Python did not start (Linux): gloo's workers and
+    transport loop, or any other native thread (tqdm's monitor is a Python thread)."""
+    return len(os.listdir("/proc/self/task")) - len(threading.enumerate())
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     spec = json.loads(Path(argv[0]).read_text())
+    before = threads()
     distributed.init("cpu")
     try:
         mode = spec.get("mode")
@@ -206,6 +215,10 @@ def main(argv: list[str]) -> int:
             Path(argv[1]).write_text(json.dumps(result))
     finally:
         distributed.shutdown()
+    # the process group's threads (gloo's workers, its transport loop) are gone once
+    # shutdown returns: none is left to run while the interpreter finalizes (issue 37)
+    Path(f"{argv[1]}.threads.{os.environ.get('RANK', '0')}").write_text(
+        json.dumps({"before_init": before, "after_shutdown": threads()}))
     return 0
 
 

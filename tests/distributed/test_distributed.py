@@ -33,22 +33,42 @@ def torchrun_env() -> dict[str, str]:
     return env
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+TORCHRUN_TIMEOUT_S = 300  # a launch here takes 10-60 s; a hung rank fails the test, never the suite
+
+
+def torchrun(nproc: int, *args: str, timeout: float = TORCHRUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={distributed.free_port()}", *args]
-    return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # subprocess.run killed torchrun; say what the ranks said last
+        raise AssertionError(f"torchrun ran past {timeout:.0f} s\n{ranks_tail(e.stdout, e.stderr)}") from None
+
+
+def ranks_tail(stdout: str | bytes | None, stderr: str | bytes | None, lines: int = 40) -> str:
+    """The last lines of a torchrun launch's output (both ranks' lines are in it, prefixed)."""
+    def text(x: str | bytes | None) -> str:
+        return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+
+    out = [line for line in (text(stdout) + "\n" + text(stderr)).splitlines()
+           if line.strip() and "find_unused_parameters" not in line]
+    return "\n".join(out[-lines:])
 
 
 def run_worker(tmp_path: Path, nproc: int, spec: dict, out: str = "out.json") -> dict:
     """Run ``score_worker.py`` on ``spec`` in ``nproc`` processes; its result (JSON, or a
     torch file for ``out`` ending in ``.pt``), checked to come from ``nproc`` processes,
-    without the ``_world`` entry."""
+    without the ``_world`` entry. Every rank ended with no thread of the process group left
+    running (what lets it exit without the abort of issue 37)."""
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     proc = torchrun(nproc, str(WORKER), str(tmp_path / "spec.json"), str(tmp_path / out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"torchrun exit code {proc.returncode}\n{ranks_tail(proc.stdout, proc.stderr)}"
     path = tmp_path / out
     result = torch.load(path, weights_only=True) if out.endswith(".pt") else json.loads(path.read_text())
     assert result.pop("_world") == nproc
+    for r in range(nproc):
+        threads = json.loads(Path(f"{path}.threads.{r}").read_text())
+        assert threads["after_shutdown"] == threads["before_init"], (r, threads)
     return result
 
 

@@ -65,7 +65,7 @@ def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unla
         return {"target": target_loss.mean(),
                 "loss_prediction": lam * loss_ranking_loss(pred, target_loss, margin)}
 
-    with distributed.data_parallel(adapter):  # DDP in a distributed run, like train_plain
+    with distributed.data_parallel(adapter):  # data-parallel in a distributed run, like train_plain
         result = train_epochs(adapter, dataset, labeled, cfg, seed, progress, losses)
     for row in result.history:
         row["stop_grad"] = row["epoch"] - 1 >= stop

@@ -241,7 +241,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     if paired and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
     amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
-    # distributed: a DDP wrapper per stage, built after the stage froze its parameters
+    # distributed: gradients averaged over ranks per stage, its parameters taken after the stage froze them
     with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
         it = 0
@@ -286,7 +286,7 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
                         loss = float(sum(v.detach() for v in losses.values()))
                         bar.set_postfix(stage=stage.kind, round=stage.round, loss=f"{loss:.3f}")
                         bar.update(1)
-            sums, counts = distributed.reduce_counts(sums, counts)  # DDP: every rank, the same history
+            sums, counts = distributed.reduce_counts(sums, counts)  # data-parallel: every rank, the same history
             rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
                          **{k: sums[k] / max(1, counts[k]) for k in sums}})
         adapter.model.zero_grad(set_to_none=True)

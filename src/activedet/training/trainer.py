@@ -182,8 +182,8 @@ def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tenso
 
 def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
-    """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (under
-    DistributedDataParallel in a distributed run, each process on its share of every epoch)."""
+    """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (data-parallel
+    in a distributed run, each process on its share of every epoch, gradients averaged)."""
     with distributed.data_parallel(adapter):
         return train_epochs(adapter, dataset, labeled, cfg, seed, progress,
                             lambda inputs, targets, epoch: adapter.train_loss(inputs, targets))
@@ -197,8 +197,8 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
     """SGD over seeded shuffled batches of ``labeled`` for ``cfg.epochs`` epochs, minimising
     the sum of ``loss_fn(inputs, targets, epoch)`` (epoch counted from 0); warm-up, step
     decay and clipping from ``cfg``. History: the per-image mean of every loss term per epoch.
-    Inside :func:`activedet.distributed.data_parallel` the losses are computed through a
-    DDP wrapper (:func:`~activedet.distributed.synced`) and each rank takes its share of
+    Inside :func:`activedet.distributed.data_parallel` the losses are computed through
+    :func:`~activedet.distributed.synced` (gradients averaged over ranks) and each rank takes its share of
     every epoch: ``cfg.batch_size`` is per process."""
     labeled = list(labeled)
     if not labeled:
