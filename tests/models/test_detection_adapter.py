@@ -44,15 +44,28 @@ def test_dense_inference_matches_torchvision(arch: str) -> None:
 
 
 def test_faster_rcnn_inference_and_probs() -> None:
+    """Faster R-CNN: the detections are torchvision's own, and each one's class
+    probabilities are those of the RoI that produced its score (the probability of its
+    label is its score, exactly), not probabilities re-pooled at the regressed box."""
     cfg = tiny_config(**{"model.arch": "faster_rcnn"})
     ds = make_detection_dataset(n=2)
     ad = DetectionAdapter(cfg.model, ds.num_classes)
     ad.reset(0)
+    with torch.no_grad():  # a box regressor that moves boxes, so re-pooling at them would differ
+        torch.manual_seed(0)
+        ad.model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.05)
     out = list(ad.infer(ds, ds.ids))
+    ad.model.eval()
+    with torch.no_grad():
+        ref = ad.model([ds.load_image(i) for i in ds.ids])
     assert [o.image_id for o in out] == ds.ids
-    for o in out:
+    assert sum(len(o.boxes) for o in out) > 10
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o.boxes, r["boxes"], rtol=1e-5, atol=1e-4)
+        assert torch.equal(o.scores, r["scores"]) and torch.equal(o.labels, r["labels"])
         assert o.probs.shape == (len(o.boxes), ds.num_classes)
         assert torch.all(o.probs.sum(1) <= 1 + 1e-5)
+        assert torch.equal(o.probs[torch.arange(len(o.labels)), o.labels - 1], o.scores)
 
 
 def test_reset_is_deterministic_and_leaves_global_rng() -> None:

@@ -322,21 +322,26 @@ class DetectionAdapter:
         return results
 
     def _infer_two_stage(self, images: list[torch.Tensor]) -> list[Inference]:
-        """Faster R-CNN: detections, then class probabilities re-read at each kept box."""
+        """Faster R-CNN: torchvision's eval forward, step by step through its RoI heads'
+        own modules and their ``postprocess_detections``; each kept detection's class
+        probabilities are the softmax row of the RoI (proposal) that produced its score."""
         model = self.model
+        heads = model.roi_heads
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = model.transform(images)
         features = model.backbone(image_list.tensors)
         proposals, _ = model.rpn(image_list, features)
-        dets, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-        boxes = [d["boxes"] for d in dets]
-        pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
-        logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
-        probs_all = F.softmax(logits, dim=-1)[:, 1:].split([len(b) for b in boxes])
+        logits, regression = heads.box_predictor(heads.box_head(
+            heads.box_roi_pool(features, proposals, image_list.image_sizes)))
+        boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, image_list.image_sizes)
+        rows = kept_rois(heads.box_coder.decode(regression, proposals), F.softmax(logits, -1), proposals,
+                         image_list.image_sizes, boxes, scores, labels)
+        probs_all = F.softmax(logits, dim=-1)[:, 1:]
         out = []
-        for d, p, size_in, size_out in zip(dets, probs_all, image_list.image_sizes, original_sizes):
-            bx = resize_boxes(d["boxes"], size_in, size_out)
-            out.append(Inference(0, bx.cpu(), d["scores"].cpu(), d["labels"].cpu(), p.cpu(), {}))
+        for b, s, lab, r, size_in, size_out in zip(boxes, scores, labels, rows, image_list.image_sizes,
+                                                    original_sizes):
+            out.append(Inference(0, resize_boxes(b, size_in, size_out).cpu(), s.cpu(), lab.cpu(),
+                                 probs_all[r].cpu(), {}))
         return out
 
     # ------------------------------------------------------------------ metrics
@@ -457,3 +462,36 @@ def detections_per_image_boxes(inf: Inference, min_score: float) -> int:
 
 
 __all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes"]
+
+
+def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.Tensor],
+              image_sizes: list[tuple[int, int]], boxes: list[torch.Tensor], scores: list[torch.Tensor],
+              labels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """For each image, the row (into the batch's concatenated RoIs) of the RoI behind each
+    detection that torchvision's ``RoIHeads.postprocess_detections`` kept.
+
+    ``decoded``: (R, C + 1, 4) boxes decoded from every RoI for every class (background 0);
+    ``probs``: (R, C + 1) softmax; ``proposals``: per image (R_i, 4), sum R_i = R;
+    ``boxes`` / ``scores`` / ``labels``: the kept detections per image, (K_i, 4) / (K_i,) /
+    (K_i,). postprocess_detections keeps entries of the clipped ``decoded`` and of ``probs``
+    unchanged, so a detection's RoI is one whose clipped box and probability for its label
+    equal the detection's exactly (identical RoIs share their probabilities). Returns per
+    image (K_i,) int64 rows; raises ``RuntimeError`` when a detection matches no RoI (a
+    torchvision whose post-processing changes what it keeps)."""
+    from torchvision.ops import boxes as box_ops
+
+    rows, start = [], 0
+    for props, size, b, s, lab in zip(proposals, image_sizes, boxes, scores, labels):
+        n = len(props)
+        cand = box_ops.clip_boxes_to_image(decoded[start:start + n], size)  # (R_i, C + 1, 4)
+        p = probs[start:start + n]
+        found = []
+        for box, score, label in zip(b, s, lab.tolist()):
+            hit = ((p[:, label] == score) & (cand[:, label] == box).all(-1)).nonzero()
+            if len(hit) == 0:
+                raise RuntimeError("a Faster R-CNN detection matches none of its RoIs: torchvision's "
+                                   "postprocess_detections no longer keeps decoded boxes and scores as they are")
+            found.append(start + int(hit[0, 0]))
+        rows.append(torch.tensor(found, dtype=torch.int64))
+        start += n
+    return rows
