@@ -7,11 +7,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from activedet.cli import main
-from activedet.compare import boxes_to_reach, interval, paired, parse_strategy, recommend, summarise, verdict
+from activedet.compare import (boxes_to_reach, interval, paired, parse_strategy, recommend, seeds_to_decide,
+                               summarise, verdict)
 
 
 def test_boxes_to_reach_and_paired_savings_by_hand() -> None:
@@ -41,7 +44,17 @@ def test_verdicts_and_the_recommendation() -> None:
     assert verdict([0.2, 0.25, 0.3], [0.01, 0.02, 0.03], 100).startswith("saves 25% of boxes (95% CI 13% to 37%")
     assert verdict([-0.3, -0.2, -0.25], [0, 0, 0], 100).startswith("costs more: 25% more boxes")
     noise = verdict([-0.1, 0.1, 0.05], [-0.01, 0.01, 0.0], 100, "labels")
-    assert noise.startswith("no difference beyond noise (+2% labels") and "at equal labels" in noise
+    # mean 0.0167, half width t(0.975, 2) * 0.1041 / sqrt(3) = 0.2586: from 24% more to 28% fewer
+    assert noise.startswith("no difference beyond noise (2% fewer labels on average, 95% CI 24% more labels to "
+                            "28% fewer labels, 3 seeds, 2 ahead)")
+    assert "at equal labels 0.0 points higher (95% CI 2.5 points lower to 2.5 points higher)" in noise
+    assert "+" not in noise and "−" not in noise
+    # mean 0.0167, sd 0.1041: t(0.975, n-1) * 0.1041 / sqrt(n) < 0.0167 first at n = 153 (checked below)
+    assert noise.endswith("at this mean and spread 153 seeds would decide")
+    assert [n for n in (152, 153) if stats.t.ppf(0.975, n - 1) * np.std([-0.1, 0.1, 0.05], ddof=1) / math.sqrt(n)
+            < abs(np.mean([-0.1, 0.1, 0.05]))] == [153]
+    assert seeds_to_decide([0.1, 0.1]) == 2 and seeds_to_decide([0.1, -0.1]) is None
+    assert seeds_to_decide([0.14, -0.10, 0.30, 0.02, 0.35]) == 10  # mean 0.142, sd 0.188: t(0.975, 9) = 2.262
     assert "too few" in verdict([0.3], [0.1], 100)
 
     def rounds(curve, boxes):

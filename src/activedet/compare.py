@@ -259,9 +259,40 @@ def paired(curve: Sequence[float], boxes: Sequence[float], rand: Sequence[float]
             "reached": reached}
 
 
+def fewer_more(saved: float, cost: str) -> str:
+    """A saving in words: 0.14 -> '14% fewer boxes', -0.2 -> '20% more boxes'."""
+    return f"{abs(saved):.0%} {'fewer' if saved >= 0 else 'more'} {cost}"
+
+
+def higher_lower(points: float) -> str:
+    """A metric difference in words: 2.0 -> '2.0 points higher', -6.7 -> '6.7 points lower'."""
+    return f"{abs(points):.1f} points {'higher' if points >= 0 else 'lower'}"
+
+
+def seeds_to_decide(xs: Sequence[float], level: float = 0.95, most: int = 1000) -> int | None:
+    """The fewest seeds whose Student-t interval would exclude zero if the seeds' mean and
+    spread stayed as observed in ``xs``: the smallest n >= 2 with
+    t(0.5 + level / 2, n - 1) * sd / sqrt(n) < |mean|. None when the mean is zero, fewer
+    than 2 values, or more than ``most`` seeds would be needed."""
+    from scipy import stats
+
+    if len(xs) < 2:
+        return None
+    m, sd = mean_std(xs)
+    if m == 0:
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        if float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < abs(m):
+            return n
+    return None
+
+
 def verdict(saved: Sequence[float], per_box: Sequence[float], scale: float, cost: str = "boxes") -> str:
     """One line from the seeds' savings in ``cost`` (boxes; labels for classification) and
-    the metric at equal cost."""
+    the metric at equal cost, in words ("fewer", "more", "higher", "lower"); when the
+    interval includes zero, how many seeds the observed spread would need to decide."""
     ci = interval(saved)
     if ci is None:
         return f"{len(saved)} seed: too few for a verdict (run --seeds 2 or more)"
@@ -272,9 +303,13 @@ def verdict(saved: Sequence[float], per_box: Sequence[float], scale: float, cost
     if hi < 0:
         return f"costs more: {-m:.0%} more {cost} (95% CI {-hi:.0%} to {-lo:.0%}, {seeds})"
     box = interval(per_box)
-    at_boxes = "" if box is None else f"; at equal {cost} {box[0] * scale:+.1f} points (95% CI " \
-                                      f"{box[1] * scale:+.1f} to {box[2] * scale:+.1f})"
-    return f"no difference beyond noise ({m:+.0%} {cost}, 95% CI {lo:+.0%} to {hi:+.0%}, {seeds}){at_boxes}"
+    at_boxes = "" if box is None else f"; at equal {cost} {higher_lower(box[0] * scale)} (95% CI " \
+                                      f"{higher_lower(box[1] * scale)} to {higher_lower(box[2] * scale)})"
+    need = seeds_to_decide(saved)
+    decide = (f"; at this mean and spread {need} seeds would decide" if need is not None
+              else "; no number of seeds would decide at this mean and spread")
+    return (f"no difference beyond noise ({fewer_more(m, cost)} on average, 95% CI {fewer_more(lo, cost)} to "
+            f"{fewer_more(hi, cost)}, {seeds}){at_boxes}{decide}")
 
 
 def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "boxes") -> dict[str, Any]:
