@@ -161,6 +161,30 @@ def trainers_check(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def average_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """Gradient averaging on hand-made gradients. :func:`distributed.average_gradients`:
+    ``a`` has a gradient on rank 0 only, ``b`` on no rank, ``c`` on every rank. Then
+    :func:`distributed.synced` through a backward pass: rank r's loss is
+    ``(r + 1) * sum(w1)`` plus, on rank 1 only, ``3 * sum(w2)``. Every rank's gradients."""
+    r = distributed.rank()
+    a, b, c = torch.zeros(2), torch.zeros(3), torch.zeros(1)
+    a.grad = torch.tensor([1.0, 2.0]) if r == 0 else None
+    c.grad = torch.tensor([10.0 * (r + 1)])
+    distributed.average_gradients([a, b, c])
+    module = torch.nn.ParameterDict({"w1": torch.nn.Parameter(torch.ones(2)),
+                                     "w2": torch.nn.Parameter(torch.ones(2))})
+    distributed._DDP_ACTIVE = True  # what data_parallel sets
+    try:
+        with distributed.synced(module) as call:
+            loss = call(lambda: {"w1": (r + 1) * module["w1"].sum(),
+                                 "w2": 3 * module["w2"].sum() if r == 1 else torch.zeros(())})
+            sum(loss.values()).backward()
+    finally:
+        distributed._DDP_ACTIVE = False
+    grads = [None if t.grad is None else t.grad.tolist() for t in (a, b, c, module["w1"], module["w2"])]
+    return {"grads": distributed.all_gather_object(grads)}
+
+
 def kcenter_check(spec: dict[str, Any]) -> dict[str, Any]:
     """:func:`k_center_greedy_sharded` on seeded random features for each ``spec["cases"]``
     entry (centers, candidates, budget, block, duplicates); rank 0's picks and gains and
@@ -204,6 +228,8 @@ def main(argv: list[str]) -> int:
             result = grad_check(spec)
         elif mode == "kcenter":
             result = kcenter_check(spec)
+        elif mode == "average":
+            result = average_check(spec)
         elif mode == "trainers":
             result = trainers_check(spec)
         else:

@@ -244,6 +244,15 @@ def test_two_process_mial_gradients_equal_one_process_gradients(tmp_path: Path) 
     assert any(n.startswith("backbone.") for n in one["min/discrepancy"])
 
 
+def test_two_process_gradient_averaging_by_hand(tmp_path: Path) -> None:
+    """DDP's find_unused_parameters rule, by hand: a gradient on one rank of two is halved on
+    both, none anywhere stays None, every rank's is the mean; through synced's backward
+    hook, w1 gets (1 + 2) / 2 per element and w2, used on rank 1 only, 3 / 2."""
+    out = run_worker(tmp_path, 2, {"mode": "average"})
+    expected = [[0.5, 1.0], None, [15.0], [1.5, 1.5], [1.5, 1.5]]
+    assert out["grads"] == [expected, expected]
+
+
 def test_two_process_mial_and_learning_loss_training_keep_ranks_in_step(tmp_path: Path) -> None:
     """The MIAL cycle (stages freezing parameter groups, a DDP wrapper per stage), MIAL with a
     separate scorer (the default), the learning-loss trainer, and a classifier's plain and
