@@ -21,7 +21,6 @@ and the offending image/annotation/category id.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from activedet.data.base import (NO_CROWD_BOXES, NO_CROWD_LABELS, DetectionDataset, ImageRecord, check_box,
                                  frame_note, image_size)
 from activedet.errors import DatasetError
+from activedet.textio import read_json
 
 
 def load_coco(json_path: str | Path, images_root: str | Path | None = None,
@@ -108,16 +108,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DatasetError(f"cannot read COCO file {path}: {e.strerror or e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; absurdly deep nesting
-        raise DatasetError(f"{path}: malformed JSON: {' '.join(str(e).split())[:120]}") from None
+    data = read_json(path, "COCO file ")
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a COCO file must hold a JSON object, got {type(data).__name__}")
     return data

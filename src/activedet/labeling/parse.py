@@ -22,7 +22,6 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from activedet.data.base import check_box, frame_note
 from activedet.errors import DatasetError
+from activedet.textio import read_json
 
 #: percent coordinates may overshoot 0..100 by this much (rounding in the labeling tool)
 PERCENT_TOLERANCE = 0.5
@@ -73,20 +73,9 @@ class ProjectView:
         return "" if path is None else frame_note(Path(path), width, height)
 
 
-def read_export(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-
-
 def parse_export(path: Path, view: ProjectView) -> Parsed:
     """Label Studio JSON (a list of tasks) or COCO (an object with ``images``)."""
-    data = read_export(path)
+    data = read_json(path)
     if isinstance(data, list):
         return parse_labelstudio(data, view, str(path))
     if isinstance(data, dict) and "images" in data:
