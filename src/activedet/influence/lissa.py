@@ -16,6 +16,23 @@ order, from which explicit generator (this module draws no random numbers itself
 source from ``hvp_at(batch, h)`` and batches; :func:`loss_hvp_source` from
 ``(batches, loss_fn, params[, model])``; :func:`random_index_batches` draws index
 batches from an explicit ``torch.Generator`` or ``numpy.random.Generator``.
+
+What :func:`lissa_inverse_hvp` converges to (``H`` = expected Hessian of the sampled batches, ``D`` =
+diagonal matrix holding each group's scale):
+
+- ``divide_by_scale=False`` (default; the ISAL authors' code, no final division):
+  ``(H + damping * D)^{-1} D v``; with one scalar ``s`` this is
+  ``s * (H + damping * s * I)^{-1} v``, i.e. ``scale * H^{-1} v`` as
+  ``damping * scale -> 0``.
+- ``divide_by_scale=True`` (Koh & Liang / the paper's form, result / scale):
+  ``D^{-1} (H + damping * D)^{-1} D v``; with one scalar ``s`` this is
+  ``(H + damping * s * I)^{-1} v``, i.e. ``H^{-1} v`` as ``damping * s -> 0``.
+
+With a scalar scale the two differ by the constant ``s`` (rankings are unchanged);
+per-group scales additionally re-weight the groups. The recursion converges only if
+every sampled ``H_z / scale`` has eigenvalues in ``(-damping, 2 - damping)``: pick
+``scale`` above the largest Hessian eigenvalue (and ``damping * scale`` above
+``-lambda_min`` for non-convex losses).
 """
 
 from __future__ import annotations
@@ -116,22 +133,8 @@ def lissa_inverse_hvp(
     group ``g``: ``h_g <- v_g + (1 - damping) * h_g - Hh_g / scale_g``. The result is the
     mean of ``repeats`` runs (divided by ``scale_g`` group-wise if ``divide_by_scale``).
 
-    What it converges to (``H`` = expected Hessian of the sampled batches, ``D`` =
-    diagonal matrix holding each group's scale):
-
-    - ``divide_by_scale=False`` (default; the ISAL authors' code, no final division):
-      ``(H + damping * D)^{-1} D v``; with one scalar ``s`` this is
-      ``s * (H + damping * s * I)^{-1} v``, i.e. ``scale * H^{-1} v`` as
-      ``damping * scale -> 0``.
-    - ``divide_by_scale=True`` (Koh & Liang / the paper's form, result / scale):
-      ``D^{-1} (H + damping * D)^{-1} D v``; with one scalar ``s`` this is
-      ``(H + damping * s * I)^{-1} v``, i.e. ``H^{-1} v`` as ``damping * s -> 0``.
-
-    With a scalar scale the two differ by the constant ``s`` (rankings are unchanged);
-    per-group scales additionally re-weight the groups. The recursion converges only if
-    every sampled ``H_z / scale`` has eigenvalues in ``(-damping, 2 - damping)``: pick
-    ``scale`` above the largest Hessian eigenvalue (and ``damping * scale`` above
-    ``-lambda_min`` for non-convex losses).
+    What it converges to, for each ``divide_by_scale``, and when it converges: see the
+    module docstring.
 
     Args:
         v: param-list (e.g. the reference gradient ``grad l(R)``), shapes ``params[i].shape``.
