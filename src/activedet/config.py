@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence, Union
 import yaml
 
 from activedet.errors import ConfigError
-from activedet.textio import read_text
+from activedet.files import read_text
 from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
 Number = Union[int, float]

@@ -30,7 +30,7 @@ import numpy as np
 from activedet.data.base import (NO_CROWD_BOXES, NO_CROWD_LABELS, DetectionDataset, ImageRecord, check_box,
                                  frame_note, image_size)
 from activedet.errors import DatasetError
-from activedet.textio import read_json
+from activedet.files import read_json
 
 
 def load_coco(json_path: str | Path, images_root: str | Path | None = None,

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from activedet.data.base import check_box, frame_note
 from activedet.errors import DatasetError
-from activedet.textio import read_json
+from activedet.files import read_json
 
 #: percent coordinates may overshoot 0..100 by this much (rounding in the labeling tool)
 PERCENT_TOLERANCE = 0.5

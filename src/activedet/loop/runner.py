@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline
-from activedet.errors import ConfigError, DatasetError, ResumeError, RunDirError
+from activedet.errors import ConfigError, DatasetError, ResumeError
 from activedet.loop.atomic import atomic_write_text, make_dir
 from activedet.loop.engine import RoundModels, RunStore, derive_seed, load_checkpoint, load_split, train_model
-from activedet.loop.ledger import Ledger
-from activedet.loop.lock import LOCK_NAME, run_lock
+from activedet.loop.ledger import Ledger, check_out_dir
+from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
@@ -203,28 +202,6 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
     return ledger
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse, before any work, a run directory that is a file, cannot be created, or is a
-    folder of other files (no ledger): a run is never written among a user's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file, not a folder")
-    if run_dir.is_dir():
-        if (run_dir / Ledger.FILENAME).exists():
-            return
-        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
-        if others:
-            raise RunDirError(f"--out {run_dir} is a folder holding other files ({', '.join(others[:3])}"
-                              f"{', ...' if len(others) > 3 else ''}) and no run; choose a new or empty folder")
-        return
-    parent = run_dir.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunDirError(f"cannot create --out {run_dir}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot create --out {run_dir}: {parent} is not writable")
-
-
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status.
@@ -235,7 +212,7 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     run_dir = Path(run_dir)
     main = distributed.is_main()
     if main:
-        check_run_dir(run_dir)
+        check_out_dir(run_dir, run=True)
     exp = prepare(cfg, progress and main)  # bad input and undecodable images fail here, before the ledger exists
     exp.strategy.progress = progress and main
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
@@ -325,5 +302,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return headline(metrics, ("AP", "AP50", "top1"), ", ") or "no metrics (no dataset.test)"
 
 
-__all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]

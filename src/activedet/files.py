@@ -1,10 +1,12 @@
-"""Reading a text or JSON file whose failure is the user's to fix: one typed error, one line."""
+"""The user's files: reading a text or JSON file, writing an output; a failure is one typed
+error on one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from activedet.errors import ActivedetError, DatasetError
 
@@ -30,3 +32,12 @@ def read_json(path: Path, what: str = "") -> Any:
         raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     except (ValueError, RecursionError) as e:  # a number of over 4300 digits; absurdly deep nesting
         raise DatasetError(f"{path}: malformed JSON: {' '.join(str(e).split())[:120]}") from None
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str | Path) -> Iterator[None]:
+    """Context: an OSError while writing ``path`` becomes a one-line error."""
+    try:
+        yield
+    except OSError as e:
+        raise ActivedetError(f"cannot write {what} {path}: {e.strerror or e}") from None
