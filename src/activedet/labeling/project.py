@@ -37,7 +37,7 @@ from activedet.labeling.sources import PoolListing, display_name, list_unlabeled
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
 from activedet.loop.engine import RoundModels, RunStore, load_split
-from activedet.loop.runner import auto_image_size, select_batch
+from activedet.loop.runner import Experiment, auto_image_size, previous_model, select_batch
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
 
@@ -162,22 +162,6 @@ def _ingested_record(row: store.LabelRow, task: str, root: str) -> ImageRecord:
     return ImageRecord(id=row.image_id, file_name=display_name(row.path, root), width=row.width,
                        height=row.height, boxes=np.asarray(row.boxes, np.float32).reshape(-1, 4),
                        labels=np.asarray(row.labels, np.int64), path=Path(row.path))
-
-
-class _PredictedCosts(dict):
-    """Box costs: known for labeled images; for pool images, the model's detections scoring
-    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
-    computed on first use, so only for the images ``fit_budget`` walks."""
-
-    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
-        super().__init__(known)
-        self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
-
-    def __missing__(self, image_id: int) -> int:
-        inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
-        value = max(1, int((inf.scores >= self.thresh).sum()))
-        self[image_id] = value
-        return value
 
 
 class ProjectStore(RunStore):
@@ -372,15 +356,14 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
             proj: _Project | None, base: Any, plan: dict[str, Any], progress: bool) -> SelectResult:
     """The round of ``plan`` on every rank; ``proj`` (the open project) and ``test`` on rank 0
     only: every read or write of the project happens in :func:`distributed.on_main`."""
-    r, rounds = plan["r"], plan["rounds"]
-    base_order: list[int] = plan["base_order"]
+    r, base_order = plan["r"], plan["base_order"]
     dataset, pool = _labeled_pool(cfg, base, plan)  # the labeled set (rounds 0..r-1) and the pool
-    if base_order and not rounds:  # round 0: the labeled set the project starts from
-        rounds = distributed.on_main(lambda: _record_first_round(proj, pool, base_order))
+    exp = Experiment(cfg, dataset, test, None, strategy, pool, plan["quarantined"])  # what simulate's engine gets
+    if base_order and not plan["rounds"]:  # round 0: the labeled set the project starts from
+        plan["rounds"] = distributed.on_main(lambda: _record_first_round(proj, pool, base_order))
     if not pool.unlabeled:
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
-    adapter, trained, metrics = _previous_model(cfg, project_dir, opts, strategy, test, proj, dataset, pool, plan,
-                                                rounds, progress)
+    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
     if opts.unit == "images" and opts.budget > len(pool.unlabeled):
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
     unit = "images" if cfg.task == "classification" else opts.unit
@@ -403,28 +386,22 @@ def _record_first_round(proj: _Project | None, pool: Pool, base_order: list[int]
     return {row["round"]: row for row in proj.ledger.rounds(scores=False)}
 
 
-def _previous_model(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strategy: Any, test: Any,
-                    proj: _Project | None, dataset: Any, pool: Pool, plan: dict[str, Any],
-                    rounds: dict[int, Any], progress: bool) -> tuple[Any, bool, dict[str, Any] | None]:
-    """(adapter, trained, metrics) of the model trained on rounds 0..r-1, reused when nothing
-    changed; (None, False, None) for round 0, a random draw. ``--unit boxes`` makes the pool's
-    costs the model's predicted box counts."""
+def _previous_model(exp: Experiment, project_dir: Path, opts: SelectOptions, proj: _Project | None,
+                    plan: dict[str, Any], progress: bool) -> tuple[Any, bool, dict[str, Any] | None]:
+    """(adapter, trained, metrics) of the model trained on rounds 0..r-1, through the round
+    engine as ``simulate`` gets it (:func:`activedet.loop.runner.previous_model`); (None,
+    False, None) for round 0, a random draw."""
     if plan["r"] == 0:
         if opts.unit == "boxes":
             raise ConfigError("--unit boxes needs a model to predict box counts; the first batch of a project "
                               "without labels is drawn at random: use --unit images")
         return None, False, None
-    if not pool.labeled:
+    if not exp.pool.labeled:
         raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
-    models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger if proj else None, progress,
-                           rounds)
-    prev = plan["r"] - 1
-    trained = models.hold(prev, dataset, pool)
-    metrics = models.rows[prev].get("metrics")
-    if plan["has_test"] and (trained or metrics is None):
-        metrics = models.evaluate(prev, dataset, pool, test)
-    if opts.unit == "boxes" and cfg.task == "detection":
-        pool.costs = _PredictedCosts(pool.costs, models.adapter, dataset, opts.prelabel_score)
+    models = _round_models(exp.cfg, exp.strategy, exp.train, exp.pool, project_dir, proj.ledger if proj else None,
+                           progress, plan["rounds"])
+    trained, metrics = previous_model(exp, models, plan["r"], evaluate=plan["has_test"],
+                                      predicted_costs_at=opts.prelabel_score if opts.unit == "boxes" else None)
     return models.adapter, trained, metrics
 
 

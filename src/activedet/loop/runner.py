@@ -243,7 +243,7 @@ def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
     for r in range(cfg.loop.cycles + 1):
         if r not in done:  # ---- select round r
             if r > 0:
-                models.hold(r - 1, exp.train, pool)
+                previous_model(exp, models, r)
             done[r] = _select_round(exp, models.adapter, store, r, targets[r])
         if done[r].get("checkpoint") is None:  # ---- train on rounds 0..r
             models.train(r, exp.train, pool)
@@ -253,6 +253,40 @@ def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
             status = store.status()
             for hook in hooks:
                 hook(status)
+
+
+def previous_model(exp: Experiment, models: RoundModels, r: int, evaluate: bool = False,
+                   predicted_costs_at: float | None = None) -> tuple[bool, dict[str, Any] | None]:
+    """Before selecting round ``r`` >= 1: make ``models`` hold the model of rounds 0..r-1
+    (loaded, or trained when none fits); returns (trained now, its recorded metrics).
+
+    ``evaluate``: evaluate it on ``exp.test`` when it was trained now or never evaluated
+    (``select``; ``simulate`` evaluates right after training). ``predicted_costs_at``: a
+    detector's pool costs become its predicted box counts at this score (``select --unit
+    boxes``: no oracle knows them)."""
+    trained = models.hold(r - 1, exp.train, exp.pool)
+    metrics = models.rows[r - 1].get("metrics")
+    if evaluate and (trained or metrics is None):
+        metrics = models.evaluate(r - 1, exp.train, exp.pool, exp.test)
+    if predicted_costs_at is not None and exp.cfg.task == "detection":
+        exp.pool.costs = PredictedCosts(exp.pool.costs, models.adapter, exp.train, predicted_costs_at)
+    return trained, metrics
+
+
+class PredictedCosts(dict):
+    """Box costs: known for labeled images; for pool images, the model's detections scoring
+    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
+    computed on first use, so only for the images ``fit_budget`` walks."""
+
+    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
+        super().__init__(known)
+        self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
+
+    def __missing__(self, image_id: int) -> int:
+        inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
+        value = max(1, int((inf.scores >= self.thresh).sum()))
+        self[image_id] = value
+        return value
 
 
 def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
@@ -302,5 +336,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return headline(metrics, ("AP", "AP50", "top1"), ", ") or "no metrics (no dataset.test)"
 
 
-__all__ = ["run", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["run", "previous_model", "PredictedCosts", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]
