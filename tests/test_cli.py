@@ -68,7 +68,7 @@ def test_unknown_builtin_is_one_line_error(tmp_path: Path, capsys) -> None:
 
 
 def test_report_labels_name_the_settings_an_ablation_varies() -> None:
-    from activedet.cli import run_labels
+    from activedet.report.runs import run_labels
 
     names = ["isal", "isal", "isal", "random"]
     settings = [{"top_k": 1, "depth": 50}, {"top_k": 10, "depth": 50}, {"top_k": 1, "depth": 50}, {}]

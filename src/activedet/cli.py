@@ -10,13 +10,12 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from activedet.console import LineProgress
 from activedet.errors import ActivedetError
 from activedet.launch import ERROR_FILE_ENV
 from activedet.report.status_text import status_text
@@ -24,60 +23,44 @@ from activedet.report.status_text import status_text
 EPILOG = "Docs: README.md. Configs: configs/*.yaml. Every YAML key has a default."
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from activedet import distributed
+def _config(args: argparse.Namespace) -> Any:
+    """The experiment config of ``simulate`` / ``select``: the file, ``--set`` and the
+    command's overrides (``--nproc`` checked first)."""
     from activedet.config import load_config
-    from activedet.loop.runner import run
-
-    from activedet.loop.signals import signal_number, stop_on_signals
 
     if args.nproc is not None and args.nproc < 1:
         raise ActivedetError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         cfg.seed = args.seed
-    if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        return _launch(args, _simulate_words(args), f"continue with: {_resume_command(args)}")
-    distributed.init(cfg.device)  # under torchrun: join the group; else nothing
-    main_rank = distributed.is_main()
-    try:
-        with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
-            status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    except KeyboardInterrupt as e:
-        signum = signal_number(e)
-        if main_rank:  # one line for the run, not one per process
-            print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
-                  f"complete step; continue with: {_resume_command(args)}", file=sys.stderr)
-        return 128 + signum
-    finally:
-        distributed.shutdown()
+    return cfg
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from activedet import distributed
+    from activedet.launch import must_launch, relaunch, resume_command
+    from activedet.loop.runner import run
+    from activedet.loop.signals import signal_number, stop_on_signals
+
+    cfg = _config(args)
+    if must_launch(args.nproc):  # start the processes, then wait for them
+        return relaunch("simulate", args, f"continue with: {resume_command(args)}")
+    with distributed.process_group(cfg.device) as main_rank:  # under torchrun: join the group; else nothing
+        try:
+            with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
+                status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        except KeyboardInterrupt as e:
+            signum = signal_number(e)
+            if main_rank:  # one line for the run, not one per process
+                print(f"activedet simulate: stopped by {signal.Signals(signum).name}; the ledger ends at the last "
+                      f"complete step; continue with: {resume_command(args)}", file=sys.stderr)
+            return 128 + signum
     if not main_rank:  # ranks other than 0 say nothing
         return 0
-    if args.json:
-        print(json.dumps(status))
-    else:
-        print(status_text(status))
+    print(json.dumps(status) if args.json else status_text(status))
     return 0
-
-
-def _simulate_words(args: argparse.Namespace) -> list[str]:
-    words = ["simulate", args.config, "--out", args.out]
-    words += ["--resume"] * args.resume + ["--quiet"] * args.quiet + ["--json"] * args.json
-    if args.device:
-        words += ["--device", args.device]
-    if args.seed is not None:
-        words += ["--seed", str(args.seed)]
-    for item in args.set:
-        words += ["--set", item]
-    return words
-
-
-def _launch(args: argparse.Namespace, words: list[str], after: str) -> int:
-    from activedet.launch import launch_torchrun
-
-    return launch_torchrun(args.nproc, args.master_port, args.verbose, words, after)
 
 
 #: What Ctrl-C leaves behind, per command (simulate says its own resume command).
@@ -90,22 +73,6 @@ _INTERRUPTED = {
     "compare": "finished cells are kept and an unfinished one continues: run the same command again",
     "serve": "stopped; annotations that arrived are on disk under DIR/webhooks/ and are ingested at the next start",
 }
-
-
-def _resume_command(args: argparse.Namespace) -> str:
-    words = ["activedet", "simulate", args.config, "--out", args.out, "--resume"]
-    for item in args.set:
-        words += ["--set", item]
-    if args.device:
-        words += ["--device", args.device]
-    if args.seed is not None:
-        words += ["--seed", str(args.seed)]
-    from activedet.distributed import env_world
-
-    nproc = getattr(args, "nproc", None) or env_world()  # a process of a launched run: its count
-    if nproc > 1:
-        words += ["--nproc", str(nproc)]
-    return shlex.join(words)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -124,59 +91,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select_words(args: argparse.Namespace) -> list[str]:
-    words = ["select", args.config, "--project", args.project, "--budget", str(args.budget), "--unit", args.unit,
-             "--prelabel-score", repr(args.prelabel_score)]
-    for flag, value in (("--strategy", args.strategy), ("--image-url-prefix", args.image_url_prefix),
-                        ("--local-files-root", args.local_files_root), ("--device", args.device)):
-        if value is not None:
-            words += [flag, value]
-    words += ["--replace"] * args.replace + ["--quiet"] * args.quiet + ["--json"] * args.json
-    for item in args.set:
-        words += ["--set", item]
-    return words
-
-
 def _cmd_select(args: argparse.Namespace) -> int:
     from activedet import distributed
-    from activedet.config import load_config
     from activedet.labeling.project import SelectOptions, select
+    from activedet.labeling.studio import connect_for_select, sync_pending
+    from activedet.launch import must_launch, relaunch
 
-    if args.nproc is not None and args.nproc < 1:
-        raise ActivedetError(f"--nproc must be >= 1, got {args.nproc}")
-    cfg = load_config(args.config, args.set)
-    if args.device:
-        cfg.device = args.device
+    cfg = _config(args)
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
                          prelabel_score=args.prelabel_score)
-    studio = None
-    if args.label_studio:  # before any work: the server answers and takes the key (torchrun children never see it)
-        from activedet.labeling import studio as ls
-
-        studio = ls.connect(args.label_studio, args.label_studio_key_file)
-        state = ls.link_state(Path(args.project))
-        pending = state["pending_round"]
-        if pending is not None and not args.replace and (state["pushed_round"] != pending
-                                                          or args.label_studio_relink):
-            return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)
-    if (args.nproc or 1) > 1 and distributed.env_world() <= 1:  # start the processes, then wait for them
-        code = _launch(args, _select_words(args), "the project holds the last complete step; "
-                                "run the same select again")
+    project, studio = Path(args.project), None
+    if args.label_studio:  # before any work: the server answers and takes the key
+        studio, sync = connect_for_select(args.label_studio, args.label_studio_key_file, project, args.replace,
+                                          args.label_studio_relink)
+        if sync is not None:
+            return _print_sync(args, sync)
+    if must_launch(args.nproc):  # start the processes, then wait for them
+        code = relaunch("select", args, "the project holds the last complete step; run the same select again")
         if code == 0 and studio is not None:
-            return _print_sync(args, ls.sync_pending(Path(args.project), studio, args.label_studio_relink), None)
+            return _print_sync(args, sync_pending(project, studio, args.label_studio_relink))
         return code
-    distributed.init(cfg.device)  # under torchrun: join the group; else nothing
-    main_rank = distributed.is_main()
-    try:
+    with distributed.process_group(cfg.device) as main_rank:  # under torchrun: join the group; else nothing
         res = select(cfg, args.project, opts, progress=not args.quiet)
-    finally:
-        distributed.shutdown()
     if not main_rank:  # ranks other than 0 say nothing
         return 0
-    sync = None if studio is None else ls.sync_pending(Path(args.project), studio, args.label_studio_relink)
-    rows = [{"rank": im.rank, "image_id": im.image_id, "path": im.path, "score": im.score} for im in res.images]
+    sync = None if studio is None else sync_pending(project, studio, args.label_studio_relink)
     if args.json:
+        rows = [{"rank": im.rank, "image_id": im.image_id, "path": im.path, "score": im.score} for im in res.images]
         print(json.dumps({"round": res.round, "dir": str(res.out_dir), "files": [str(f) for f in res.files],
                           "trained": res.trained, "metrics": res.metrics, "dropped": res.dropped,
                           "pool_left": res.pool_left, "quarantined": {str(i): w for i, w in res.quarantined.items()},
@@ -192,20 +134,19 @@ def _cmd_select(args: argparse.Namespace) -> int:
     for f in res.files:
         print(f"  {f}")
     if sync is not None:
-        return _print_sync(args, sync, res)
+        return _print_sync(args, sync, in_json=False)
     print(f"next: label them (Label Studio: import {res.out_dir / 'labelstudio' / 'tasks.json'}), then "
           f"`activedet ingest --project {args.project} EXPORT.json`")
     return 0
 
 
-def _print_sync(args: argparse.Namespace, sync: dict[str, Any], res: Any) -> int:
-    if res is None and args.json:
+def _print_sync(args: argparse.Namespace, sync: dict[str, Any], in_json: bool = True) -> int:
+    from activedet.labeling.studio import sync_text
+
+    if in_json and args.json:
         print(json.dumps({"round": sync["round"], "label_studio": sync}))
-        return 0
-    print(f"Label Studio {sync['url']} project {sync['project']}: round {sync['round']}: imported "
-          f"{sync['imported']} tasks ({sync['present']} were there already"
-          + (f", {sync['deleted']} unannotated tasks of the dropped batch deleted" if sync["deleted"] else "") + ")")
-    print(f"next: label them there, then `activedet ingest --project {args.project} --label-studio {sync['url']}`")
+    else:
+        print(sync_text(sync, args.project))
     return 0
 
 
@@ -285,36 +226,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_labels(names: Sequence[str], settings: Sequence[dict[str, Any]]) -> list[str]:
-    """One curve per label: the strategy name, plus the settings in which runs of the same
-    strategy differ (an ablation such as ``isal top_k=10``); seeds share a label."""
-    labels = []
-    for name, own in zip(names, settings):
-        peers = [s for n, s in zip(names, settings) if n == name]
-        keys = sorted({k for s in peers for k in s if any(p.get(k) != s.get(k) for p in peers)})
-        labels.append(" ".join([name] + [f"{k}={own.get(k)}" for k in keys]))
-    return labels
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    from activedet.loop.ledger import Ledger
-    from activedet.report.html import write_report
+    from activedet.report.runs import report_runs
 
-    out_dir(args.out)
-    run_dirs = _distinct_runs(args.run_dirs)
-    runs, settings, configs = [], [], []
-    for d in run_dirs:
-        with Ledger(d) as ledger:
-            runs.append(ledger.status())
-            configs.append(ledger.meta().get("config") or {})
-            strategy = dict(configs[-1].get("strategy") or {})
-            strategy.pop("name", None)
-            settings.append(strategy)
-    _check_comparable(run_dirs, runs, configs)
-    for run, label in zip(runs, run_labels([r["strategy"] for r in runs], settings)):
-        run["strategy"] = label
-    with _writing("report", args.out):
-        index = write_report(runs, args.out, extra_sections=[("Setup", _setup_html(runs, configs))])
+    index, run_dirs, runs = report_runs(args.run_dirs, args.out)
     print(f"report written to {index}")
     if getattr(args, "heatmaps", 0):
         from activedet.report.mial_heatmap import write_run_heatmaps
@@ -327,88 +242,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
             paths = write_run_heatmaps(d, out, args.heatmaps)
             print(f"heat maps: {len(paths)} written to {out}")
     return 0
-
-
-def _distinct_runs(run_dirs: Sequence[str]) -> list[str]:
-    """Each run once: a run directory given twice (under any spelling) is not two seeds."""
-    seen: dict[Path, str] = {}
-    for d in run_dirs:
-        key = Path(d).resolve()
-        if key in seen:
-            print(f"activedet report: {d} is the same run as {seen[key]}; counted once", file=sys.stderr)
-        else:
-            seen[key] = d
-    return list(seen.values())
-
-
-#: what runs must share to be one table: the data, the pool and the budget schedule
-_COMPARED = (("dataset", "train"), ("dataset", "test"), ("dataset", "options"), ("loop", "unit"),
-             ("loop", "initial"), ("loop", "per_cycle"))
-
-
-def _check_comparable(run_dirs: Sequence[str], runs: Sequence[dict[str, Any]],
-                      configs: Sequence[dict[str, Any]]) -> None:
-    """Refuse runs over different datasets, pools or budgets: one table would compare
-    numbers that do not measure the same thing."""
-    def value(i: int, key: tuple[str, ...]) -> Any:
-        if key == ("pool_size",):
-            return runs[i].get("pool_size")
-        return (configs[i].get(key[0]) or {}).get(key[1])
-
-    for key in _COMPARED + (("pool_size",),):
-        values = [value(i, key) for i in range(len(runs))]
-        if any(v != values[0] for v in values):
-            shown = "; ".join(f"{d}: {v!r}" for d, v in zip(run_dirs, values))
-            raise ActivedetError(f"runs differ in {'.'.join(key)} ({shown}); report runs of one dataset, "
-                                 f"pool and budget together (one report per setup)")
-
-
-#: what the report's "Setup" section shows: dotted config keys
-_SETUP = ("dataset.train", "dataset.test", "model.arch", "model.backbone", "model.pretrained",
-          "model.image_size", "train.epochs", "train.batch_size", "train.lr", "loop.initial",
-          "loop.per_cycle", "loop.cycles", "loop.unit")
-
-
-def _setup_html(runs: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]]) -> str:
-    """The setup the report's numbers come from: each key with its value (every distinct
-    value when runs differ), plus the pool size."""
-    import html
-
-    rows = [("pool", f"{runs[0]['pool_size']} images")]
-    for key in _SETUP:
-        section, name = key.split(".")
-        values = list(dict.fromkeys(json.dumps((c.get(section) or {}).get(name)) for c in configs))
-        rows.append((key, " | ".join(values)))
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table><tbody>{cells}</tbody></table>"
-
-
-def out_dir(path: str | Path, what: str = "--out") -> Path:
-    """Check an output folder before any work: a file, or a place under a file, is a
-    one-line error (the folder itself is created by the command that writes it)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ActivedetError(f"{what} {p} is a file, not a folder")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ActivedetError(f"cannot create {what} folder {p}: {parent} is a file")
-    return p
-
-
-def _writing(what: str, path: str | Path) -> Any:
-    """Context: an OSError while writing ``path`` becomes a one-line error."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard() -> Any:
-        try:
-            yield
-        except OSError as e:
-            raise ActivedetError(f"cannot write {what} {path}: {e.strerror or e}") from None
-
-    return guard()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -482,8 +315,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.name or not args.dir:
             raise ActivedetError("usage: activedet datasets export NAME DIR")
-        with _writing("dataset export", args.dir):
-            paths = export_builtin(args.name, out_dir(args.dir, "DIR"))
+        from activedet.files import writing
+        from activedet.loop.ledger import check_out_dir
+
+        with writing("dataset export", args.dir):
+            paths = export_builtin(args.name, check_out_dir(args.dir, "DIR"))
         for split, p in paths.items():
             print(f"{split}: {p}")
         return 0
@@ -708,44 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("simulate", "select"):
             sp.add_argument("--nproc", type=int, metavar="N",
                             help="run N processes on this host under torchrun (one GPU each with device cuda; "
-                                 "gloo on CPU): training under DDP, scoring sharded, rank 0 alone writes the "
+                                 "gloo on CPU): training data-parallel, scoring sharded, rank 0 alone writes the "
                                  "run or project; see README 'Scale out'")
             sp.add_argument("--master-port", type=int, metavar="PORT",
                             help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     return p
-
-
-class LineProgress:
-    """stderr for a log file (not a terminal): each progress-bar redraw (``\r`` + bar) becomes
-    one line, at most one every ``interval`` seconds (the last one before a bar closes is
-    kept), instead of thousands of carriage-return redraws."""
-
-    def __init__(self, stream: Any, interval: float = 30.0) -> None:
-        self.stream, self.interval = stream, interval
-        self.last = -float("inf")
-        self.pending: str | None = None
-
-    def write(self, text: str) -> int:
-        if "\r" in text:
-            line = next((part.strip() for part in reversed(text.split("\r")) if part.strip()), "")
-            now = time.monotonic()
-            if not line:  # a bar cleared (leave=False)
-                self.pending = None
-            elif now - self.last >= self.interval:
-                self.stream.write(line + "\n")
-                self.last, self.pending = now, None
-            else:
-                self.pending = line
-            return len(text)
-        if text == "\n" and self.pending is not None:  # a bar closing (leave=True): its final state
-            text, self.pending = self.pending + "\n", None
-        return self.stream.write(text)
-
-    def isatty(self) -> bool:
-        return False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

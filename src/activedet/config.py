@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence, Union
 import yaml
 
 from activedet.errors import ConfigError
+from activedet.files import read_text
 from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
 Number = Union[int, float]
@@ -380,10 +381,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     ``dataset.train`` is required: an empty file is refused, not the default experiment.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    text = read_text(path, ConfigError, "config ")
     try:
         data = yaml.safe_load(text)
     except RecursionError:

@@ -113,6 +113,18 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[bool]:
+    """Context: under torchrun, this process in the group for the block (left after it,
+    whatever happens); else nothing. Yields whether this is rank 0 (the one that speaks)."""
+    init(device)
+    main = is_main()
+    try:
+        yield main
+    finally:
+        shutdown()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now (for a single-host rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

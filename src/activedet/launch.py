@@ -3,11 +3,14 @@ print (``activedet simulate|select --nproc N``)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def launch_torchrun(nproc: int, master_port: int | None, verbose: bool, words: list[str], after: str) -> int:
@@ -40,8 +43,8 @@ def launch_torchrun(nproc: int, master_port: int | None, verbose: bool, words: l
 
 #: the file a rank of a launched run creates after printing its one-line error
 ERROR_FILE_ENV = "ACTIVEDET_ERROR_FILE"
-#: torchrun's own lines and DDP's advice, hidden from the user (the ranks' lines stay)
-_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic", "find_unused_parameters=True was")
+#: torchrun's own lines, hidden from the user (the ranks' lines stay)
+_LAUNCHER_NOISE = ("torch/distributed/elastic", "torch.distributed.elastic")
 #: a traceback with a frame from these files is torchrun's own failure report
 _LAUNCHER_FRAMES = ("torch/distributed/run.py", "torch/distributed/launcher/", "torch/distributed/elastic/")
 
@@ -87,3 +90,58 @@ def relay_stderr(fd: int) -> None:
 
 
 __all__ = ["ERROR_FILE_ENV", "launch_torchrun", "relay_stderr"]
+
+
+#: how a relaunched command's argv is rebuilt from its parsed arguments, in order:
+#: (flag, attribute); flag "" is a positional; a list repeats its flag; a bool is a switch
+COMMAND_ARGV: dict[str, tuple[tuple[str, str], ...]] = {
+    "simulate": (("", "config"), ("--out", "out"), ("--resume", "resume"), ("--set", "set"), ("--device", "device"),
+                 ("--seed", "seed"), ("--quiet", "quiet"), ("--json", "json")),
+    "select": (("", "config"), ("--project", "project"), ("--budget", "budget"), ("--unit", "unit"),
+               ("--prelabel-score", "prelabel_score"), ("--strategy", "strategy"),
+               ("--image-url-prefix", "image_url_prefix"), ("--local-files-root", "local_files_root"),
+               ("--device", "device"), ("--replace", "replace"), ("--quiet", "quiet"), ("--json", "json"),
+               ("--set", "set")),
+}
+
+
+def command_argv(command: str, args: Any) -> list[str]:
+    """``[command, ...]``: the words that run ``command`` again with the arguments ``args``
+    (an ``argparse.Namespace``) holds, as :data:`COMMAND_ARGV` describes them."""
+    words = [command]
+    for flag, attr in COMMAND_ARGV[command]:
+        value = getattr(args, attr)
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)] if flag else [str(value)]
+    return words
+
+
+def resume_command(args: Any) -> str:
+    """The shell command that continues the simulate run of ``args``."""
+    from activedet.distributed import env_world
+
+    again = argparse.Namespace(**{**vars(args), "resume": True, "quiet": False, "json": False})
+    words = ["activedet", *command_argv("simulate", again)]
+    nproc = getattr(args, "nproc", None) or env_world()  # a process of a launched run: its count
+    if nproc > 1:
+        words += ["--nproc", str(nproc)]
+    return shlex.join(words)
+
+
+def must_launch(nproc: int | None) -> bool:
+    """``--nproc N`` with N > 1 outside torchrun: this process starts the N processes."""
+    from activedet.distributed import env_world
+
+    return (nproc or 1) > 1 and env_world() <= 1
+
+
+def relaunch(command: str, args: Any, after: str) -> int:
+    """Run ``command`` with ``args`` under torchrun with ``args.nproc`` processes and wait."""
+    return launch_torchrun(args.nproc, args.master_port, args.verbose, command_argv(command, args), after)

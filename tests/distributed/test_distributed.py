@@ -50,8 +50,7 @@ def ranks_tail(stdout: str | bytes | None, stderr: str | bytes | None, lines: in
     def text(x: str | bytes | None) -> str:
         return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
 
-    out = [line for line in (text(stdout) + "\n" + text(stderr)).splitlines()
-           if line.strip() and "find_unused_parameters" not in line]
+    out = [line for line in (text(stdout) + "\n" + text(stderr)).splitlines() if line.strip()]
     return "\n".join(out[-lines:])
 
 

@@ -21,7 +21,6 @@ and the offending image/annotation/category id.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from activedet.data.base import (NO_CROWD_BOXES, NO_CROWD_LABELS, DetectionDataset, ImageRecord, check_box,
                                  frame_note, image_size)
 from activedet.errors import DatasetError
+from activedet.files import read_json
 
 
 def load_coco(json_path: str | Path, images_root: str | Path | None = None,
@@ -41,6 +41,25 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
     root = Path(images_root) if images_root is not None else json_path.parent
     where = str(json_path)
 
+    label_of, class_names = _categories(data, where)
+    images: dict[int, dict[str, Any]] = {}
+    for im in _entries(data, "images", where):
+        iid = _int_field(im, "id", f"{where}: image", where)
+        if iid in images:
+            raise DatasetError(f"{where}: duplicate image id {iid}")
+        images[iid] = im
+    sizes = {iid: _image_size(im, iid, root, where) for iid, im in images.items()}
+    per_image = _boxes_per_image(data, where, sizes, label_of)
+    records = [_record(iid, im, sizes[iid], per_image.get(iid, []), root) for iid, im in images.items()]
+    return DetectionDataset(records, class_names, name or json_path.stem, source=where, category_ids=sorted(label_of))
+
+
+#: one annotation: (box [x1, y1, x2, y2] in pixels, label 1..C, difficult, crowd)
+_Box = tuple[np.ndarray, int, bool, bool]
+
+
+def _categories(data: dict[str, Any], where: str) -> tuple[dict[int, int], list[str]]:
+    """(category id -> label 1..C in sorted id order, the class names in that order)."""
     cat_ids = []
     cat_names: dict[int, str] = {}
     for cat in _entries(data, "categories", where):
@@ -53,18 +72,14 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         cat_names[cid] = cname
         cat_ids.append(cid)
     label_of = {cid: k + 1 for k, cid in enumerate(sorted(cat_ids))}
-    class_names = [cat_names[cid] for cid in sorted(cat_ids)]
+    return label_of, [cat_names[cid] for cid in sorted(cat_ids)]
 
-    images: dict[int, dict[str, Any]] = {}
-    for im in _entries(data, "images", where):
-        iid = _int_field(im, "id", f"{where}: image", where)
-        if iid in images:
-            raise DatasetError(f"{where}: duplicate image id {iid}")
-        images[iid] = im
 
-    per_image: dict[int, list[tuple[np.ndarray, int, bool, bool]]] = defaultdict(list)
+def _boxes_per_image(data: dict[str, Any], where: str, sizes: dict[int, tuple[int, int]],
+                     label_of: dict[int, int]) -> dict[int, list[_Box]]:
+    """Image id -> its checked annotations (images are the keys of ``sizes``: id -> (w, h))."""
+    per_image: dict[int, list[_Box]] = defaultdict(list)
     seen_ann: set[int] = set()
-    sizes = {iid: _image_size(im, iid, root, where) for iid, im in images.items()}
     anns = _entries(data, "annotations", where) if "annotations" in data else []
     for ann in anns:
         aid = _int_field(ann, "id", f"{where}: annotation", where)
@@ -73,7 +88,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         seen_ann.add(aid)
         here = f"{where}: annotation id {aid}"
         iid = _int_field(ann, "image_id", here, where)
-        if iid not in images:
+        if iid not in sizes:
             raise DatasetError(f"{here}: unknown image_id {iid}")
         cid = _int_field(ann, "category_id", here, where)
         if cid not in label_of:
@@ -88,36 +103,27 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         difficult = _flag(ann, "difficult", here)
         crowd = _flag(ann, "iscrowd", here) and not difficult
         per_image[iid].append((box, label_of[cid], difficult, crowd))
+    return per_image
 
-    records = []
-    for iid, im in images.items():
-        width, height = sizes[iid]
-        items = per_image.get(iid, [])
-        train = [t for t in items if not t[3]]
-        crowd = [t for t in items if t[3]]
-        records.append(ImageRecord(
-            id=iid, file_name=im["file_name"], width=width, height=height,
-            boxes=_stack([t[0] for t in train]),
-            labels=np.array([t[1] for t in train], dtype=np.int64),
-            difficult=np.array([t[2] for t in train], dtype=bool),
-            path=root / im["file_name"],
-            crowd_boxes=_stack([t[0] for t in crowd]) if crowd else NO_CROWD_BOXES,
-            crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64) if crowd else NO_CROWD_LABELS,
-        ))
-    return DetectionDataset(records, class_names, name or json_path.stem, source=where, category_ids=sorted(cat_ids))
+
+def _record(iid: int, im: dict[str, Any], size: tuple[int, int], items: list[_Box], root: Path) -> ImageRecord:
+    """One image's record: its training targets, and its crowd boxes apart (evaluation only)."""
+    width, height = size
+    train = [t for t in items if not t[3]]
+    crowd = [t for t in items if t[3]]
+    return ImageRecord(
+        id=iid, file_name=im["file_name"], width=width, height=height,
+        boxes=_stack([t[0] for t in train]),
+        labels=np.array([t[1] for t in train], dtype=np.int64),
+        difficult=np.array([t[2] for t in train], dtype=bool),
+        path=root / im["file_name"],
+        crowd_boxes=_stack([t[0] for t in crowd]) if crowd else NO_CROWD_BOXES,
+        crowd_labels=np.array([t[1] for t in crowd], dtype=np.int64) if crowd else NO_CROWD_LABELS,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DatasetError(f"cannot read COCO file {path}: {e.strerror or e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; absurdly deep nesting
-        raise DatasetError(f"{path}: malformed JSON: {' '.join(str(e).split())[:120]}") from None
+    data = read_json(path, "COCO file ")
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a COCO file must hold a JSON object, got {type(data).__name__}")
     return data

@@ -72,14 +72,33 @@ def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
         raise DatasetError("ground truth has no 'images' list")
     if not isinstance(annotations, list):
         raise DatasetError("ground truth 'annotations' must be a list")
-    image_ids: set[Any] = set()
-    for img in images:
-        if not isinstance(img, Mapping) or "id" not in img:
-            raise DatasetError(f"ground truth image entry without 'id': {img!r}")
-        if img["id"] in image_ids:
-            raise DatasetError(f"ground truth has duplicate image id {img['id']!r}")
-        image_ids.add(img["id"])
+    image_ids = _entry_ids(images, "image", unique=True)
+    categories = _gt_categories(gt, annotations)
+    category_ids = _entry_ids(categories, "category", unique=False)
+    return {
+        "info": dict(gt.get("info", {}) or {}),
+        "licenses": list(gt.get("licenses", []) or []),
+        "images": [dict(img) for img in images],
+        "annotations": _numbered_annotations(annotations, image_ids, category_ids),
+        "categories": [dict(cat) for cat in categories],
+    }
 
+
+def _entry_ids(entries: list[Any], what: str, unique: bool) -> set[Any]:
+    """The ``id`` of each GT ``what`` entry (image, category); an entry without one, or a
+    repeated id when ``unique``, is a :class:`DatasetError`."""
+    ids: set[Any] = set()
+    for entry in entries:
+        if not isinstance(entry, Mapping) or "id" not in entry:
+            raise DatasetError(f"ground truth {what} entry without 'id': {entry!r}")
+        if unique and entry["id"] in ids:
+            raise DatasetError(f"ground truth has duplicate {what} id {entry['id']!r}")
+        ids.add(entry["id"])
+    return ids
+
+
+def _gt_categories(gt: Mapping[str, Any], annotations: list[Any]) -> list[Any]:
+    """The GT's ``categories``, or, when absent, one per category id the annotations use."""
     categories = gt.get("categories")
     if categories is None:
         ids = sorted(
@@ -89,12 +108,12 @@ def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
         categories = [{"id": cid, "name": str(cid)} for cid in ids]
     if not isinstance(categories, list):
         raise DatasetError("ground truth 'categories' must be a list")
-    category_ids: set[Any] = set()
-    for cat in categories:
-        if not isinstance(cat, Mapping) or "id" not in cat:
-            raise DatasetError(f"ground truth category entry without 'id': {cat!r}")
-        category_ids.add(cat["id"])
+    return categories
 
+
+def _numbered_annotations(annotations: list[Any], image_ids: set[Any], category_ids: set[Any]) -> list[dict[str, Any]]:
+    """Checked copies of the GT annotations, numbered 1..N, with ``area`` and ``iscrowd``
+    filled in when absent."""
     anns: list[dict[str, Any]] = []
     for index, ann in enumerate(annotations):
         if not isinstance(ann, Mapping):
@@ -111,13 +130,7 @@ def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
         new.setdefault("area", w * h)
         new.setdefault("iscrowd", 0)
         anns.append(new)
-    return {
-        "info": dict(gt.get("info", {}) or {}),
-        "licenses": list(gt.get("licenses", []) or []),
-        "images": [dict(img) for img in images],
-        "annotations": anns,
-        "categories": [dict(cat) for cat in categories],
-    }
+    return anns
 
 
 def _prepare_detections(
@@ -199,6 +212,15 @@ def coco_metrics(
     dets = _prepare_detections(detections, image_ids, category_ids)
     names = _category_names(gt_data["categories"], class_names)
 
+    evaluator = _evaluated(gt_data, dets)
+    metrics: dict[str, Any] = {key: float(v) for key, v in zip(STAT_KEYS, evaluator.stats)}
+    metrics["per_class_AP50"] = _per_class_ap50(evaluator, names)
+    return metrics
+
+
+def _evaluated(gt_data: dict[str, Any], dets: list[dict[str, Any]]) -> COCOeval:
+    """pycocotools' evaluator of ``dets`` against ``gt_data``, evaluated, accumulated and
+    summarised (its printing swallowed)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt_data
@@ -217,8 +239,11 @@ def coco_metrics(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
 
-    metrics: dict[str, Any] = {key: float(v) for key, v in zip(STAT_KEYS, evaluator.stats)}
+
+def _per_class_ap50(evaluator: COCOeval, names: Mapping[Any, str]) -> dict[str, float]:
+    """``{name: AP50}`` at area "all", 100 detections, for every category with ground truth."""
     precision = evaluator.eval["precision"]  # (T iou, R recall, K classes, A areas, M maxDets)
     params = evaluator.params
     t50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
@@ -230,8 +255,7 @@ def coco_metrics(
         values = values[values > -1]
         if values.size:
             per_class[names[cat_id]] = float(np.mean(values))
-    metrics["per_class_AP50"] = per_class
-    return metrics
+    return per_class
 
 
 def _read_json(path: Path, what: str) -> Any:

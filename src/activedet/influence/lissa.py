@@ -16,6 +16,23 @@ order, from which explicit generator (this module draws no random numbers itself
 source from ``hvp_at(batch, h)`` and batches; :func:`loss_hvp_source` from
 ``(batches, loss_fn, params[, model])``; :func:`random_index_batches` draws index
 batches from an explicit ``torch.Generator`` or ``numpy.random.Generator``.
+
+What :func:`lissa_inverse_hvp` converges to (``H`` = expected Hessian of the sampled batches, ``D`` =
+diagonal matrix holding each group's scale):
+
+- ``divide_by_scale=False`` (default; the ISAL authors' code, no final division):
+  ``(H + damping * D)^{-1} D v``; with one scalar ``s`` this is
+  ``s * (H + damping * s * I)^{-1} v``, i.e. ``scale * H^{-1} v`` as
+  ``damping * scale -> 0``.
+- ``divide_by_scale=True`` (Koh & Liang / the paper's form, result / scale):
+  ``D^{-1} (H + damping * D)^{-1} D v``; with one scalar ``s`` this is
+  ``(H + damping * s * I)^{-1} v``, i.e. ``H^{-1} v`` as ``damping * s -> 0``.
+
+With a scalar scale the two differ by the constant ``s`` (rankings are unchanged);
+per-group scales additionally re-weight the groups. The recursion converges only if
+every sampled ``H_z / scale`` has eigenvalues in ``(-damping, 2 - damping)``: pick
+``scale`` above the largest Hessian eigenvalue (and ``damping * scale`` above
+``-lambda_min`` for non-convex losses).
 """
 
 from __future__ import annotations
@@ -116,22 +133,8 @@ def lissa_inverse_hvp(
     group ``g``: ``h_g <- v_g + (1 - damping) * h_g - Hh_g / scale_g``. The result is the
     mean of ``repeats`` runs (divided by ``scale_g`` group-wise if ``divide_by_scale``).
 
-    What it converges to (``H`` = expected Hessian of the sampled batches, ``D`` =
-    diagonal matrix holding each group's scale):
-
-    - ``divide_by_scale=False`` (default; the ISAL authors' code, no final division):
-      ``(H + damping * D)^{-1} D v``; with one scalar ``s`` this is
-      ``s * (H + damping * s * I)^{-1} v``, i.e. ``scale * H^{-1} v`` as
-      ``damping * scale -> 0``.
-    - ``divide_by_scale=True`` (Koh & Liang / the paper's form, result / scale):
-      ``D^{-1} (H + damping * D)^{-1} D v``; with one scalar ``s`` this is
-      ``(H + damping * s * I)^{-1} v``, i.e. ``H^{-1} v`` as ``damping * s -> 0``.
-
-    With a scalar scale the two differ by the constant ``s`` (rankings are unchanged);
-    per-group scales additionally re-weight the groups. The recursion converges only if
-    every sampled ``H_z / scale`` has eigenvalues in ``(-damping, 2 - damping)``: pick
-    ``scale`` above the largest Hessian eigenvalue (and ``damping * scale`` above
-    ``-lambda_min`` for non-convex losses).
+    What it converges to, for each ``divide_by_scale``, and when it converges: see the
+    module docstring.
 
     Args:
         v: param-list (e.g. the reference gradient ``grad l(R)``), shapes ``params[i].shape``.
@@ -150,42 +153,15 @@ def lissa_inverse_hvp(
     Returns:
         param-list shaped like ``v`` (detached, dtype of ``v``).
     """
-    if len(v) == 0:
-        raise ValueError("v is empty")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if not 0.0 <= damping < 1.0:
-        raise ValueError(f"damping must be in [0, 1), got {damping}")
+    _check_lissa_arguments(v, depth, repeats, damping)
     scales = _scales(scale, len(v))
     v = [t.detach() for t in v]
-    total = depth * repeats
-    tick, close = _progress_hook(progress, total)
+    tick, close = _progress_hook(progress, depth * repeats)
     acc = [torch.zeros_like(t) for t in v]
-    done = 0
     resets = [0] * len(v)
     try:
         for run, stream in enumerate(_run_streams(hvp_fn_iter, repeats)):
-            h = [t.clone() for t in v]
-            steps = 0
-            for hvp_fn in itertools.islice(stream, depth):
-                hv = hvp_fn(h)
-                check_like(hv, v, "Hessian-vector product")
-                for g, (vg, hg, hvg) in enumerate(zip(v, h, hv)):
-                    if nan_reset and not bool(torch.isfinite(hvg).all()):
-                        h[g] = vg.clone()
-                        resets[g] += 1
-                    else:
-                        h[g] = vg + (1.0 - damping) * hg - hvg.detach().to(vg.dtype) / scales[g]
-                steps += 1
-                done += 1
-                tick(done)
-            if steps < depth:
-                raise ValueError(
-                    f"run {run}: hvp_fn_iter yielded only {steps} of depth={depth} "
-                    "Hessian-vector products"
-                )
+            h = _lissa_run(v, stream, depth, damping, scales, nan_reset, resets, tick, run)
             for g in range(len(v)):
                 acc[g] += h[g]
     finally:
@@ -196,6 +172,56 @@ def lissa_inverse_hvp(
     if divide_by_scale:
         out = [o / s for o, s in zip(out, scales)]
     return out
+
+
+def _check_lissa_arguments(v: Sequence[Tensor], depth: int, repeats: int, damping: float) -> None:
+    """ValueError naming the first bad argument of :func:`lissa_inverse_hvp`."""
+    if len(v) == 0:
+        raise ValueError("v is empty")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not 0.0 <= damping < 1.0:
+        raise ValueError(f"damping must be in [0, 1), got {damping}")
+
+
+def _lissa_run(
+    v: list[Tensor],
+    stream: Iterable[HvpFn],
+    depth: int,
+    damping: float,
+    scales: list[float],
+    nan_reset: bool,
+    resets: list[int],
+    tick: Callable[[int], None],
+    run: int,
+) -> list[Tensor]:
+    """LiSSA run number ``run``: ``h = v``, then ``depth`` updates ``h_g <- v_g + (1 - damping) h_g -
+    (H h)_g / scale_g`` with the Hessian-vector products ``stream`` yields.
+
+    ``v``: param-list (detached); returns the final ``h``, shaped like ``v``. A non-finite
+    product in group ``g`` (with ``nan_reset``) resets ``h_g`` to ``v_g`` and counts in
+    ``resets[g]`` (updated in place). ``tick(steps done in all runs)`` after each step
+    (runs before this one took ``depth`` each). ValueError when
+    ``stream`` ends before ``depth`` products.
+    """
+    h = [t.clone() for t in v]
+    steps = 0
+    for hvp_fn in itertools.islice(stream, depth):
+        hv = hvp_fn(h)
+        check_like(hv, v, "Hessian-vector product")
+        for g, (vg, hg, hvg) in enumerate(zip(v, h, hv)):
+            if nan_reset and not bool(torch.isfinite(hvg).all()):
+                h[g] = vg.clone()
+                resets[g] += 1
+            else:
+                h[g] = vg + (1.0 - damping) * hg - hvg.detach().to(vg.dtype) / scales[g]
+        steps += 1
+        tick(run * depth + steps)
+    if steps < depth:
+        raise ValueError(f"run {run}: hvp_fn_iter yielded only {steps} of depth={depth} Hessian-vector products")
+    return h
 
 
 def _map_batches(batches: Batches, fn: Callable[[Any], HvpFn]) -> HvpSource:

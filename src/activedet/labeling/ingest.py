@@ -20,7 +20,7 @@ from typing import Any
 from activedet.data.base import image_size
 from activedet.errors import DatasetError, LabelingError
 from activedet.labeling import store
-from activedet.labeling.parse import ProjectView, parse_export
+from activedet.labeling.parse import Labeled, ProjectView, parse_export
 from activedet.labeling.sources import display_name
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
@@ -69,6 +69,36 @@ def ingest(project_dir: str | Path, file: str | Path) -> IngestResult:
 def _ingest(ledger: Ledger, meta: dict[str, Any], file: Path) -> IngestResult:
     conn, proj = ledger.conn, meta["project"]
     batches = store.batch(conn)
+    view = _project_view(proj, batches, file)
+    parsed = parse_export(file, view)
+    pending = (meta.get("labeling") or {}).get("pending_round")
+    in_pending = {b.image_id: b for b in batches if b.round == pending}
+    existing = {row.image_id: row for row in store.labels(conn)}
+    plan = _plan(parsed.items, existing, in_pending, pending, view, file)
+    final = {**existing, **{w.image_id: w for w in plan.writes}}
+    total_images = proj["base_images"] + len(final)
+    total_boxes = proj["base_boxes"] + sum(len(row.boxes) if proj["task"] == "detection" else 1 for row in final.values())
+    remaining = len([i for i in in_pending if i not in final])
+    if plan.writes:
+        sha = hashlib.sha256(file.read_bytes()).hexdigest()
+        with conn:  # one transaction: labels, revisions, ledger counts and pending state together
+            for row in plan.writes:
+                store.put_label(conn, row)
+            for old, row in plan.corrections:
+                store.add_revision(conn, old, row)
+            if pending is not None:
+                store.set_labeled_counts(conn, pending, total_images, total_boxes)
+            lab = dict(meta.get("labeling") or {})
+            lab.update(labeled=len(in_pending) - remaining, pending_round=pending if remaining else None)
+            ledger.put_meta(labeling=lab, pool_boxes=total_boxes)
+            store.log_ingest(conn, str(file), sha, pending, plan.added, plan.updated, plan.boxes)
+    return IngestResult(pending, plan.added, plan.updated, plan.unchanged, plan.boxes, parsed.skipped,
+                        parsed.unannotated, remaining, total_images, total_boxes, len(plan.corrections))
+
+
+def _project_view(proj: dict[str, Any], batches: list[store.BatchRow], file: Path) -> ProjectView:
+    """What the parser may know of the project: its batches' images, their display names,
+    and their sizes (each image's header read once, when first asked)."""
     paths = {b.image_id: b.path for b in batches}
     names = {i: display_name(p, proj["root"]) for i, p in paths.items()}
     sizes: dict[int, tuple[int, int]] = {}
@@ -78,53 +108,47 @@ def _ingest(ledger: Ledger, meta: dict[str, Any], file: Path) -> IngestResult:
             sizes[image_id] = image_size(Path(paths[image_id]), f"{file}: image {names[image_id]}")
         return sizes[image_id]
 
-    view = ProjectView(proj["uid"], proj["task"], list(proj["class_names"]), paths, names, size_of)
-    parsed = parse_export(file, view)
-    pending = (meta.get("labeling") or {}).get("pending_round")
-    in_pending = {b.image_id: b for b in batches if b.round == pending}
-    existing = {row.image_id: row for row in store.labels(conn)}
-    writes: list[store.LabelRow] = []
-    corrections: list[tuple[store.LabelRow, store.LabelRow]] = []
-    added = updated = unchanged = boxes = 0
-    for item in parsed.items:
+    return ProjectView(proj["uid"], proj["task"], list(proj["class_names"]), paths, names, size_of)
+
+
+@dataclass
+class _Plan:
+    """The label rows an ingest writes, and how each parsed image counts."""
+
+    writes: list[store.LabelRow] = field(default_factory=list)
+    corrections: list[tuple[store.LabelRow, store.LabelRow]] = field(default_factory=list)  # (before, after)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    boxes: int = 0  # boxes in the added and updated images
+
+
+def _plan(items: list[Labeled], existing: dict[int, store.LabelRow], in_pending: dict[int, store.BatchRow],
+          pending: int | None, view: ProjectView, file: Path) -> _Plan:
+    """Sort the parsed images: unchanged, a closed round's correction, or a label of the
+    pending batch (added or updated); an image outside the pending batch is a DatasetError."""
+    plan = _Plan()
+    for item in items:
         old = existing.get(item.image_id)
         if old is not None and (old.boxes, old.labels) == (item.boxes, item.labels):
-            unchanged += 1
+            plan.unchanged += 1
             continue
         if old is not None and old.round != pending:  # a closed round's image, corrected
             row = store.LabelRow(old.image_id, old.round, old.rank, old.path, old.width, old.height, item.boxes,
                                  item.labels, str(file))
-            corrections.append((old, row))
-            writes.append(row)
+            plan.corrections.append((old, row))
+            plan.writes.append(row)
             continue
         if item.image_id not in in_pending:
             where = f"round {pending}" if pending is not None else "no round is pending"
             raise DatasetError(f"{item.where}: image is not in the pending batch ({where})")
         b = in_pending[item.image_id]
-        w, h = size_of(item.image_id)
-        writes.append(store.LabelRow(item.image_id, b.round, b.rank, b.path, w, h, item.boxes, item.labels,
-                                     str(file)))
-        boxes += len(item.boxes)
+        w, h = view.size_of(item.image_id)
+        plan.writes.append(store.LabelRow(item.image_id, b.round, b.rank, b.path, w, h, item.boxes, item.labels,
+                                          str(file)))
+        plan.boxes += len(item.boxes)
         if old is None:
-            added += 1
+            plan.added += 1
         else:
-            updated += 1
-    final = {**existing, **{w.image_id: w for w in writes}}
-    total_images = proj["base_images"] + len(final)
-    total_boxes = proj["base_boxes"] + sum(len(row.boxes) if proj["task"] == "detection" else 1 for row in final.values())
-    remaining = len([i for i in in_pending if i not in final])
-    if writes:
-        sha = hashlib.sha256(file.read_bytes()).hexdigest()
-        with conn:  # one transaction: labels, revisions, ledger counts and pending state together
-            for row in writes:
-                store.put_label(conn, row)
-            for old, row in corrections:
-                store.add_revision(conn, old, row)
-            if pending is not None:
-                store.set_labeled_counts(conn, pending, total_images, total_boxes)
-            lab = dict(meta.get("labeling") or {})
-            lab.update(labeled=len(in_pending) - remaining, pending_round=pending if remaining else None)
-            ledger.put_meta(labeling=lab, pool_boxes=total_boxes)
-            store.log_ingest(conn, str(file), sha, pending, added, updated, boxes)
-    return IngestResult(pending, added, updated, unchanged, boxes, parsed.skipped, parsed.unannotated,
-                        remaining, total_images, total_boxes, len(corrections))
+            plan.updated += 1
+    return plan

@@ -22,7 +22,6 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from activedet.data.base import check_box, frame_note
 from activedet.errors import DatasetError
+from activedet.files import read_json
 
 #: percent coordinates may overshoot 0..100 by this much (rounding in the labeling tool)
 PERCENT_TOLERANCE = 0.5
@@ -73,20 +73,9 @@ class ProjectView:
         return "" if path is None else frame_note(Path(path), width, height)
 
 
-def read_export(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-
-
 def parse_export(path: Path, view: ProjectView) -> Parsed:
     """Label Studio JSON (a list of tasks) or COCO (an object with ``images``)."""
-    data = read_export(path)
+    data = read_json(path)
     if isinstance(data, list):
         return parse_labelstudio(data, view, str(path))
     if isinstance(data, dict) and "images" in data:
@@ -257,17 +246,32 @@ def _class_index(name: Any, view: ProjectView, here: str) -> int:
 # ---------------------------------------------------------------------------- COCO
 def parse_coco(data: dict[str, Any], view: ProjectView, file: str, base_dir: Path) -> Parsed:
     out = Parsed("coco")
-    match = _Matcher(view)
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     proj = info.get("activedet_project")
     if proj is not None and proj != view.uid:
         raise DatasetError(f"{file}: exported from a different activedet project ({proj}; this project is {view.uid})")
+    cats = _coco_categories(data, view, file)
+    images = _coco_images(data, view, file, base_dir)
+    per_image = _coco_annotations(data, view, file, cats, images)
+    _add_coco_images(out, images, per_image, view)
+    return out
+
+
+def _coco_categories(data: dict[str, Any], view: ProjectView, file: str) -> dict[int, int]:
+    """COCO category id -> the project's class index."""
     cats: dict[int, int] = {}
     for c in _list(data, "categories", file):
         if not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
             raise DatasetError(f"{file}: category {c!r} needs an integer 'id' and a 'name'")
         cats[c["id"]] = _class_index(c["name"], view, f"{file}: category id {c['id']}")
-    images: dict[int, tuple[int, str]] = {}  # coco image id -> (project image id, where)
+    return cats
+
+
+def _coco_images(data: dict[str, Any], view: ProjectView, file: str, base_dir: Path) -> dict[int, tuple[int, str]]:
+    """COCO image id -> (project image id, where), each image matched by ``activedet_id``
+    or file name and its recorded size checked against the project's."""
+    match = _Matcher(view)
+    images: dict[int, tuple[int, str]] = {}
     for im in _list(data, "images", file):
         cid = im.get("id")
         where = f"{file}: image id {cid}"
@@ -288,6 +292,13 @@ def parse_coco(data: dict[str, Any], view: ProjectView, file: str, base_dir: Pat
                 raise DatasetError(f"{where}: {key}={im[key]!r} but {view.names[pid]} is {width}x{height}"
                                    + view.frame_note(im.get("width"), im.get("height"), pid))
         images[cid] = (pid, f"{where} ({view.names[pid]})")
+    return images
+
+
+def _coco_annotations(data: dict[str, Any], view: ProjectView, file: str, cats: dict[int, int],
+                      images: dict[int, tuple[int, str]]) -> dict[int, list[tuple[list[float], int]]]:
+    """COCO image id -> its (box [x1, y1, x2, y2] in pixels, label) pairs; boxes are ``[]``
+    and labels class indices for classification, labels ``1..C`` for detection."""
     per_image: dict[int, list[tuple[list[float], int]]] = {cid: [] for cid in images}
     for ann in _list(data, "annotations", file, required=False):
         here = f"{file}: annotation id {ann.get('id')}"
@@ -312,6 +323,13 @@ def parse_coco(data: dict[str, Any], view: ProjectView, file: str, base_dir: Pat
         width, height = view.size_of(pid)
         box = check_box([x, y, x + w, y + h], width, height, f"{here} ({view.names[pid]})")
         per_image[cid].append(([float(v) for v in box], label + 1))
+    return per_image
+
+
+def _add_coco_images(out: Parsed, images: dict[int, tuple[int, str]],
+                     per_image: dict[int, list[tuple[list[float], int]]], view: ProjectView) -> None:
+    """Each image's labels into ``out.items`` (an unlabeled classification image into
+    ``out.unannotated``); one project image listed twice is a DatasetError."""
     seen: dict[int, Labeled] = {}
     for cid, (pid, where) in images.items():
         entries = per_image[cid]
@@ -330,7 +348,6 @@ def parse_coco(data: dict[str, Any], view: ProjectView, file: str, base_dir: Pat
             raise DatasetError(f"{where}: the same image is listed again as {seen[pid].where}")
         seen[pid] = labeled
         out.items.append(labeled)
-    return out
 
 
 def _list(data: dict[str, Any], key: str, file: str, required: bool = True) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from activedet.labeling.sources import PoolListing, display_name, list_unlabeled
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
 from activedet.loop.engine import RoundModels, RunStore, load_split
-from activedet.loop.runner import auto_image_size, select_batch
+from activedet.loop.runner import Experiment, auto_image_size, previous_model, select_batch
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
 
@@ -162,22 +162,6 @@ def _ingested_record(row: store.LabelRow, task: str, root: str) -> ImageRecord:
     return ImageRecord(id=row.image_id, file_name=display_name(row.path, root), width=row.width,
                        height=row.height, boxes=np.asarray(row.boxes, np.float32).reshape(-1, 4),
                        labels=np.asarray(row.labels, np.int64), path=Path(row.path))
-
-
-class _PredictedCosts(dict):
-    """Box costs: known for labeled images; for pool images, the model's detections scoring
-    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
-    computed on first use, so only for the images ``fit_budget`` walks."""
-
-    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
-        super().__init__(known)
-        self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
-
-    def __missing__(self, image_id: int) -> int:
-        inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
-        value = max(1, int((inf.scores >= self.thresh).sum()))
-        self[image_id] = value
-        return value
 
 
 class ProjectStore(RunStore):
@@ -372,80 +356,88 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
             proj: _Project | None, base: Any, plan: dict[str, Any], progress: bool) -> SelectResult:
     """The round of ``plan`` on every rank; ``proj`` (the open project) and ``test`` on rank 0
     only: every read or write of the project happens in :func:`distributed.on_main`."""
-    r, drop_round, dropped, rounds = plan["r"], plan["drop_round"], plan["dropped"], plan["rounds"]
-    base_order: list[int] = plan["base_order"]
-
-    # ---- the labeled set (rounds 0..r-1) and the pool
-    task, root, bad = cfg.task, plan["root"], plan["quarantined"]
-    dataset, pool = _labeled_pool(cfg, base, plan)
-    if base_order and not rounds:  # round 0: the labeled set the project starts from
-        def first_round() -> dict[int, Any]:
-            assert proj is not None
-            with proj.ledger.conn:
-                proj.ledger.insert_round(0, base_order, len(base_order), sum(pool.costs[i] for i in base_order),
-                                         {}, None)
-            return {row["round"]: row for row in proj.ledger.rounds(scores=False)}
-
-        rounds = distributed.on_main(first_round)
+    r, base_order = plan["r"], plan["base_order"]
+    dataset, pool = _labeled_pool(cfg, base, plan)  # the labeled set (rounds 0..r-1) and the pool
+    exp = Experiment(cfg, dataset, test, None, strategy, pool, plan["quarantined"])  # what simulate's engine gets
+    if base_order and not plan["rounds"]:  # round 0: the labeled set the project starts from
+        plan["rounds"] = distributed.on_main(lambda: _record_first_round(proj, pool, base_order))
     if not pool.unlabeled:
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
-
-    # ---- the model trained on rounds 0..r-1 (reused when nothing changed)
-    trained, metrics, adapter = False, None, None
-    if r > 0:
-        if not pool.labeled:
-            raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
-        models = _round_models(cfg, strategy, dataset, pool, project_dir, proj.ledger if proj else None, progress,
-                               rounds)
-        adapter = models.adapter
-        prev = r - 1
-        trained = models.hold(prev, dataset, pool)
-        metrics = models.rows[prev].get("metrics")
-        if plan["has_test"] and (trained or metrics is None):
-            metrics = models.evaluate(prev, dataset, pool, test)
-        if opts.unit == "boxes" and task == "detection":
-            pool.costs = _PredictedCosts(pool.costs, adapter, dataset, opts.prelabel_score)
-    elif opts.unit == "boxes":
-        raise ConfigError("--unit boxes needs a model to predict box counts; the first batch of a project "
-                          "without labels is drawn at random: use --unit images")
+    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
     if opts.unit == "images" and opts.budget > len(pool.unlabeled):
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
-    unit = "images" if task == "classification" else opts.unit
+    unit = "images" if cfg.task == "classification" else opts.unit
 
-    # ---- select (the simulate code path: sharded scoring, rank 0's choice for all)
+    # the simulate code path: sharded scoring, rank 0's choice for all
     chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed,
                                                cfg.loop.initial_strategy, cfg.device)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
+    return distributed.on_main(lambda: _write_batch(
+        cfg, project_dir, opts, proj, base, plan, dataset, pool, adapter, (chosen, scores, seconds_sel), unit,
+        trained, metrics))
 
-    def write() -> SelectResult:  # rank 0: describe the batch, write its files and the round
-        assert proj is not None
-        ledger, conn = proj.ledger, proj.ledger.conn
-        spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
-                         list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
-                         opts.local_files_root, root, category_ids(base))
-        images = describe_batch(chosen, scores, dataset, adapter, cfg, r)
-        out_dir = project_dir / "rounds" / f"{r:03d}"
-        out_dir.parent.mkdir(exist_ok=True)
-        files = write_round(images, spec, out_dir)
-        rows = [store.BatchRow(r, im.rank, im.image_id, im.path, im.score,
-                               predicted_boxes(im, spec) if adapter is not None else None) for im in images]
-        with conn:  # one transaction: the round, its batch and the pending state
-            if drop_round is not None:
-                store.delete_round(conn, drop_round)
-            ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds_sel, scores)
-            store.insert_batch(conn, rows)
-            ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
-                                      "strategy": spec.strategy, "dir": str(out_dir)},
-                            strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
-                            pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
-                            config_yaml=dump_config(cfg), config=cfg.to_dict(),
-                            quarantined={str(i): why for i, why in sorted(bad.items())},
-                            train_source=cfg.dataset.train)
-        return SelectResult(r, out_dir, images, files, trained, metrics, dropped,
-                            len(pool.unlabeled) - len(chosen), dict(bad))
 
-    return distributed.on_main(write)
+def _record_first_round(proj: _Project | None, pool: Pool, base_order: list[int]) -> dict[int, Any]:
+    """Rank 0: record round 0, the labeled set the project starts from; the ledger's rounds."""
+    assert proj is not None
+    with proj.ledger.conn:
+        proj.ledger.insert_round(0, base_order, len(base_order), sum(pool.costs[i] for i in base_order), {}, None)
+    return {row["round"]: row for row in proj.ledger.rounds(scores=False)}
+
+
+def _previous_model(exp: Experiment, project_dir: Path, opts: SelectOptions, proj: _Project | None,
+                    plan: dict[str, Any], progress: bool) -> tuple[Any, bool, dict[str, Any] | None]:
+    """(adapter, trained, metrics) of the model trained on rounds 0..r-1, through the round
+    engine as ``simulate`` gets it (:func:`activedet.loop.runner.previous_model`); (None,
+    False, None) for round 0, a random draw."""
+    if plan["r"] == 0:
+        if opts.unit == "boxes":
+            raise ConfigError("--unit boxes needs a model to predict box counts; the first batch of a project "
+                              "without labels is drawn at random: use --unit images")
+        return None, False, None
+    if not exp.pool.labeled:
+        raise LabelingError("the labeled set is empty: ingest labels for the first batch before selecting again")
+    models = _round_models(exp.cfg, exp.strategy, exp.train, exp.pool, project_dir, proj.ledger if proj else None,
+                           progress, plan["rounds"])
+    trained, metrics = previous_model(exp, models, plan["r"], evaluate=plan["has_test"],
+                                      predicted_costs_at=opts.prelabel_score if opts.unit == "boxes" else None)
+    return models.adapter, trained, metrics
+
+
+def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, proj: _Project | None, base: Any,
+                 plan: dict[str, Any], dataset: Any, pool: Pool, adapter: Any,
+                 selection: tuple[list[int], dict[int, float] | None, dict[str, float]], unit: str, trained: bool,
+                 metrics: dict[str, Any] | None) -> SelectResult:
+    """Rank 0: describe the batch, write its files, and record the round, its batch and the
+    pending state in one transaction (dropping the replaced batch's round)."""
+    assert proj is not None
+    chosen, scores, seconds_sel = selection
+    r, task, bad = plan["r"], cfg.task, plan["quarantined"]
+    ledger, conn = proj.ledger, proj.ledger.conn
+    spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
+                     list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
+                     opts.local_files_root, plan["root"], category_ids(base))
+    images = describe_batch(chosen, scores, dataset, adapter, cfg, r)
+    out_dir = project_dir / "rounds" / f"{r:03d}"
+    out_dir.parent.mkdir(exist_ok=True)
+    files = write_round(images, spec, out_dir)
+    rows = [store.BatchRow(r, im.rank, im.image_id, im.path, im.score,
+                           predicted_boxes(im, spec) if adapter is not None else None) for im in images]
+    with conn:  # one transaction: the round, its batch and the pending state
+        if plan["drop_round"] is not None:
+            store.delete_round(conn, plan["drop_round"])
+        ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds_sel, scores)
+        store.insert_batch(conn, rows)
+        ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
+                                  "strategy": spec.strategy, "dir": str(out_dir)},
+                        strategy=cfg.strategy.name, task=task, seed=cfg.seed, unit=unit,
+                        pool_size=len(pool.ids), pool_boxes=pool.labeled_boxes,
+                        config_yaml=dump_config(cfg), config=cfg.to_dict(),
+                        quarantined={str(i): why for i, why in sorted(bad.items())},
+                        train_source=cfg.dataset.train)
+    return SelectResult(r, out_dir, images, files, trained, metrics, plan["dropped"],
+                        len(pool.unlabeled) - len(chosen), dict(bad))
 
 
 def describe_batch(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,

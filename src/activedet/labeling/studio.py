@@ -301,6 +301,28 @@ def sync_pending(project_dir: Path, studio: Studio, relink: bool = False) -> dic
         ledger.close()
 
 
+def connect_for_select(url: str, key_file: str | None, project_dir: Path, replace: bool,
+                       relink: bool) -> tuple[Studio, dict[str, Any] | None]:
+    """``select --label-studio URL``, before any work (torchrun children never see the key):
+    the checked connection, and, when the pending round is not in Label Studio yet (or is
+    to be relinked) and not being replaced, the result of importing it: that select is
+    then done."""
+    studio = connect(url, key_file)
+    state = link_state(project_dir)
+    pending = state["pending_round"]
+    if pending is not None and not replace and (state["pushed_round"] != pending or relink):
+        return studio, sync_pending(project_dir, studio, relink)
+    return studio, None
+
+
+def sync_text(sync: dict[str, Any], project: str) -> str:
+    """Two lines: what :func:`sync_pending` imported, and what to do next."""
+    return (f"Label Studio {sync['url']} project {sync['project']}: round {sync['round']}: imported "
+            f"{sync['imported']} tasks ({sync['present']} were there already"
+            + (f", {sync['deleted']} unannotated tasks of the dropped batch deleted" if sync["deleted"] else "")
+            + f")\nnext: label them there, then `activedet ingest --project {project} --label-studio {sync['url']}`")
+
+
 def pull_and_ingest(project_dir: Path, url: str | None, key_file: str | None = None) -> tuple[Path, Any]:
     """Label Studio's export of the bound project, saved under ``rounds/`` and ingested
     with the same validation as a downloaded file. Returns (the file, the ingest result)."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from activedet.errors import ResumeError, RunDirError
+from activedet.loop.lock import LOCK_NAME
 from activedet.training.health import assess
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -258,3 +260,27 @@ class Ledger:
             "rounds": rounds,
             "labeling": meta.get("labeling"),  # labeling projects: the pending batch, else None
         }
+
+
+def check_out_dir(path: str | Path, what: str = "--out", run: bool = False) -> Path:
+    """Check an output folder before any work: a file, a place under a file, or an
+    unwritable parent is a one-line :class:`RunDirError` (the folder itself is created by
+    the command that writes it). ``run``: a run directory, which must also be a run
+    already (a ledger) or empty: a run is never written among a user's files."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"{what} {p} is a file, not a folder")
+    if p.is_dir():
+        others = sorted(f.name for f in p.iterdir() if f.name != LOCK_NAME) if run else []
+        if others and not (p / Ledger.FILENAME).exists():
+            raise RunDirError(f"{what} {p} is a folder holding other files ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}) and no run; choose a new or empty folder")
+        return p
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"cannot create {what} {p}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create {what} {p}: {parent} is not writable")
+    return p

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline
-from activedet.errors import ConfigError, DatasetError, ResumeError, RunDirError
+from activedet.errors import ConfigError, DatasetError, ResumeError
 from activedet.loop.atomic import atomic_write_text, make_dir
 from activedet.loop.engine import RoundModels, RunStore, derive_seed, load_checkpoint, load_split, train_model
-from activedet.loop.ledger import Ledger
-from activedet.loop.lock import LOCK_NAME, run_lock
+from activedet.loop.ledger import Ledger, check_out_dir
+from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
@@ -203,28 +202,6 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
     return ledger
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse, before any work, a run directory that is a file, cannot be created, or is a
-    folder of other files (no ledger): a run is never written among a user's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file, not a folder")
-    if run_dir.is_dir():
-        if (run_dir / Ledger.FILENAME).exists():
-            return
-        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
-        if others:
-            raise RunDirError(f"--out {run_dir} is a folder holding other files ({', '.join(others[:3])}"
-                              f"{', ...' if len(others) > 3 else ''}) and no run; choose a new or empty folder")
-        return
-    parent = run_dir.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunDirError(f"cannot create --out {run_dir}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot create --out {run_dir}: {parent} is not writable")
-
-
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
         hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status.
@@ -235,7 +212,7 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
     run_dir = Path(run_dir)
     main = distributed.is_main()
     if main:
-        check_run_dir(run_dir)
+        check_out_dir(run_dir, run=True)
     exp = prepare(cfg, progress and main)  # bad input and undecodable images fail here, before the ledger exists
     exp.strategy.progress = progress and main
     adapter = build_adapter(cfg, exp.train.num_classes, exp.strategy)  # fails on missing weights
@@ -266,7 +243,7 @@ def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
     for r in range(cfg.loop.cycles + 1):
         if r not in done:  # ---- select round r
             if r > 0:
-                models.hold(r - 1, exp.train, pool)
+                previous_model(exp, models, r)
             done[r] = _select_round(exp, models.adapter, store, r, targets[r])
         if done[r].get("checkpoint") is None:  # ---- train on rounds 0..r
             models.train(r, exp.train, pool)
@@ -276,6 +253,40 @@ def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
             status = store.status()
             for hook in hooks:
                 hook(status)
+
+
+def previous_model(exp: Experiment, models: RoundModels, r: int, evaluate: bool = False,
+                   predicted_costs_at: float | None = None) -> tuple[bool, dict[str, Any] | None]:
+    """Before selecting round ``r`` >= 1: make ``models`` hold the model of rounds 0..r-1
+    (loaded, or trained when none fits); returns (trained now, its recorded metrics).
+
+    ``evaluate``: evaluate it on ``exp.test`` when it was trained now or never evaluated
+    (``select``; ``simulate`` evaluates right after training). ``predicted_costs_at``: a
+    detector's pool costs become its predicted box counts at this score (``select --unit
+    boxes``: no oracle knows them)."""
+    trained = models.hold(r - 1, exp.train, exp.pool)
+    metrics = models.rows[r - 1].get("metrics")
+    if evaluate and (trained or metrics is None):
+        metrics = models.evaluate(r - 1, exp.train, exp.pool, exp.test)
+    if predicted_costs_at is not None and exp.cfg.task == "detection":
+        exp.pool.costs = PredictedCosts(exp.pool.costs, models.adapter, exp.train, predicted_costs_at)
+    return trained, metrics
+
+
+class PredictedCosts(dict):
+    """Box costs: known for labeled images; for pool images, the model's detections scoring
+    at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
+    computed on first use, so only for the images ``fit_budget`` walks."""
+
+    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
+        super().__init__(known)
+        self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
+
+    def __missing__(self, image_id: int) -> int:
+        inf = next(iter(self.adapter.infer(self.dataset, [image_id], 1, keep_anchors=False)))
+        value = max(1, int((inf.scores >= self.thresh).sum()))
+        self[image_id] = value
+        return value
 
 
 def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
@@ -325,5 +336,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return headline(metrics, ("AP", "AP50", "top1"), ", ") or "no metrics (no dataset.test)"
 
 
-__all__ = ["run", "check_run_dir", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["run", "previous_model", "PredictedCosts", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]

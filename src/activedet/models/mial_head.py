@@ -144,6 +144,29 @@ class MIALRegressionHead(RetinaNetRegressionHead):
         return torch.stack(losses).sum() / max(1, len(targets))
 
 
+def _check_head_arguments(in_channels: int, num_anchors: int, num_classes: int, conv_depth: int,
+                          prior_probability: float, first_class: int, **choices: str) -> None:
+    """ValueError naming the first bad argument of :class:`MIALHead` (``choices``: its
+    string options by keyword)."""
+    allowed = {"det_reduction": ("mean", "sum"), "regression_loss": ("smooth_l1", "l1"),
+               "mil_weighting": ("paper", "code"), "mil_class_activation": ("auto", "softmax", "sigmoid"),
+               "mil_class_reduction": ("sum", "mean")}
+    for name, value in choices.items():
+        _check_choice(name, value, allowed[name])
+    if in_channels < 1 or num_anchors < 1 or conv_depth < 0:
+        raise ValueError(
+            f"in_channels, num_anchors must be >= 1 and conv_depth >= 0, got {in_channels}, "
+            f"{num_anchors}, {conv_depth}"
+        )
+    if not 0 <= first_class < num_classes:
+        raise ValueError(
+            f"first_class must be in [0, num_classes - 1] = [0, {num_classes - 1}], got {first_class} "
+            f"(num_classes counts torchvision's background channel: C + 1)"
+        )
+    if not 0.0 < prior_probability < 1.0:
+        raise ValueError(f"prior_probability must be in (0, 1), got {prior_probability}")
+
+
 class MIALHead(nn.Module):
     """RetinaNet head with f1, f2 (instance classifiers), f_r (boxes) and f_mil (MIL).
 
@@ -192,23 +215,10 @@ class MIALHead(nn.Module):
         det_reduction: Literal["mean", "sum"] = "sum",
     ) -> None:
         super().__init__()
-        _check_choice("det_reduction", det_reduction, ("mean", "sum"))
-        _check_choice("regression_loss", regression_loss, ("smooth_l1", "l1"))
-        _check_choice("mil_weighting", mil_weighting, ("paper", "code"))
-        _check_choice("mil_class_activation", mil_class_activation, ("auto", "softmax", "sigmoid"))
-        _check_choice("mil_class_reduction", mil_class_reduction, ("sum", "mean"))
-        if in_channels < 1 or num_anchors < 1 or conv_depth < 0:
-            raise ValueError(
-                f"in_channels, num_anchors must be >= 1 and conv_depth >= 0, got {in_channels}, "
-                f"{num_anchors}, {conv_depth}"
-            )
-        if not 0 <= first_class < num_classes:
-            raise ValueError(
-                f"first_class must be in [0, num_classes - 1] = [0, {num_classes - 1}], got {first_class} "
-                f"(num_classes counts torchvision's background channel: C + 1)"
-            )
-        if not 0.0 < prior_probability < 1.0:
-            raise ValueError(f"prior_probability must be in (0, 1), got {prior_probability}")
+        _check_head_arguments(in_channels, num_anchors, num_classes, conv_depth, prior_probability, first_class,
+                              det_reduction=det_reduction, regression_loss=regression_loss,
+                              mil_weighting=mil_weighting, mil_class_activation=mil_class_activation,
+                              mil_class_reduction=mil_class_reduction)
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.first_class = first_class

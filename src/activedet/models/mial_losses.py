@@ -148,16 +148,26 @@ def instance_mil_scores(
     s = object_class_logits(mil_logits, first_class)  # (N, A, C)
     z1 = object_class_logits(cls1, first_class).detach()
     z2 = object_class_logits(cls2, first_class).detach()
-    num_classes = s.shape[-1]
+    return _class_factor(s, class_activation) * _anchor_factor(z1, z2, mode, levels, valid)
+
+
+def _class_factor(s: Tensor, class_activation: ClassActivation) -> Tensor:
+    """MIL logits s (N, A, C) -> (N, A, C): softmax over the classes, or a sigmoid (see
+    :func:`instance_mil_scores`: ``"auto"`` takes the sigmoid when C = 1)."""
     act = class_activation
     if act == "auto":
-        act = "sigmoid" if num_classes == 1 else "softmax"
+        act = "sigmoid" if s.shape[-1] == 1 else "softmax"
     if act == "softmax":
-        class_factor = s.softmax(dim=-1)
-    elif act == "sigmoid":
-        class_factor = s.sigmoid()
-    else:
-        raise ValueError(f"class_activation must be 'auto', 'softmax' or 'sigmoid', got {class_activation!r}")
+        return s.softmax(dim=-1)
+    if act == "sigmoid":
+        return s.sigmoid()
+    raise ValueError(f"class_activation must be 'auto', 'softmax' or 'sigmoid', got {class_activation!r}")
+
+
+def _anchor_factor(z1: Tensor, z2: Tensor, mode: MILMode, levels: list[int], valid: Tensor | None) -> Tensor:
+    """f1 / f2 object-class logits z1, z2 (N, A, C) -> softmax over the anchors of each
+    level, per image: (N, A, C) for ``mode="paper"``, (N, A, 1) for ``"code"``; 0 at anchors
+    outside ``valid`` (N, A) and at every anchor of a level with none valid."""
     if mode == "paper":
         anchor_logit = (z1.sigmoid() + z2.sigmoid()) / 2  # (N, A, C)
     elif mode == "code":
@@ -170,7 +180,7 @@ def instance_mil_scores(
     anchor_factor = torch.cat([x.softmax(dim=1) for x in anchor_logit.split(levels, dim=1)], dim=1)
     if valid is not None:
         anchor_factor = torch.nan_to_num(anchor_factor, nan=0.0)
-    return class_factor * anchor_factor
+    return anchor_factor
 
 
 def image_class_scores(instance_scores: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:

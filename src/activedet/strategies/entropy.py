@@ -10,11 +10,20 @@ detection are unscored (they fill the budget at random, after every scored image
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 from activedet.errors import ConfigError
 
 _EPS = 1e-12
+
+# One score from many: each reducer takes a 1-D torch tensor or numpy array (non-empty).
+REDUCERS: dict[str, Callable[[Any], float]] = {
+    "mean": lambda values: float(values.mean()),
+    "max": lambda values: float(values.max()),
+    "sum": lambda values: float(values.sum()),
+}
 
 
 def binary_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -33,10 +42,6 @@ def aggregate(values: torch.Tensor, how: str) -> float | None:
     """mean | max | sum of a (K,) tensor; None when K = 0 (unscored)."""
     if values.numel() == 0:
         return None
-    if how == "mean":
-        return float(values.mean())
-    if how == "max":
-        return float(values.max())
-    if how == "sum":
-        return float(values.sum())
-    raise ConfigError(f"strategy key 'aggregate' = {how!r} is not one of mean, max, sum")
+    if how not in REDUCERS:
+        raise ConfigError(f"strategy key 'aggregate' = {how!r} is not one of mean, max, sum")
+    return REDUCERS[how](values)

@@ -22,6 +22,8 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
+from activedet.strategies.entropy import REDUCERS
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 Aggregation = Literal["topk", "mean", "max"]
 Weighting = Literal["none", "mil"]
@@ -92,10 +94,8 @@ def aggregate(u: ArrayLike, how: Aggregation = "topk", k: int = 10000) -> float:
         kk = min(int(k), arr.size)
         top = np.partition(arr, arr.size - kk)[arr.size - kk:]
         return float(top.mean())
-    if how == "mean":
-        return float(arr.mean())
-    if how == "max":
-        return float(arr.max())
+    if how in ("mean", "max"):
+        return REDUCERS[how](arr)
     raise ValueError(f"how must be 'topk', 'mean' or 'max', got {how!r}")
 
 

@@ -236,61 +236,106 @@ def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], 
     """
     lr = cfg.lr * stage.lr_scale
     rows: list[dict[str, Any]] = []
-    images = 0
-    paired = stage.kind in ("min", "max")
-    if paired and not unlabeled:
+    if stage.kind in ("min", "max") and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
     amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
     # distributed: gradients averaged over ranks per stage, its parameters taken after the stage froze them
     with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
-        it = 0
+        steps = _StageSteps(adapter, dataset, stage, cfg, s, generator, ops, opt, call, amp, lr, warmup_iters, bar)
         for e in range(stage.epochs):
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
-
-            def add(prefix: str, values: dict[str, Any], n: int) -> None:
-                for k, v in values.items():
-                    v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
-                    sums[prefix + k] = sums.get(prefix + k, 0.0) + v * n
-                    counts[prefix + k] = counts.get(prefix + k, 0) + n
-
+            means = _Means()
             for _ in range(s.repeat):
-                lab_batches = batches(labeled, cfg.batch_size, generator)
-                unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
-                unl_seq = [unl_batches[b % len(unl_batches)] for b in range(len(lab_batches))] if paired else []
-                unl_pixels = decoded_batches(adapter, dataset, unl_seq)  # loader processes read ahead
-                lab_pixels = decoded_batches(adapter, dataset, lab_batches)
-                for b, (batch, pixels) in enumerate(zip(lab_batches, lab_pixels)):
-                    step_lr = lr * warmup_factor(it, warmup_iters)
-                    for g in opt.param_groups:
-                        g["lr"] = step_lr
-                    inputs, targets = adapter.load_batch(dataset, batch, cfg.hflip, generator, pixels)
-                    with amp.autocast():
-                        losses = call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
-                    if guarded_step(opt, losses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage", amp.scaler):
-                        add("", losses, len(batch))
-                    images += len(batch)
-                    if paired:
-                        ubatch = unl_seq[b]
-                        uinputs, _ = adapter.load_batch(dataset, ubatch, cfg.hflip, generator, next(unl_pixels))
-                        with amp.autocast():
-                            ulosses, extra = call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, s))
-                        if guarded_step(opt, ulosses, it, step_lr, cfg, f"{ops.name} {stage.kind} stage (unlabeled)",
-                                        amp.scaler):
-                            add("unlabeled_", ulosses, len(ubatch))
-                            add("", extra, len(ubatch))
-                        images += len(ubatch)
-                    it += 1
-                    if bar is not None:
-                        loss = float(sum(v.detach() for v in losses.values()))
-                        bar.set_postfix(stage=stage.kind, round=stage.round, loss=f"{loss:.3f}")
-                        bar.update(1)
-            sums, counts = distributed.reduce_counts(sums, counts)  # data-parallel: every rank, the same history
+                steps.one_pass(labeled, unlabeled, means)
+            sums, counts = distributed.reduce_counts(means.sums, means.counts)  # data-parallel: every rank, the same history
             rows.append({"stage": stage.kind, "epoch": first_epoch + e, "round": stage.round, "lr": lr,
                          **{k: sums[k] / max(1, counts[k]) for k in sums}})
         adapter.model.zero_grad(set_to_none=True)
-    return rows, images
+    return rows, steps.images
+
+
+class _Means:
+    """Image-weighted sums of loss terms over an epoch, and how many images each holds."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, prefix: str, values: dict[str, Any], n: int) -> None:
+        """Add each term's value (a batch mean, tensor or float) times ``n`` images under ``prefix + term``."""
+        for k, v in values.items():
+            v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[prefix + k] = self.sums.get(prefix + k, 0.0) + v * n
+            self.counts[prefix + k] = self.counts.get(prefix + k, 0) + n
+
+
+@dataclass
+class _StageSteps:
+    """The SGD steps of one stage: what its batches share, the step count ``it`` (for the
+    warmup) and the images processed."""
+
+    adapter: Any
+    dataset: Any
+    stage: Stage
+    cfg: TrainConfig
+    s: Any
+    generator: torch.Generator
+    ops: StageOps
+    opt: torch.optim.Optimizer
+    call: Any
+    amp: Precision
+    lr: float
+    warmup_iters: int
+    bar: Any
+    it: int = 0
+    images: int = 0
+
+    def one_pass(self, labeled: Sequence[int], unlabeled: Sequence[int], means: _Means) -> None:
+        """One pass over ``labeled`` in shuffled batches; in min/max stages each labeled batch
+        is followed by an unlabeled batch (``unlabeled`` cycled if it holds fewer batches)."""
+        adapter, dataset, cfg, generator = self.adapter, self.dataset, self.cfg, self.generator
+        paired = self.stage.kind in ("min", "max")
+        lab_batches = batches(labeled, cfg.batch_size, generator)
+        unl_batches = batches(unlabeled, cfg.batch_size, generator) if paired else []
+        unl_seq = [unl_batches[b % len(unl_batches)] for b in range(len(lab_batches))] if paired else []
+        unl_pixels = decoded_batches(adapter, dataset, unl_seq)  # loader processes read ahead
+        lab_pixels = decoded_batches(adapter, dataset, lab_batches)
+        for b, (batch, pixels) in enumerate(zip(lab_batches, lab_pixels)):
+            step_lr = self.lr * warmup_factor(self.it, self.warmup_iters)
+            for g in self.opt.param_groups:
+                g["lr"] = step_lr
+            losses = self.labeled_step(batch, pixels, step_lr, means)
+            if paired:
+                self.unlabeled_step(unl_seq[b], next(unl_pixels), step_lr, means)
+            self.it += 1
+            if self.bar is not None:
+                loss = float(sum(v.detach() for v in losses.values()))
+                self.bar.set_postfix(stage=self.stage.kind, round=self.stage.round, loss=f"{loss:.3f}")
+                self.bar.update(1)
+
+    def labeled_step(self, batch: list[int], pixels: Any, step_lr: float, means: _Means) -> dict[str, Any]:
+        """One step on the model's loss of a labeled batch; its loss dict."""
+        adapter, ops, stage = self.adapter, self.ops, self.stage
+        inputs, targets = adapter.load_batch(self.dataset, batch, self.cfg.hflip, self.generator, pixels)
+        with self.amp.autocast():
+            losses = self.call(lambda: ops.labeled(adapter, inputs, targets))  # train mode: set by ops.mode
+        if guarded_step(self.opt, losses, self.it, step_lr, self.cfg, f"{ops.name} {stage.kind} stage",
+                        self.amp.scaler):
+            means.add("", losses, len(batch))
+        self.images += len(batch)
+        return losses
+
+    def unlabeled_step(self, ubatch: list[int], pixels: Any, step_lr: float, means: _Means) -> None:
+        """One step on ``ops.unlabeled``'s losses of an unlabeled batch (the stage's own terms)."""
+        adapter, ops, stage = self.adapter, self.ops, self.stage
+        uinputs, _ = adapter.load_batch(self.dataset, ubatch, self.cfg.hflip, self.generator, pixels)
+        with self.amp.autocast():
+            ulosses, extra = self.call(lambda: ops.unlabeled(adapter, uinputs, stage.kind, self.s))
+        if guarded_step(self.opt, ulosses, self.it, step_lr, self.cfg, f"{ops.name} {stage.kind} stage (unlabeled)",
+                        self.amp.scaler):
+            means.add("unlabeled_", ulosses, len(ubatch))
+            means.add("", extra, len(ubatch))
+        self.images += len(ubatch)
 
 
 def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],

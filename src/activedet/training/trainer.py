@@ -79,7 +79,7 @@ def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
 
 
 def batches(ids: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """One epoch of shuffled mini-batches (the last one may be smaller); under DDP this
+    """One epoch of shuffled mini-batches (the last one may be smaller); under data-parallel training this
     rank's share of the epoch (:func:`activedet.distributed.epoch_part`)."""
     ids = list(ids)
     order = distributed.epoch_part(torch.randperm(len(ids), generator=generator).tolist())
@@ -173,7 +173,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tenso
     was dropped for a non-finite loss (``cfg.on_nonfinite: skip_batch``). A loss with no
     trainable input (every term frozen) takes no step."""
     total = check_finite(losses, it, lr, cfg.on_nonfinite, where)
-    if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
+    if not distributed.finite_everywhere(total is not None):  # data-parallel: all ranks skip together
         return False
     if total.requires_grad:
         sgd_step(optimizer, total, cfg.grad_clip, scaler)
@@ -227,7 +227,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 with amp.autocast():
                     losses = call(lambda: loss_fn(inputs, targets, epoch))
                 total = check_finite(losses, it, lr, cfg.on_nonfinite, f"{desc} epoch {epoch + 1}")
-                if not distributed.finite_everywhere(total is not None):  # DDP: all ranks skip together
+                if not distributed.finite_everywhere(total is not None):  # data-parallel: all ranks skip together
                     total = None
                 it += 1
                 if total is None:
@@ -242,7 +242,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                 rate = result.images / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
-            sums, seen = distributed.reduce_sums(sums, seen)  # DDP: every rank sees the same history
+            sums, seen = distributed.reduce_sums(sums, seen)  # data-parallel: every rank sees the same history
             result.history.append({"stage": "train", "epoch": epoch + 1,
                                    **{k: v / max(1, seen) for k, v in sums.items()}})
             stop_if_dead(result.history, cfg)
