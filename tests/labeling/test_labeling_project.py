@@ -223,6 +223,15 @@ def test_bad_project_input_exits_2_with_one_line(tmp_path: Path, trees_files: Pa
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "p" / "ledger.sqlite").exists()
 
+    # a budget larger than the pool is refused before anything trains
+    capsys.readouterr()
+    pool_size = len(ids) - 4
+    whole = make_project_config(tmp_path, trees_files, ids[:4], name="whole.yaml")
+    assert main(["select", str(whole), "--project", str(tmp_path / "big"), "--budget", "500", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--budget 500 but only {pool_size} pool images are unlabeled" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "big" / "checkpoints").exists()
+
     # an unreadable pool image is named before anything trains; no batch is recorded
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     names = {im["id"]: im["file_name"] for im in gt(trees_files)["images"]}

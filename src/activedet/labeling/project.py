@@ -363,9 +363,9 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         plan["rounds"] = distributed.on_main(lambda: _record_first_round(proj, pool, base_order))
     if not pool.unlabeled:
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
-    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
-    if opts.unit == "images" and opts.budget > len(pool.unlabeled):
+    if opts.unit == "images" and opts.budget > len(pool.unlabeled):  # before anything trains
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
+    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
     unit = "images" if cfg.task == "classification" else opts.unit
 
     # the simulate code path: sharded scoring, rank 0's choice for all
