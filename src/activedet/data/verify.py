@@ -15,6 +15,7 @@ every image is simply decoded.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -227,13 +228,32 @@ def _check_policy(policy: str) -> None:
         raise ConfigError(f"bad_images policy {policy!r} is not one of {', '.join(POLICIES)}")
 
 
+#: up to this many unreadable images are named in the error itself; more go to a file it names
+NAMED_IN_MESSAGE = 5
+
+
+def unreadable_message(bad: list[BadImage]) -> str:
+    """One line naming every image of ``bad`` (non-empty): each one's report when there are
+    up to :data:`NAMED_IN_MESSAGE`, else the count, the first one's report and a file (in
+    :func:`cache_dir`, named by its content) that lists them all, one report a line."""
+    if len(bad) == 1:
+        return bad[0].message()
+    head = f"{len(bad)} images cannot be decoded"
+    if len(bad) <= NAMED_IN_MESSAGE:
+        return f"{head}: " + "; ".join(b.message() for b in bad)
+    text = "".join(b.message() + "\n" for b in bad)
+    listing = cache_dir() / "unreadable" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text(text)
+    return f"{head}, every one listed in {listing} (the first: {bad[0].message()})"
+
+
 def _verdict(bad: list[BadImage], policy: str) -> dict[int, str]:
     if bad and policy == "error":
-        more = f" (and {len(bad) - 1} more unreadable images)" if len(bad) > 1 else ""
-        raise DatasetError(bad[0].message() + more)
+        raise DatasetError(unreadable_message(bad))
     for b in bad:
         log.warning("quarantined: %s", b.message())
     return {b.image_id: f"{b.path}: {b.reason}" for b in bad}
 
 
-__all__ = ["BadImage", "VerifiedCache", "decode_error", "find_unreadable", "find_unreadable_files", "verify_files", "verify_images", "cache_dir"]
+__all__ = ["NAMED_IN_MESSAGE", "BadImage", "unreadable_message", "VerifiedCache", "decode_error", "find_unreadable", "find_unreadable_files", "verify_files", "verify_images", "cache_dir"]

@@ -256,8 +256,8 @@ def _verify_pool(cfg: ExperimentConfig, proj: _Project, progress: bool) -> dict[
     try:
         return verify_files(pool, "unlabeled", cfg.dataset.bad_images, progress)
     except DatasetError as e:
-        raise DatasetError(f"{e}; remove it from the pool, or set dataset.bad_images: skip to leave unreadable "
-                           f"pool images out") from None
+        raise DatasetError(f"{e}; remove unreadable images from the pool, or set dataset.bad_images: skip to "
+                           f"leave them out") from None
 
 
 def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool) -> dict[str, Any]:
