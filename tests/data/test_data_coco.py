@@ -150,3 +150,18 @@ def test_json_roundtrip_of_written_file(make_coco):
     ds = load_coco(make_coco())
     coco = json.loads(json.dumps(ds.to_coco()))
     assert {c["id"] for c in coco["categories"]} == {1, 2}
+
+
+def test_one_file_under_two_image_ids_is_named(make_coco, coco_data, tmp_path):
+    """The same file twice (by the same name, or by a link to it) would be trained on twice."""
+    data = coco_data()
+    data["images"].append({"id": 9, "file_name": "images/a.png", "width": 40, "height": 30})
+    with pytest.raises(DatasetError, match=r"image ids 1 \(images/a.png\) and 9 \(images/a.png\) are the same file"):
+        load_coco(make_coco(data))
+    data = coco_data()
+    data["images"].append({"id": 9, "file_name": "images/link.png", "width": 40, "height": 30})
+    path = make_coco(data)
+    (tmp_path / "images" / "link.png").symlink_to(tmp_path / "images" / "c.png")
+    with pytest.raises(DatasetError, match=r"image ids 3 \(images/c.png\) and 9 \(images/link.png\) are the same file"):
+        load_coco(path)
+    assert len(load_coco(make_coco()).ids) == 3  # distinct files load as before

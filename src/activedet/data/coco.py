@@ -21,6 +21,7 @@ and the offending image/annotation/category id.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
     sizes = {iid: _image_size(im, iid, root, where) for iid, im in images.items()}
     per_image = _boxes_per_image(data, where, sizes, label_of)
     records = [_record(iid, im, sizes[iid], per_image.get(iid, []), root) for iid, im in images.items()]
+    _refuse_one_file_twice(records, where)
     return DetectionDataset(records, class_names, name or json_path.stem, source=where, category_ids=sorted(label_of))
 
 
@@ -104,6 +106,20 @@ def _boxes_per_image(data: dict[str, Any], where: str, sizes: dict[int, tuple[in
         crowd = _flag(ann, "iscrowd", here) and not difficult
         per_image[iid].append((box, label_of[cid], difficult, crowd))
     return per_image
+
+
+def _refuse_one_file_twice(records: list[ImageRecord], where: str) -> None:
+    """One image file under two image ids (the same name twice, or two names of which one is
+    a link to the other) would be trained on twice: name both and stop."""
+    seen: dict[str, ImageRecord] = {}
+    for r in records:
+        if r.path is None or not r.path.exists():
+            continue
+        real = os.path.realpath(r.path)
+        first = seen.setdefault(real, r)
+        if first is not r:
+            raise DatasetError(f"{where}: image ids {first.id} ({first.file_name}) and {r.id} ({r.file_name}) are "
+                               f"the same file {real}; keep one of them")
 
 
 def _record(iid: int, im: dict[str, Any], size: tuple[int, int], items: list[_Box], root: Path) -> ImageRecord:
