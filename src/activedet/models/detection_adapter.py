@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from activedet.config import ModelConfig
 from activedet.data.stream import image_batches, size_batches
-from activedet.errors import ConfigError
+from activedet.errors import ConfigError, StrategyError
 from activedet.models.base import Inference
 from activedet.models.detection import build_detector, resolve_backbone
 from activedet.models.mial_losses import anchors_inside
@@ -334,14 +334,14 @@ class DetectionAdapter:
         logits, regression = heads.box_predictor(heads.box_head(
             heads.box_roi_pool(features, proposals, image_list.image_sizes)))
         boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, image_list.image_sizes)
-        rows = kept_rois(heads.box_coder.decode(regression, proposals), F.softmax(logits, -1), proposals,
-                         image_list.image_sizes, boxes, scores, labels)
-        probs_all = F.softmax(logits, dim=-1)[:, 1:]
+        probs = F.softmax(logits, dim=-1)  # (R, C + 1) over the batch's RoIs, background first
+        rows = kept_rois(heads.box_coder.decode(regression, proposals), probs, proposals, image_list.image_sizes,
+                         boxes, scores, labels)
         out = []
         for b, s, lab, r, size_in, size_out in zip(boxes, scores, labels, rows, image_list.image_sizes,
                                                     original_sizes):
             out.append(Inference(0, resize_boxes(b, size_in, size_out).cpu(), s.cpu(), lab.cpu(),
-                                 probs_all[r].cpu(), {}))
+                                 probs[r, 1:].cpu(), {}))
         return out
 
     # ------------------------------------------------------------------ metrics
@@ -461,9 +461,6 @@ def detections_per_image_boxes(inf: Inference, min_score: float) -> int:
     return int((inf.scores >= min_score).sum())
 
 
-__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes"]
-
-
 def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.Tensor],
               image_sizes: list[tuple[int, int]], boxes: list[torch.Tensor], scores: list[torch.Tensor],
               labels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -476,8 +473,8 @@ def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.
     (K_i,). postprocess_detections keeps entries of the clipped ``decoded`` and of ``probs``
     unchanged, so a detection's RoI is one whose clipped box and probability for its label
     equal the detection's exactly (identical RoIs share their probabilities). Returns per
-    image (K_i,) int64 rows; raises ``RuntimeError`` when a detection matches no RoI (a
-    torchvision whose post-processing changes what it keeps)."""
+    image (K_i,) int64 rows; raises :class:`StrategyError` when a detection matches no RoI
+    (a torchvision whose post-processing changes what it keeps)."""
     from torchvision.ops import boxes as box_ops
 
     rows, start = [], 0
@@ -489,9 +486,13 @@ def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.
         for box, score, label in zip(b, s, lab.tolist()):
             hit = ((p[:, label] == score) & (cand[:, label] == box).all(-1)).nonzero()
             if len(hit) == 0:
-                raise RuntimeError("a Faster R-CNN detection matches none of its RoIs: torchvision's "
-                                   "postprocess_detections no longer keeps decoded boxes and scores as they are")
+                raise StrategyError("a Faster R-CNN detection matches none of its RoIs: this torchvision's "
+                                    "postprocess_detections no longer keeps decoded boxes and scores as they are")
             found.append(start + int(hit[0, 0]))
         rows.append(torch.tensor(found, dtype=torch.int64))
         start += n
     return rows
+
+
+__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes"]
+
