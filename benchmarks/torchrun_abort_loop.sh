@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 runs=${1:-10}; log=${2:-/tmp/torchrun_abort_loop.log}
 ulimit -c unlimited
 export TORCH_SHOW_CPP_STACKTRACES=1 PYTHONFAULTHANDLER=1
-scratch=$(mktemp -d)
-( while :; do rm -rf "$scratch/venv"; python3 -m venv "$scratch/venv" &&
-    "$scratch/venv/bin/pip" install -q --no-cache-dir -c constraints.txt 'label-studio>=1.23,<1.24' >/dev/null 2>&1
-  done ) &
+scratch=$(mktemp -d); export scratch
+# the load in its own process group (setsid), so that the trap stops all of it
+setsid bash -c 'while :; do rm -rf "$scratch/venv"; python3 -m venv "$scratch/venv" &&
+    "$scratch/venv/bin/pip" install -q --no-cache-dir -c constraints.txt "label-studio>=1.23,<1.24" >/dev/null 2>&1
+  done' &
 load=$!
-trap 'kill -- -$load 2>/dev/null; kill $load 2>/dev/null; pkill -P $load 2>/dev/null; rm -rf "$scratch"' EXIT
+trap 'kill -- -$load 2>/dev/null; wait $load 2>/dev/null; rm -rf "$scratch"' EXIT
 passed=0; failed=0
 for i in $(seq "$runs"); do
   start=$(date +%s)

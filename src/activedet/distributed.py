@@ -28,7 +28,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401  # before any process group exists: see init()
+# torch._dynamo (torchvision imports it) imported for the first time while a process group
+# exists keeps references to that group, so shutdown() could not free it and gloo's threads
+# would outlive it (issue 37): import it before any group exists
+import torch._dynamo  # noqa: F401
 import torch.distributed as dist
 
 from activedet.errors import ActivedetError, DistributedError
@@ -91,10 +94,6 @@ def init(device: str = "auto", timeout_s: float | None = None) -> str | None:
     backend = "nccl" if cuda else "gloo"
     if timeout_s is None:
         timeout_s = float(os.environ.get("ACTIVEDET_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-    # torch._dynamo (torchvision imports it) imported for the first time while a group
-    # exists keeps references to that group, and :func:`shutdown` could not free it: this
-    # module imports it first (issue 37; tests/distributed check that no thread of the
-    # group is left once shutdown returns)
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if cuda:
         torch.cuda.set_device(local)
@@ -371,8 +370,8 @@ def synced(module: torch.nn.Module) -> Iterator[Callable[[Callable[[], T]], T]]:
     rank takes rank 0's parameters and buffers, as DDP's wrapping does. Outside
     :func:`data_parallel` ``call(fn)`` is ``fn()``.
 
-    Why not DDP itself: in torch 2.14 a DDP wrapper's reducer keeps the process group alive
-    after ``destroy_process_group``, so gloo's worker threads outlive :func:`shutdown` and can
+    Why not DDP itself: in torch 2.14 a process that has built a DDP wrapper keeps its process
+    group alive after ``destroy_process_group`` (measured, NOTES.md), so gloo's worker threads outlive :func:`shutdown` and can
     still be releasing a finished collective's tensors while the interpreter finalizes; the
     thread then cannot take the GIL, is unwound inside a C++ destructor and the rank aborts
     ("terminate called without an active exception"; NOTES.md, issue 37)."""
@@ -424,10 +423,11 @@ def average_gradients(params: Sequence[torch.Tensor]) -> None:
     gradient is divided by the world size before the sum, as DDP's reducer does.
     ``params``: P tensors, the same list in the same order on every rank."""
     world = dist.get_world_size()
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))  # float64 stays float64
     has = [p.grad is not None for p in params]
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float() / world
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(dtype) / world
              for p in params]
-    flat = torch.cat(parts + [torch.tensor(has, dtype=torch.float32, device=params[0].device)])
+    flat = torch.cat(parts + [torch.tensor(has, dtype=dtype, device=params[0].device)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     used = flat[-len(params):] > 0
     offset = 0

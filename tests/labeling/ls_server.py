@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "activedet0e2e0token0000000000000000000000"
 START_TIMEOUT_S = 300.0  # first start of a fresh data dir: ~75 s idle, a few minutes under load
-_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit)\b.*|CommandError.*|.*\bError: .*)$")
+_ERROR_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit)\b|\bError: ")
 
 
 class LabelStudioFailed(AssertionError):
@@ -45,7 +45,7 @@ def free_port() -> int:
 def log_tail(log: Path, lines: int = 40) -> tuple[str, str]:
     """(the log's last error line, or its last line; its last ``lines`` lines)."""
     text = log.read_text(errors="replace").splitlines() if log.exists() else []
-    errors = [line.strip() for line in text if _ERROR_LINE.match(line)]
+    errors = [line.strip() for line in text if _ERROR_LINE.search(line)]
     last = errors[-1] if errors else next((line.strip() for line in reversed(text) if line.strip()), "(empty log)")
     return last, "\n".join(text[-lines:])
 

@@ -113,7 +113,7 @@ def _refuse_one_file_twice(records: list[ImageRecord], where: str) -> None:
     a link to the other) would be trained on twice: name both and stop."""
     seen: dict[str, ImageRecord] = {}
     for r in records:
-        if r.path is None or not r.path.exists():
+        if r.path is None:
             continue
         real = os.path.realpath(r.path)
         first = seen.setdefault(real, r)

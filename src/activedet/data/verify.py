@@ -243,8 +243,12 @@ def unreadable_message(bad: list[BadImage]) -> str:
         return f"{head}: " + "; ".join(b.message() for b in bad)
     text = "".join(b.message() + "\n" for b in bad)
     listing = cache_dir() / "unreadable" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text(text)
+    try:
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text(text)
+    except OSError as e:  # the list cannot be written: still one line, the first ones named
+        return (f"{head} (cannot write their list to {listing}: {e.strerror or e}); the first "
+                f"{NAMED_IN_MESSAGE}: " + "; ".join(b.message() for b in bad[:NAMED_IN_MESSAGE]))
     return f"{head}, every one listed in {listing} (the first: {bad[0].message()})"
 
 
