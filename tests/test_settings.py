@@ -163,7 +163,7 @@ def test_schema_follows_the_config_dataclasses(schema: dict) -> None:
         if dataclasses.is_dataclass(section) and f.name != "strategy":
             assert set(props[f.name]["properties"]) == {g.name for g in dataclasses.fields(section)}
             assert props[f.name]["additionalProperties"] is False
-    assert props["loop"]["properties"]["unit"]["enum"] == ["images", "boxes"]
+    assert props["loop"]["properties"]["unit"]["enum"] == ["images", "boxes", "seconds"]
 
 
 def test_readme_config_section_lists_every_key_and_fits_the_schema(schema: dict) -> None:

@@ -35,9 +35,10 @@ import numpy as np
 from activedet.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass
 class AnnotatorTimes:
-    """Seconds per action, and the pre-annotation rules (see the module docstring)."""
+    """Seconds per action, and the pre-annotation rules (see the module docstring); the
+    config's ``annotator:`` section."""
 
     look: float = 1.6
     verify: float = 1.6
@@ -50,6 +51,11 @@ class AnnotatorTimes:
     overlap_iou: float = 0.1  # one this close to an unmatched true box is off (adjusted)
 
     def __post_init__(self) -> None:
+        if all(isinstance(getattr(self, f), (int, float)) for f in ("look", "verify", "adjust", "delete", "draw",
+                                                                     "accept_iou", "overlap_iou")):
+            self.check()  # else the config reader converts the values, then checks
+
+    def check(self) -> None:
         for name in ("look", "verify", "adjust", "delete", "draw"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"config key 'annotator.{name}' = {getattr(self, name)!r} must be >= 0 seconds")
