@@ -108,6 +108,9 @@ class TrainConfig:
     max_retries: int = 2  # retry: re-initialisations with derived seeds before giving up
     on_nonfinite: str = "stop"  # stop | skip_batch: a NaN/inf training loss
     amp: bool = False  # mixed precision (float16 autocast + GradScaler) on CUDA; ignored, with a warning, on CPU
+    #: the round's model is the uniform average of the weights after every step of this last
+    #: fraction of training (SWA-style, torch.optim.swa_utils.AveragedModel); 0: the last weights
+    average_last: float = 0.0
 
 
 @dataclass
@@ -319,6 +322,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
                              or not float(size).is_integer() or size < 1):
         raise ConfigError(f"config key 'model.image_size' = {size!r}: use a positive integer or null (auto)")
+    if not 0 <= cfg.train.average_last < 1:
+        raise ConfigError(f"config key 'train.average_last' = {cfg.train.average_last!r} must be a fraction "
+                          "in [0, 1) (0.25: average the weights over the last quarter of training; 0: off)")
     if not 0 <= cfg.train.warmup_fraction < 1:
         raise ConfigError(f"config key 'train.warmup_fraction' = {cfg.train.warmup_fraction!r} "
                           "must be a fraction in [0, 1)")
