@@ -131,3 +131,16 @@ def test_simulate_spends_a_budget_in_annotator_seconds(tmp_path: Path, capsys) -
     spent = [r["labeled_seconds"] for r in status["rounds"]]
     assert spent[0] <= 120 and spent[1] <= 210 and spent[1] > spent[0]
     assert spent[0] > 120 - (1.6 + 7.0 * 12)  # stops at the first image that does not fit, no earlier
+
+
+def test_markdown_table_in_words() -> None:
+    from activedet.compare import markdown, summarise
+
+    def run(ms, boxes, secs):
+        return [{"metrics": {"AP50": m}, "labeled_boxes": b, "labeled_images": 40 * (k + 1), "labeled_seconds": s}
+                for k, (m, b, s) in enumerate(zip(ms, boxes, secs))]
+    res = {"random": {s: run([0.1, 0.2, 0.3], [100, 200, 300], [700, 1400, 2000]) for s in range(3)},
+           "entropy": {s: run([0.1, 0.22 + 0.01 * s, 0.33], [100, 200, 300], [700, 1300, 1900]) for s in range(3)}}
+    md = markdown(summarise(res, "boxes")).splitlines()
+    assert md[2].startswith("| random | 3 | 30.0 ± 0.0 |")
+    assert "| 10% fewer (95% CI 8% fewer to 13% fewer) | 14% fewer (95% CI 12% fewer to 16% fewer) |" in md[3]

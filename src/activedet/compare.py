@@ -482,6 +482,30 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (``OUT/compare.md``): per strategy the final metric,
+    the paired differences to random and the savings, each with its 95% interval."""
+    scale, metric = summary["scale"], summary["metric"]
+
+    def ci(v: Any, fmt: str = "{:+.1f}", k: float = scale) -> str:
+        return "–" if v is None else (fmt.format(v[0] * k) + " (" + fmt.format(v[1] * k) + " to "
+                                      + fmt.format(v[2] * k) + ")")
+
+    def saved(v: Any) -> str:
+        words = lambda x: fewer_more(x, "").strip()  # noqa: E731
+        return "–" if v is None else f"{words(v[0])} (95% CI {words(v[1])} to {words(v[2])})"
+
+    rows = [f"| strategy | seeds | final {metric} | Δ per image | Δ at equal boxes | boxes to reach random's final "
+            f"| annotator seconds to reach it | Δ area over boxes |", "|---|---|---|---|---|---|---|---|"]
+    for label, st in summary["strategies"].items():
+        m, sd = st["per_round"][-1]
+        by = st.get("by_cost") or {}
+        rows.append(f"| {label} | {len(st['seeds'])} | {m * scale:.1f} ± {sd * scale:.1f} | {ci(st.get('per_image'))} | "
+                    f"{ci(st.get('per_box'))} | {saved(st.get('saved'))} | "
+                    f"{saved((by.get('seconds') or {}).get('saved'))} | {ci((by.get('boxes') or {}).get('area'))} |")
+    return "\n".join(rows) + "\n"
+
+
 # ============================================================================ the command
 def compare(config: str | Path, strategies: Sequence[str], seeds: int, out: str | Path, jobs: int = 1,
             unit: str | None = None, only: str | None = None, nproc: int | None = None,
@@ -536,6 +560,7 @@ def compare(config: str | Path, strategies: Sequence[str], seeds: int, out: str 
     summary.update(config=str(config), seeds=seeds, unit=unit or cfg.loop.unit, budget=budget,
                    cells={c.name: str(d) for c, d in zip(cells, run_dirs)})
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
+    (out / "compare.md").write_text(markdown(summary))
     _report(statuses, summary, out / "report")
     return summary
 
