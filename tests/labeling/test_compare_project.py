@@ -33,7 +33,7 @@ def test_compare_replays_on_the_labels_of_a_select_project(tmp_path: Path, trees
     out = tmp_path / "cmp"
     capsys.readouterr()
     assert main(["compare", str(cfg), "--project", str(project), "--strategies", "random", "--seeds", "1",
-                 "--out", str(out), "--quiet", "--json"]) == 0
+                 "--out", str(out), "--quiet", "--json", "--unit", "images"]) == 0  # detection's default: boxes
     summary = json.loads(capsys.readouterr().out)
     rounds = summary["strategies"]["random"]
     assert rounds["images"] == [3.0, 6.0]  # the protocol replayed on the 8 ingested images
