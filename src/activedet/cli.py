@@ -334,8 +334,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from activedet.doctor import diagnose
+    from activedet.errors import ConfigError
 
-    problems, checked = diagnose(args.config, progress=not args.quiet)
+    if args.budget is not None and args.budget < 1:
+        raise ConfigError(f"--budget must be a positive integer, got {args.budget}")
+    problems, checked = diagnose(args.config, progress=not args.quiet, budget=args.budget)
     problems = [" ".join(p.split()) for p in problems]  # one line each
     if args.json:
         print(json.dumps({"config": args.config, "problems": problems, "checked": checked}))
@@ -383,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "problem and exits 1 when there is any, else one 'ok' line and 0.")
     s.add_argument("config", help="experiment config (YAML)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--budget", type=int, metavar="N",
+                   help="the budget of the next `select` (images): checked against the unlabeled pool")
     s.add_argument("--json", action="store_true", help='{"problems": [...], "checked": [...]}')
     s.set_defaults(func=_cmd_doctor)
 

@@ -209,7 +209,7 @@ class Backend:
         parsed = urllib.parse.urlparse(url)
         if parsed.path.startswith("/data/local-files"):
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-            path = os.path.realpath(os.path.join(self.local_root, rel))
+            path = os.path.normpath(os.path.join(self.local_root, rel))  # a link is read through its own path
             if path.startswith(self.local_root + os.sep) and os.path.isfile(path):
                 return path
             log.warning("predict: task %s: %s is not a file under the local-files root %s", task.get("id"), rel,

@@ -33,7 +33,7 @@ from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhau
 from activedet.labeling import store
 from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
 from activedet.labeling.dataset import file_order, project_dataset
-from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
+from activedet.labeling.sources import PoolListing, display_name, duplicate_message, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
 from activedet.loop.engine import RoundModels, RunStore, load_split
@@ -109,6 +109,8 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
                           "(an image folder, a COCO json without annotations, or a text file of paths)")
     base = _load_base(cfg)
     listing = list_unlabeled(cfg.dataset.unlabeled)
+    if listing.duplicates:  # before anything is recorded or trained
+        raise DatasetError(duplicate_message(listing))
     existed = (project_dir / Ledger.FILENAME).is_file()
     ledger = Ledger(project_dir, create=True)
     try:
@@ -130,7 +132,8 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
         next_id = max(taken | set(listing.ids or []) | {0}) + 1
         new: dict[str, int] = {}
         for k, path in enumerate(listing.paths):
-            if path in labeled_paths or path in known or path in new:
+            real = listing.real_path(path)  # a link is known by its path, the labeled set by real files
+            if real in labeled_paths or path in known or real in known or path in new:
                 continue
             want_id = listing.ids[k] if listing.ids is not None else None
             if want_id is not None and want_id not in taken:
@@ -145,7 +148,7 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
             store.add_images(ledger.conn, new)
             ledger.put_meta(project=want)
         known.update(new)
-        listed = set(listing.paths)
+        listed = set(listing.paths) | set(listing.real.values())  # projects made before links kept their path
         pool_ids = {i: p for p, i in known.items() if p in listed and p not in labeled_paths}
         for row in labels:  # ingested images stay in the project even if gone from the listing
             pool_ids[row.image_id] = row.path
