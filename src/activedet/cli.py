@@ -100,7 +100,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     cfg = _config(args)
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
-                         prelabel_score=args.prelabel_score)
+                         prelabel_score=args.prelabel_score, predictions=args.predictions,
+                         predictions_format=args.predictions_format, score_as_probs=args.score_as_probs)
     project, studio = Path(args.project), None
     if args.label_studio:  # before any work: the server answers and takes the key
         studio, sync = connect_for_select(args.label_studio, args.label_studio_key_file, project, args.replace,
@@ -128,8 +129,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"left out of the pool (unreadable; dataset.bad_images: skip): {why}")
     if res.dropped:
         print(f"dropped {res.dropped} unlabeled images of the replaced batch (back in the pool)")
-    model = "no model yet: random draw" if res.round == 0 else (
-        "model trained" if res.trained else "model reused (labeled set unchanged)")
+    model = (f"ranked from {args.predictions}" if args.predictions else "no model yet: random draw"
+             if res.round == 0 else "model trained" if res.trained else "model reused (labeled set unchanged)")
     print(f"round {res.round}: selected {len(res.images)} images ({model}); {res.pool_left} left in the pool")
     for f in res.files:
         print(f"  {f}")
@@ -421,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R and a Local files storage on the pool folder")
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
+    s.add_argument("--predictions", metavar="FILE",
+                   help="rank from your own detector's COCO results file (Ultralytics predictions.json, detectron2 "
+                        "coco_instances_results.json, MMDetection *.bbox.json) instead of training; its detections "
+                        "become the pre-annotations")
+    s.add_argument("--predictions-format", choices=["auto", "ultralytics", "coco", "detectron2", "mmdetection"],
+                   default="auto", help="how FILE names images and classes (default auto: ultralytics when every "
+                                        "detection's image_id is its file_name's stem, else coco)")
+    s.add_argument("--score-as-probs", action="store_true",
+                   help="FILE has no per-class 'probs': let entropy/margin score each detection from its score alone")
     s.add_argument("--label-studio", metavar="URL",
                    help="import the round into Label Studio over its API (first round: create a project bound "
                         "to this one, with the labeling config and a local-files storage on the pool folder); "

@@ -51,6 +51,9 @@ class SelectOptions:
     image_url_prefix: str | None = None
     local_files_root: str | None = None
     prelabel_score: float = 0.5
+    predictions: str | None = None  # rank from this COCO results file instead of training (labeling.predictions)
+    predictions_format: str = "auto"  # auto | ultralytics | coco | detectron2 | mmdetection
+    score_as_probs: bool = False  # a file without 'probs': score entropy/margin from the scores alone
 
 
 @dataclass
@@ -211,6 +214,8 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         cfg.strategy = StrategyConfig(name=opts.strategy, params={})
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
     strategy.check_model(cfg.task, cfg.model.arch)
+    if opts.predictions is not None:
+        _check_predictions_options(cfg, opts, strategy)
     main = distributed.is_main()
     strategy.progress = progress and main
     with contextlib.ExitStack() as stack:
@@ -245,6 +250,36 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         proj, test = held if main else (None, None)
         base = proj.base if proj is not None else _load_base(cfg)  # the other ranks read dataset.train themselves
         return _select(cfg, project_dir, opts, strategy, test, proj, base, plan, progress and main)
+
+
+def _check_predictions_options(cfg: ExperimentConfig, opts: SelectOptions, strategy: Any) -> None:
+    """What ``--predictions`` can do, checked before the project is opened."""
+    from activedet.labeling.predictions import FORMATS, check_strategy_name
+
+    if cfg.task != "detection":
+        raise ConfigError(f"--predictions reads a detector's results; the config's task is '{cfg.task}'")
+    if opts.predictions_format not in FORMATS:
+        raise ConfigError(f"--predictions-format {opts.predictions_format!r} is not one of {', '.join(FORMATS)}")
+    if not Path(opts.predictions).is_file():
+        raise ConfigError(f"--predictions {opts.predictions}: no such file")
+    check_strategy_name(strategy.name)
+
+
+def _predictions_model(cfg: ExperimentConfig, opts: SelectOptions, strategy: Any, base: Any, dataset: Any,
+                       pool: Pool, plan: dict[str, Any]) -> Any:
+    """The file's detections as the adapter the strategy scores with (no training); with
+    ``--unit boxes`` the pool's costs are its detections scoring >= ``--prelabel-score``."""
+    from activedet.labeling.predictions import PredictionsModel, check_strategy, read_results
+    from activedet.loop.runner import PredictedCosts
+
+    known = dict(plan["pool_ids"])  # detections of labeled images are read and left unused
+    known.update({i: str(base.record(i).path) for i in plan["base_order"] if base.record(i).path is not None})
+    results = read_results(opts.predictions, opts.predictions_format, known, plan["root"], plan["coco_ids"])
+    check_strategy(strategy, results, opts.score_as_probs)
+    model = PredictionsModel(results, category_ids(base))
+    if opts.unit == "boxes":
+        pool.costs = PredictedCosts(pool.costs, model, dataset, opts.prelabel_score)
+    return model
 
 
 def _verify_pool(cfg: ExperimentConfig, proj: _Project, progress: bool) -> dict[int, str]:
@@ -287,7 +322,8 @@ def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool
         r = max(rounds) + 1 if rounds else (1 if proj.base_order else 0)
     return {"r": r, "drop_round": drop_round, "dropped": dropped, "rounds": rounds, "labels": proj.labels,
             "pool_ids": proj.pool_ids, "root": proj.listing.root, "base_order": proj.base_order,
-            "uid": proj.meta["project"]["uid"], "has_test": has_test}
+            "uid": proj.meta["project"]["uid"], "has_test": has_test,
+            "coco_ids": dict(zip(proj.listing.paths, proj.listing.ids)) if proj.listing.ids else None}
 
 
 def _labeled_pool(cfg: ExperimentConfig, base: Any, plan: dict[str, Any]) -> tuple[Any, Pool]:
@@ -368,11 +404,16 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
     if opts.unit == "images" and opts.budget > len(pool.unlabeled):  # before anything trains
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
-    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
+    if opts.predictions is not None:  # the team's own detector: its results file, nothing trains
+        adapter, trained, metrics = _predictions_model(cfg, opts, strategy, base, dataset, pool, plan), False, None
+    else:
+        adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
     unit = "images" if cfg.task == "classification" else opts.unit
 
-    # the simulate code path: sharded scoring, rank 0's choice for all
-    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed,
+    # the simulate code path: sharded scoring, rank 0's choice for all (a predictions file
+    # ranks round 0 too: select_batch's round 0 is a draw without a model)
+    ranked_round = max(r, 1) if opts.predictions is not None else r
+    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, ranked_round, opts.budget, unit, cfg.seed,
                                                cfg.loop.initial_strategy, cfg.device)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
@@ -418,7 +459,7 @@ def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, 
     chosen, scores, seconds_sel = selection
     r, task, bad = plan["r"], cfg.task, plan["quarantined"]
     ledger, conn = proj.ledger, proj.ledger.conn
-    spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
+    spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 or opts.predictions else "random", task,
                      list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
                      opts.local_files_root, plan["root"], category_ids(base))
     images = describe_batch(chosen, scores, dataset, adapter, cfg, r)
