@@ -71,6 +71,7 @@ _INTERRUPTED = {
     "export": "the output file was not written; run the same command again",
     "report": "run the same command again",
     "compare": "finished cells are kept and an unfinished one continues: run the same command again",
+    "predict": "the chunks sent so far are kept; run the same command again to send the rest (nothing twice)",
     "serve": "stopped; annotations that arrived are on disk under DIR/webhooks/ and are ingested at the next start",
 }
 
@@ -197,6 +198,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         key = api_key(args.label_studio_key_file)
     serve(args.project, args.host, args.port, args.device, args.local_files_root, key)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from activedet.errors import ConfigError
+    from activedet.labeling.bulk import PredictOptions, predict_pool
+
+    ids = None
+    if args.ids:
+        text = Path(args.ids[1:]).read_text() if args.ids.startswith("@") else args.ids.replace(",", " ")
+        try:
+            ids = [int(v) for v in text.split()]
+        except ValueError:
+            raise ConfigError(f"--ids {args.ids!r}: image ids separated by commas, or @FILE with one id per line") from None
+    studio = None
+    if args.label_studio:
+        from activedet.labeling.studio import connect
+
+        studio = connect(args.label_studio, args.label_studio_key_file)
+    opts = PredictOptions(ids=ids, chunk=args.chunk, prelabel_score=args.prelabel_score, device=args.device,
+                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    out = predict_pool(args.project, opts, studio, say)
+    print(json.dumps(out) if args.json else
+          f"{out['model_version']}: {out['sent']} images sent to {out['where']} ({out['already']} of the "
+          f"{out['pool']} pool images held it already), {out['images_per_s']} images/s")
     return 0
 
 
@@ -487,6 +514,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder holding the pool)")
     _key_file_argument(s, "to fetch images Label Studio serves; else the token Label Studio sends to /setup")
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("predict", help="the current model's predictions for the whole pool, in bulk, as Label "
+                                       "Studio predictions",
+                       description="Score the pool (or --ids) with the current model (serve's: the checkpoint of "
+                                   "everything labeled, trained first if needed) in chunks, scoring one chunk while "
+                                   "the last one uploads. --label-studio: into the bound project (a prediction for "
+                                   "each task that shows a pool image, a new task for an image without one). "
+                                   "Else files DIR/predictions/VERSION/chunk-NNNNN.json to import. Resumable after "
+                                   "a kill; a re-run sends only what is missing (no duplicate predictions).")
+    s.add_argument("--project", required=True, help="project directory (after its first select)")
+    s.add_argument("--label-studio", metavar="URL", help="the Label Studio the project is bound to")
+    _key_file_argument(s, "never recorded")
+    s.add_argument("--ids", metavar="IDS", help="only these pool image ids: 1,2,3 or @FILE (one id per line)")
+    s.add_argument("--chunk", type=int, default=256, help="images per chunk (default 256)")
+    s.add_argument("--prelabel-score", type=float, default=0.5,
+                   help="detections at least this confident become predictions (default 0.5)")
+    s.add_argument("--image-url-prefix", metavar="P", help="as select's: image URLs of new tasks")
+    s.add_argument("--local-files-root", metavar="R", help="as select's: local-files URLs relative to R")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the project's device")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
+    s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("ingest", help="merge labels (Label Studio JSON export or COCO) into the labeled set",
                        description="Validate FILE against the pending batch and merge it into the labeled "

@@ -140,6 +140,19 @@ class Studio:
             self.call(f"importing {len(tasks)} tasks into project {pid}",
                       lambda: self.client.projects.import_tasks(id=pid, request=tasks, return_task_ids=True))
 
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> None:
+        """Label Studio's bulk predictions import (``POST /api/projects/ID/import/predictions``):
+        each item ``{"task", "result", "score", "model_version"}``."""
+        if predictions:
+            self.call(f"importing {len(predictions)} predictions into project {pid}",
+                      lambda: self.client.projects.import_predictions(id=pid, request=predictions))
+
+    def predicted_tasks(self, pid: int, model_version: str) -> set[int]:
+        """The tasks of project ``pid`` holding a prediction of ``model_version``."""
+        found = self.call(f"listing the predictions of project {pid}",
+                          lambda: self.client.predictions.list(project=pid))
+        return {int(p.task) for p in found if getattr(p, "model_version", None) == model_version}
+
     def delete_task(self, task_id: int) -> None:
         self.call(f"deleting task {task_id}", lambda: self.client.tasks.delete(id=str(task_id)))
 
