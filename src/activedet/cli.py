@@ -50,7 +50,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     with distributed.process_group(cfg.device) as main_rank:  # under torchrun: join the group; else nothing
         try:
             with stop_on_signals():  # SIGTERM unwinds like Ctrl-C
-                status = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+                status = run(cfg, args.out, resume=args.resume, progress=not args.quiet,
+                             round0_cache=args.round0_cache)
         except KeyboardInterrupt as e:
             signum = signal_number(e)
             if main_rank:  # one line for the run, not one per process
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="override the config's seed")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="print the final status as JSON")
+    s.add_argument("--round0-cache", metavar="DIR",
+                   help="share round 0's model with other runs of the same seed and data through DIR "
+                        "(compare passes OUT/round0; strategies with the plain model and trainer only)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("doctor", help="check a config and its data, weights and device without training",
@@ -486,8 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (runs/, compare.json, report/)")
     s.add_argument("--jobs", type=int, default=1, help="cells run at once, the cores split between them "
                    "(under threads: 0; otherwise each cell runs on its config's threads)")
-    s.add_argument("--unit", choices=["images", "boxes"], help="the loop's budget unit for every cell "
-                   "(default: the config's); compare reports both axes either way")
+    s.add_argument("--unit", choices=["images", "boxes", "seconds"],
+                   help="the budget unit of every cell; default for detection: boxes, so every strategy's "
+                        "rounds meet at equal cost (a config in images is converted at the pool's mean boxes per "
+                        "image); seconds: annotator seconds with pre-annotations; compare reports images, boxes "
+                        "and annotator seconds either way")
     s.add_argument("--only", metavar="STRATEGY:SEED", help="run this one cell and stop (no aggregation)")
     s.add_argument("--nproc", type=int, help="run each cell under torchrun with N processes")
     s.add_argument("--project", metavar="DIR", help="replay on the labels an `activedet select` project holds")

@@ -159,6 +159,7 @@ def run_cell(out: Path, base: dict[str, Any], cell: Cell, unit: str | None, thre
     argv = [sys.executable, "-m", "activedet.cli", "simulate", str(path), "--out", str(run_dir)]
     argv += ["--resume"] if (run_dir / Ledger.FILENAME).is_file() else []
     argv += ["--quiet"] if quiet else []
+    argv += ["--round0-cache", str(out / "round0")]  # one round 0 per seed for the strategies that train alike
     argv += ["--nproc", str(nproc)] if nproc else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -235,6 +236,29 @@ def boxes_to_reach(target: float, boxes: Sequence[float], curve: Sequence[float]
             b0, m0 = boxes[k - 1], curve[k - 1]
             return b0 + (b - b0) * (target - m0) / (m - m0) if m > m0 else b
     return None
+
+
+def area_mean(xs: Sequence[float], ys: Sequence[float], lo: float, hi: float) -> float:
+    """The mean of the piecewise-linear curve through (xs, ys) (xs increasing) over [lo, hi]
+    (inside [xs[0], xs[-1]]): its area there divided by hi - lo; its value at lo when hi == lo."""
+    pts = [lo] + [x for x in xs if lo < x < hi] + [hi]
+    vals = [interp(x, xs, ys) for x in pts]
+    if hi <= lo:
+        return float(vals[0])  # type: ignore[arg-type]
+    area = sum((x1 - x0) * (v0 + v1) / 2 for x0, x1, v0, v1 in zip(pts, pts[1:], vals, vals[1:]))  # type: ignore[operator]
+    return area / (hi - lo)
+
+
+def area_differences(pairs: dict[int, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]]
+                     ) -> tuple[float, float, dict[int, float]] | None:
+    """Per seed, the strategy's mean metric minus random's over the cost range every seed
+    covers: ``pairs`` seed -> (costs, metric, random's costs, random's metric). Returns
+    (low, high, {seed: difference}); None when the seeds share no range of positive width."""
+    lo = max(max(c[0], rc[0]) for c, _, rc, _ in pairs.values())
+    hi = min(min(c[-1], rc[-1]) for c, _, rc, _ in pairs.values())
+    if not hi > lo:
+        return None
+    return lo, hi, {seed: area_mean(c, m, lo, hi) - area_mean(rc, rm, lo, hi) for seed, (c, m, rc, rm) in pairs.items()}
 
 
 def paired(curve: Sequence[float], boxes: Sequence[float], rand: Sequence[float],
@@ -322,12 +346,12 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
     scale = 100.0 if values and max(values) <= 1.0 else 1.0
     out: dict[str, Any] = {"metric": metric, "scale": scale, "cost": cost, "strategies": {}}
 
-    def curves(by_seed: dict[int, list[dict]]) -> dict[int, tuple[list[float], list[float], list[float]]]:
+    def curves(by_seed: dict[int, list[dict]]) -> dict[int, tuple[list[float], list[float], list[float], list]]:
         got = {}
         for seed, rounds in by_seed.items():
             rs = [r for r in rounds if (r.get("metrics") or {}).get(metric) is not None]
             got[seed] = ([r["metrics"][metric] for r in rs], [float(r["labeled_boxes"]) for r in rs],
-                         [float(r["labeled_images"]) for r in rs])
+                         [float(r["labeled_images"]) for r in rs], [r.get("labeled_seconds") for r in rs])
         return got
 
     rand = curves(results["random"]) if "random" in results else None
@@ -338,7 +362,9 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             "seeds": sorted(cs),
             "per_round": [mean_std([c[0][k] for c in cs.values()]) for k in range(n)],
             "boxes": [statistics.fmean(c[1][k] for c in cs.values()) for k in range(n)],
-            "images": [statistics.fmean(c[2][k] for c in cs.values()) for k in range(n)]}
+            "images": [statistics.fmean(c[2][k] for c in cs.values()) for k in range(n)],
+            "seconds": [None if any(c[3][k] is None for c in cs.values()) else statistics.fmean(c[3][k] for c in cs.values())
+                        for k in range(n)]}
         if rand is not None and label != "random":
             per_seed = {seed: paired(c[0], c[1], rand[seed][0], rand[seed][1]) for seed, c in cs.items() if seed in rand}
             st["vs_random"] = per_seed
@@ -353,8 +379,52 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             diffs = [[cs[seed][0][k] - rand[seed][0][k] for seed in per_seed] for k in range(n_r)]
             st["per_round_diff"] = [interval(d) or (d[0], None, None) for d in diffs]  # (mean, lo, hi); 1 seed: no CI
             st["verdict"] = verdict(saved, per_box, scale, cost) if saved else "random never reaches a final metric"
+            st["by_cost"] = {axis: by_cost(cs, rand, axis, scale) for axis in _axes(cost, cs, rand)}
         out["strategies"][label] = st
     out["recommendation"] = recommend(out)
+    return out
+
+
+#: cost axes: position of the costs in a seed's curve tuple, and the word for one unit
+_AXIS = {"images": (2, "images"), "labels": (2, "labels"), "boxes": (1, "boxes"), "seconds": (3, "annotator seconds")}
+
+
+def _axes(cost: str, cs: dict, rand: dict) -> list[str]:
+    """The cost axes every seed of both strategies has: labels (classification), else boxes,
+    and annotator seconds where every round recorded them."""
+    if cost != "boxes":
+        return ["labels"]
+    known = all(x is not None for by in (cs, rand) for c in by.values() for x in c[3])
+    return ["boxes", "seconds"] if known else ["boxes"]
+
+
+def by_cost(cs: dict, rand: dict, axis: str, scale: float) -> dict[str, Any]:
+    """Against random on one cost axis, paired by seed: the saving to reach random's final
+    metric, the metric at equal cost, and the difference in area under the metric-vs-cost
+    curve over the range every seed covers, each a (mean, low, high) 95% interval with, when
+    it includes zero, the seeds its spread would need to decide."""
+    k, word = _AXIS[axis]
+    per_seed = {seed: paired(c[0], c[k], rand[seed][0], rand[seed][k]) for seed, c in cs.items() if seed in rand}
+    saved = [p["saved"] for p in per_seed.values() if p["saved"] is not None]
+    at_cost = [p["per_box"] for p in per_seed.values() if p["per_box"] is not None]
+    area = area_differences({seed: (c[k], c[0], rand[seed][k], rand[seed][0]) for seed, c in cs.items() if seed in rand})
+    diffs = list(area[2].values()) if area else []
+    out: dict[str, Any] = {"unit": word, "saved": interval(saved), "at_equal_cost": interval(at_cost),
+                           "area": interval(diffs), "area_range": None if area is None else [area[0], area[1]],
+                           "area_per_seed": {} if area is None else area[2]}
+    ci = out["area"]
+    if ci is None:
+        out["area_verdict"] = "too few seeds for an area verdict (run --seeds 2 or more)" if area else \
+            "the seeds share no cost range"
+    else:
+        m, lo, hi = (x * scale for x in ci)
+        line = (f"over {area[0]:.0f}-{area[1]:.0f} {word} the mean metric is {higher_lower(m)} than random's "  # type: ignore[index]
+                f"(95% CI {higher_lower(lo)} to {higher_lower(hi)}, {len(diffs)} seeds, {sum(d > 0 for d in diffs)} ahead)")
+        need = seeds_to_decide(diffs)
+        if lo <= 0 <= hi:
+            line += (f"; at this mean and spread {need} seeds would decide" if need is not None
+                     else "; no number of seeds would decide at this mean and spread")
+        out["area_verdict"] = line
     return out
 
 
@@ -385,7 +455,10 @@ def table(summary: dict[str, Any]) -> str:
         cells = " ".join(f"{m * scale:6.1f} ± {sd * scale:4.1f}" for m, sd in s["per_round"])
         boxes = " ".join(f"{b:>13.0f}" for b in s["boxes"])
         lines.append(f"{label:<28} {cells}")
+        lines.append(f"{'  images':<28} " + " ".join(f"{b:>13.0f}" for b in s["images"]))
         lines.append(f"{'  ' + summary.get('cost', 'boxes'):<28} {boxes}")
+        if s.get("seconds") and all(x is not None for x in s["seconds"]):
+            lines.append(f"{'  annotator seconds':<28} " + " ".join(f"{x:>13.0f}" for x in s["seconds"]))
     lines.append("")
     for label, s in summary["strategies"].items():
         if "per_round_diff" in s:
@@ -399,8 +472,38 @@ def table(summary: dict[str, Any]) -> str:
             per_image = "" if img is None else \
                 f" [per image {img[0] * scale:+.1f} points, {s['ahead_per_image']} seeds ahead]"
             lines.append(f"{label}: {s['verdict']}{per_image}")
+            for axis, b in (s.get("by_cost") or {}).items():
+                if axis == "seconds" and b["saved"] is not None:
+                    m, lo, hi = b["saved"]
+                    lines.append(f"  in annotator seconds: {fewer_more(m, 'seconds')} to reach random's final metric "
+                                 f"(95% CI {fewer_more(lo, 'seconds')} to {fewer_more(hi, 'seconds')})")
+                lines.append(f"  area, {b['unit']}: {b['area_verdict']}")
     lines.append(f"recommendation: {summary['recommendation']}")
     return "\n".join(lines)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (``OUT/compare.md``): per strategy the final metric,
+    the paired differences to random and the savings, each with its 95% interval."""
+    scale, metric = summary["scale"], summary["metric"]
+
+    def ci(v: Any, fmt: str = "{:+.1f}", k: float = scale) -> str:
+        return "–" if v is None else (fmt.format(v[0] * k) + " (" + fmt.format(v[1] * k) + " to "
+                                      + fmt.format(v[2] * k) + ")")
+
+    def saved(v: Any) -> str:
+        words = lambda x: fewer_more(x, "").strip()  # noqa: E731
+        return "–" if v is None else f"{words(v[0])} (95% CI {words(v[1])} to {words(v[2])})"
+
+    rows = [f"| strategy | seeds | final {metric} | Δ per image | Δ at equal boxes | boxes to reach random's final "
+            f"| annotator seconds to reach it | Δ area over boxes |", "|---|---|---|---|---|---|---|---|"]
+    for label, st in summary["strategies"].items():
+        m, sd = st["per_round"][-1]
+        by = st.get("by_cost") or {}
+        rows.append(f"| {label} | {len(st['seeds'])} | {m * scale:.1f} ± {sd * scale:.1f} | {ci(st.get('per_image'))} | "
+                    f"{ci(st.get('per_box'))} | {saved(st.get('saved'))} | "
+                    f"{saved((by.get('seconds') or {}).get('saved'))} | {ci((by.get('boxes') or {}).get('area'))} |")
+    return "\n".join(rows) + "\n"
 
 
 # ============================================================================ the command
@@ -418,11 +521,15 @@ def compare(config: str | Path, strategies: Sequence[str], seeds: int, out: str 
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    if unit not in (None, "images", "boxes"):
-        raise ConfigError(f"--unit {unit!r} is not one of images, boxes")
+    if unit not in (None, "images", "boxes", "seconds"):
+        raise ConfigError(f"--unit {unit!r} is not one of images, boxes, seconds")
     cfg = load_config(config, overrides)
     if project is not None:
         cfg = _project_data(cfg, Path(project), out)
+    if unit is None and cfg.task == "detection":
+        unit = "seconds" if cfg.loop.unit == "seconds" else "boxes"
+    if unit is not None and unit != cfg.loop.unit:
+        _convert_budget(cfg, unit, progress)
     base = cfg.to_dict()
     specs = [parse_strategy(s) for s in strategies]
     if not specs:
@@ -453,8 +560,33 @@ def compare(config: str | Path, strategies: Sequence[str], seeds: int, out: str 
     summary.update(config=str(config), seeds=seeds, unit=unit or cfg.loop.unit, budget=budget,
                    cells={c.name: str(d) for c, d in zip(cells, run_dirs)})
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
+    (out / "compare.md").write_text(markdown(summary))
     _report(statuses, summary, out / "report")
     return summary
+
+
+def _convert_budget(cfg: ExperimentConfig, unit: str, say: bool = True) -> None:
+    """Set ``cfg.loop.unit`` to ``unit``, converting counts (fractions stay fractions of the
+    pool) at the train split's mean cost per image: boxes, or seconds from scratch."""
+    from activedet.data.pool import Pool
+    from activedet.loop.engine import load_split
+    from activedet.loop.runner import pool_total
+
+    if unit != "images" and cfg.task != "detection":
+        raise ConfigError(f"--unit {unit} counts boxes: use it for detection (classification: images)")
+    pool = Pool.from_dataset(load_split(cfg, "train"))
+    old = cfg.loop.unit
+    per_old = pool_total(cfg.loop, pool, cfg.annotator) / max(1, len(pool.ids))
+    cfg.loop.unit = unit
+    per_new = pool_total(cfg.loop, pool, cfg.annotator) / max(1, len(pool.ids))
+    for key in ("initial", "per_cycle"):
+        value = getattr(cfg.loop, key)
+        if isinstance(value, int):
+            setattr(cfg.loop, key, max(1, int(round(value / per_old * per_new))))
+    if say:
+        print(f"compare: budgets in {unit}: loop.initial {cfg.loop.initial}, loop.per_cycle {cfg.loop.per_cycle} "
+              f"(converted from the config's {old}: one counts {per_new / per_old:.2f} {unit} in this pool on average)",
+              file=sys.stderr, flush=True)
 
 
 def _project_data(cfg: ExperimentConfig, project: Path, out: Path) -> ExperimentConfig:

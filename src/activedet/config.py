@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence, Union
 import yaml
 
 from activedet.errors import ConfigError
+from activedet.evaluation.annotation_time import AnnotatorTimes
 from activedet.files import read_text
 from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
@@ -107,6 +108,9 @@ class TrainConfig:
     max_retries: int = 2  # retry: re-initialisations with derived seeds before giving up
     on_nonfinite: str = "stop"  # stop | skip_batch: a NaN/inf training loss
     amp: bool = False  # mixed precision (float16 autocast + GradScaler) on CUDA; ignored, with a warning, on CPU
+    #: the round's model is the uniform average of the weights after every step of this last
+    #: fraction of training (SWA-style, torch.optim.swa_utils.AveragedModel); 0: the last weights
+    average_last: float = 0.0
 
 
 @dataclass
@@ -114,7 +118,7 @@ class LoopConfig:
     initial: Number = 0.05  # fraction (< 1) or count (>= 1) of the pool
     per_cycle: Number = 0.025  # fraction or count, in `unit`s
     cycles: int = 6
-    unit: str = "images"  # images | boxes
+    unit: str = "images"  # images | boxes | seconds (annotator seconds with pre-annotations; simulate only)
     reinit: bool = True  # re-initialise the model every cycle (the papers' protocol)
     initial_strategy: str = "random"  # round 0 without labels: random | typical | kcenter
 
@@ -140,6 +144,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    #: what an annotator's actions cost, in seconds (:mod:`activedet.evaluation.annotation_time`)
+    annotator: AnnotatorTimes = field(default_factory=AnnotatorTimes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; strategy params are flattened under ``strategy``."""
@@ -152,7 +158,7 @@ class ExperimentConfig:
 _CHOICES = {
     ("task",): ("detection", "classification"),
     ("device",): ("auto", "cpu", "cuda"),
-    ("loop", "unit"): ("images", "boxes"),
+    ("loop", "unit"): ("images", "boxes", "seconds"),
     ("loop", "initial_strategy"): ("random", "typical", "kcenter"),
     ("dataset", "bad_images"): ("error", "skip"),
     ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
@@ -280,6 +286,7 @@ def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
         train=_build(TrainConfig, data.get("train"), "train"),
         loop=_build(LoopConfig, data.get("loop"), "loop"),
         strategy=StrategyConfig(name=name, params=strat_raw),
+        annotator=_build(AnnotatorTimes, data.get("annotator"), "annotator"),
     )
     validate(cfg)
     return cfg
@@ -315,6 +322,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
                              or not float(size).is_integer() or size < 1):
         raise ConfigError(f"config key 'model.image_size' = {size!r}: use a positive integer or null (auto)")
+    if not 0 <= cfg.train.average_last < 1:
+        raise ConfigError(f"config key 'train.average_last' = {cfg.train.average_last!r} must be a fraction "
+                          "in [0, 1) (0.25: average the weights over the last quarter of training; 0: off)")
     if not 0 <= cfg.train.warmup_fraction < 1:
         raise ConfigError(f"config key 'train.warmup_fraction' = {cfg.train.warmup_fraction!r} "
                           "must be a fraction in [0, 1)")
@@ -330,6 +340,10 @@ def validate(cfg: ExperimentConfig) -> None:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
             raise ConfigError(f"config key 'train.lr_steps' entry {s!r} must be a fraction in (0, 1]")
     _check_ranges(cfg)
+    cfg.annotator.check()
+    if cfg.loop.unit == "seconds" and cfg.task != "detection":
+        raise ConfigError("config key 'loop.unit' = 'seconds' counts annotator time on boxes: use it for "
+                          "detection (classification: images)")
     _check_image_roots(cfg.dataset)
     detector = cfg.model.arch in ("retinanet", "fcos", "faster_rcnn")
     if (cfg.task == "detection") != detector:
@@ -350,7 +364,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     numpy, and the ranges of :data:`_RANGES`."""
     if not 0 <= cfg.seed < 2 ** 32:
         raise ConfigError(f"config key 'seed' = {cfg.seed!r} must be in 0..2**32-1")
-    for section in ("dataset", "model", "train", "loop"):
+    for section in ("dataset", "model", "train", "loop", "annotator"):
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)

@@ -150,7 +150,7 @@ def _split_problems(cfg: Any, splits: dict[str, Any]) -> list[str]:
     if labeling:  # select takes its budget from --budget; loop's budgets are simulate's
         return out
     try:
-        check_budgets(cfg.loop, Pool.from_dataset(train))
+        check_budgets(cfg.loop, Pool.from_dataset(train), cfg.annotator)
     except ActivedetError as e:
         out.append(str(e))
     return out

@@ -4,6 +4,8 @@
   from a seed (detection, easy enough to learn on a CPU in minutes);
 - ``trees``: aerial tree-crown photos with VOC boxes shipped in the ``deepforest`` PyPI
   package, tiled into fixed-size crops (detection, one class);
+- ``objects``: the benchmark, Fashion-MNIST's product photos on the aerial photos with
+  PASCAL VOC 2007's objects per image and class frequencies (:mod:`activedet.data.benchmark`);
 - ``digits``, ``fashion_mnist``: classification, provided by
   :mod:`activedet.data.classification` (imported lazily).
 
@@ -299,6 +301,11 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "trees", "detection",
         "aerial tree crowns from the deepforest package, tiled 128 px, one class; "
         "test = right-most 25% of each photo", load_trees, ("train", "test"), TREES_DEFAULTS),
+    "objects": BuiltinInfo(
+        "objects", "detection",
+        "the benchmark: Fashion-MNIST product photos on aerial photos, 10 classes, VOC 2007's objects "
+        "per image and long-tailed class frequencies, 96 px (options: n_train, n_test, image_size, seed)",
+        lambda split, options: _objects(split, options), ("train", "test")),
     "digits": BuiltinInfo(
         "digits", "classification", "8x8 handwritten digits (scikit-learn), 10 classes",
         _classification("load_digits")),
@@ -353,3 +360,9 @@ def export_builtin(name: str, out_dir: str | Path, options: dict[str, Any] | Non
         else:
             written[split] = dataset.export_coco(out_dir / split)  # type: ignore[union-attr]
     return written
+
+
+def _objects(split: str, options: dict[str, Any]) -> AnyDataset:
+    from activedet.data.benchmark import load_objects  # reads Fashion-MNIST and the deepforest photos
+
+    return load_objects(split, options)

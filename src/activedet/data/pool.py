@@ -25,6 +25,8 @@ class Pool:
         self.reference: object | None = None  # labeled reference split (ISAL's R), if any
         self.round_of: dict[int, int] = {}  # image id -> round it was labeled in
         self.labeled: list[int] = []  # in the order they were added
+        #: image id -> annotator seconds it cost when labeled (simulate; unknown in older runs)
+        self.seconds: dict[int, float] = {}
 
     @classmethod
     def from_dataset(cls, dataset, ids: Iterable[int] | None = None) -> "Pool":
@@ -39,6 +41,10 @@ class Pool:
     @property
     def labeled_boxes(self) -> int:
         return sum(self.costs[i] for i in self.labeled)
+
+    @property
+    def labeled_seconds(self) -> float:
+        return sum(self.seconds.get(i, 0.0) for i in self.labeled)
 
     def cost(self, ids: Iterable[int]) -> int:
         return sum(self.costs[i] for i in ids)

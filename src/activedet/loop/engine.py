@@ -153,8 +153,13 @@ class RunStore:
         self.call(lambda lg: lg.set_metrics(round_, metrics, seconds))
 
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
-                  seconds: dict[str, float], scores: dict[int, float] | None) -> None:
-        self.call(lambda lg: lg.add_round(round_, selected, labeled_images, labeled_boxes, seconds, scores))
+                  seconds: dict[str, float], scores: dict[int, float] | None,
+                  costs: Sequence[tuple[int, int, float, dict[str, int]]] = ()) -> None:
+        self.call(lambda lg: lg.add_round(round_, selected, labeled_images, labeled_boxes, seconds, scores, costs))
+
+    def image_seconds(self) -> dict[int, float]:
+        """Image id -> annotator seconds recorded for it (:meth:`Ledger.image_seconds`)."""
+        return self.call(lambda lg: lg.image_seconds())
 
     def set_meta(self, **values: Any) -> None:
         self.call(lambda lg: lg.set_meta(**values))
@@ -272,6 +277,14 @@ class RoundModels:
                                 result.health, fp)
         self.rows[k].update(checkpoint=ckpt, metrics=None)
         self.held = k
+
+    def adopt(self, k: int, ckpt: str, sha256: str, history: list[dict], health: dict[str, Any] | None) -> None:
+        """Record the checkpoint already at ``run_dir/ckpt`` (trained by another run, e.g. a
+        shared round 0: :mod:`activedet.loop.round0`) as round k's model."""
+        self.sums[ckpt] = sha256
+        self.store.record_model(k, ckpt, self.sums, history, {"train": 0.0}, health, None)
+        self.rows[k].update(checkpoint=ckpt, metrics=None)
+        self.held = -1  # loaded (and its checksum checked) when first used
 
     def evaluate(self, k: int, dataset: Any, pool: Pool, test: Any) -> dict[str, Any]:
         """Round k's metrics on ``test`` ({} without one), recorded. Rank 0 evaluates: the

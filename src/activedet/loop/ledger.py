@@ -51,6 +51,17 @@ CREATE TABLE IF NOT EXISTS scores (
     score REAL NOT NULL,
     PRIMARY KEY (round, image_id)
 ) WITHOUT ROWID;
+-- what each labeled image cost an annotator: its boxes, and the seconds to turn the round
+-- model's pre-annotations into them (:mod:`activedet.evaluation.annotation_time`), with the
+-- edits behind them. Ledgers written before this table have no rows: their seconds are unknown
+CREATE TABLE IF NOT EXISTS costs (
+    round INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    boxes INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    edits TEXT NOT NULL,             -- json {right, off, false, missed}
+    PRIMARY KEY (round, image_id)
+) WITHOUT ROWID;
 """
 
 #: per-image scores written per transaction by :meth:`Ledger.add_round`
@@ -142,7 +153,8 @@ class Ledger:
     # ------------------------------------------------------------------ rounds
     @_writes
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
-                  seconds: dict[str, float], scores: dict[int, float] | None) -> None:
+                  seconds: dict[str, float], scores: dict[int, float] | None,
+                  costs: Iterable[tuple[int, int, float, dict[str, int]]] = ()) -> None:
         """Record round ``round_``. The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows
         per transaction (leftovers of an earlier interrupted attempt are dropped in the
         first), then the round's row in one more: until that last commit the round, and
@@ -157,6 +169,7 @@ class Ledger:
                 with self.conn:
                     scored += self._put_scores(round_, chunk)
         with self.conn:
+            self.put_costs(round_, costs)
             self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
 
     def insert_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
@@ -181,6 +194,21 @@ class Ledger:
             "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (round_, _dumps([int(i) for i in selected]), labeled_images, labeled_boxes,
              _dumps(seconds), scored, time.time()))
+
+    def put_costs(self, round_: int, rows: Iterable[tuple[int, int, float, dict[str, int]]]) -> None:
+        """Round ``round_``'s (image id, boxes, seconds, edits) rows, in the caller's
+        transaction (with the round's row: both or neither are recorded)."""
+        self.conn.execute("DELETE FROM costs WHERE round = ?", (round_,))
+        self.conn.executemany("INSERT INTO costs (round, image_id, boxes, seconds, edits) VALUES (?, ?, ?, ?, ?)",
+                              [(round_, int(i), int(b), float(s), _dumps(e)) for i, b, s, e in rows])
+
+    def image_seconds(self) -> dict[int, float]:
+        """Image id -> the annotator seconds it cost (images of recorded rounds only)."""
+        return dict(self.conn.execute("SELECT c.image_id, c.seconds FROM costs c JOIN rounds r ON r.round = c.round"))
+
+    def _round_seconds(self) -> dict[int, float]:
+        """Round -> the annotator seconds of its images (rounds with cost rows only)."""
+        return dict(self.conn.execute("SELECT round, SUM(seconds) FROM costs GROUP BY round"))
 
     def scores(self, round_: int) -> dict[int, float] | None:
         """Round ``round_``'s per-image scores (None: none recorded, or no such round)."""
@@ -242,6 +270,10 @@ class Ledger:
         rounds = [{k: r[k] for k in ("round", "selected", "labeled_images", "labeled_boxes", "metrics", "seconds",
                                      "health", "train_log")}
                   for r in self.rounds(scores=False)]
+        per_round, total = self._round_seconds(), 0.0
+        for r in rounds:  # cumulative annotator seconds; None from the first round without cost rows
+            total = None if total is None or r["round"] not in per_round else total + per_round[r["round"]]
+            r["labeled_seconds"] = total
         for r in rounds:  # ledgers from before health was recorded: judge the recorded log
             if r["health"] is None and r["train_log"]:
                 verdict = assess(r["train_log"])

@@ -10,6 +10,7 @@ as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -25,7 +26,9 @@ from activedet.config import ExperimentConfig, LoopConfig, differences, dump_con
 from activedet.data.pool import Pool
 from activedet.data.verify import verify_images
 from activedet.evaluation import headline
+from activedet.evaluation.annotation_time import AnnotatorTimes, Edits, edits, scratch
 from activedet.errors import ConfigError, DatasetError, ResumeError
+from activedet.loop import round0
 from activedet.loop.atomic import atomic_write_text, make_dir
 from activedet.loop.engine import RoundModels, RunStore, derive_seed, load_checkpoint, load_split, train_model
 from activedet.loop.ledger import Ledger, check_out_dir
@@ -93,7 +96,7 @@ def prepare(cfg: ExperimentConfig, progress: bool = False) -> Experiment:
         cfg.model.image_size = auto_image_size(train)
     exp = Experiment(cfg, train, test, reference, strategy, Pool([]))
     _quarantine(exp, quarantined)
-    check_budgets(cfg.loop, exp.pool)
+    check_budgets(cfg.loop, exp.pool, cfg.annotator)
     return exp
 
 
@@ -121,31 +124,48 @@ def _amount(value: float, total: int) -> int:
     return value if isinstance(value, int) else max(1, int(value * total + 0.5))
 
 
-def budget_targets(loop: LoopConfig, pool: Pool) -> list[int]:
+def pool_total(loop: LoopConfig, pool: Pool, times: AnnotatorTimes | None = None) -> int:
+    """The whole pool in ``loop.unit``: images, boxes, or the seconds to label it all from
+    scratch (a look and a drawn box each; ``times``: the config's annotator)."""
+    if loop.unit == "images":
+        return len(pool.ids)
+    if loop.unit == "seconds":
+        t = times or AnnotatorTimes()
+        return int(sum(scratch(pool.costs[i]).seconds(t) for i in pool.ids))
+    return pool.cost(pool.ids)
+
+
+def budget_targets(loop: LoopConfig, pool: Pool, times: AnnotatorTimes | None = None) -> list[int]:
     """Cumulative labeled amount (in ``loop.unit``) after round 0..cycles."""
-    total = len(pool.ids) if loop.unit == "images" else pool.cost(pool.ids)
+    total = pool_total(loop, pool, times)
     first = _amount(loop.initial, total)
     step = _amount(loop.per_cycle, total)
     return [first + c * step for c in range(loop.cycles + 1)]
 
 
-def check_budgets(loop: LoopConfig, pool: Pool) -> None:
-    total = len(pool.ids) if loop.unit == "images" else pool.cost(pool.ids)
-    need = budget_targets(loop, pool)[-1]
+def check_budgets(loop: LoopConfig, pool: Pool, times: AnnotatorTimes | None = None) -> None:
+    total = pool_total(loop, pool, times)
+    need = budget_targets(loop, pool, times)[-1]
     if need > total:
         raise ConfigError(
             f"loop asks for {need} {loop.unit} in all (initial {loop.initial}, {loop.cycles} cycles of "
             f"{loop.per_cycle}) but the train split holds {total}")
 
 
-def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int) -> list[int]:
+def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int,
+               costs: "AnnotatorQuote | None" = None) -> list[int]:
     """Take ranked ids in order until ``budget`` is spent (images: a count; boxes: the
-    oracle's box cost). Stops at the first image that does not fit: never overspends."""
+    oracle's box cost; seconds: ``costs``, the annotator's). Stops at the first image that
+    does not fit: never overspends."""
     if unit == "images":
         return list(ranked[:budget])
-    out, spent = [], 0
-    for i in ranked:
-        c = pool.costs[i]
+    if unit == "seconds" and costs is None:
+        raise ConfigError("loop.unit 'seconds' needs the annotator's costs (simulate and compare only)")
+    out, spent = [], 0.0
+    for k, i in enumerate(ranked):
+        if costs is not None and i not in costs:
+            costs.fill(ranked[k:k + 16])  # batched inference ahead of the walk
+        c = pool.costs[i] if costs is None else costs[i]
         if spent + c > budget:
             break
         out.append(i)
@@ -153,15 +173,52 @@ def fit_budget(ranked: Sequence[int], pool: Pool, unit: str, budget: int) -> lis
     return out
 
 
-def expected_images(pool: Pool, boxes: int) -> int:
-    """About how many images a budget of ``boxes`` buys: at the labeled set's mean boxes
-    per image (at least 1), so no unlabeled image's box count is looked at."""
-    per_image = max(1.0, pool.labeled_boxes / max(1, len(pool.labeled)))
-    return max(1, int(round(boxes / per_image)))
+def expected_images(pool: Pool, budget: float, unit: str = "boxes") -> int:
+    """About how many images a budget in ``unit`` buys: at the labeled set's mean cost per
+    image (at least 1), so no unlabeled image's cost is looked at."""
+    per_image = max(1.0, _labeled_amount(pool, unit) / max(1, len(pool.labeled)))
+    return max(1, int(round(budget / per_image)))
 
 
-def _labeled_amount(pool: Pool, unit: str) -> int:
+def _labeled_amount(pool: Pool, unit: str) -> float:
+    if unit == "seconds":
+        return pool.labeled_seconds
     return len(pool.labeled) if unit == "images" else pool.labeled_boxes
+
+
+class AnnotatorQuote(dict):
+    """Image id -> the annotator seconds to label it now: the pre-annotations of the model
+    ``adapter`` holds (None: none, every box drawn) against the oracle's boxes
+    (:mod:`activedet.evaluation.annotation_time`). Filled on first use, so only for the
+    images :func:`fit_budget` walks and the ones chosen; ``edits`` keeps each one's actions."""
+
+    def __init__(self, dataset: Any, times: AnnotatorTimes, adapter: Any | None = None) -> None:
+        super().__init__()
+        self.dataset, self.times, self.adapter = dataset, times, adapter
+        self.edits: dict[int, Edits] = {}
+
+    def __missing__(self, image_id: int) -> float:
+        self.fill([image_id])
+        return self[image_id]
+
+    def fill(self, ids: Sequence[int]) -> None:
+        todo = [i for i in ids if i not in self]
+        if self.adapter is None:
+            found = {i: scratch(self.dataset.num_boxes(i)) for i in todo}
+        else:
+            found = {}
+            for inf in self.adapter.infer(self.dataset, todo, 8, keep_anchors=False):
+                rec = self.dataset.record(inf.image_id)
+                found[inf.image_id] = edits(inf.boxes.numpy(), inf.labels.numpy(), inf.scores.numpy(),
+                                            rec.boxes, rec.labels, self.times)
+        for i, e in found.items():
+            self.edits[i] = e
+            self[i] = e.seconds(self.times)
+
+    def rows(self, ids: Sequence[int], boxes: dict[int, int]) -> list[tuple[int, int, float, dict[str, int]]]:
+        """(image id, boxes, seconds, edits) of ``ids``, for the ledger."""
+        self.fill(ids)
+        return [(i, boxes[i], self[i], dataclasses.asdict(self.edits[i])) for i in ids]
 
 
 def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
@@ -203,8 +260,10 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
 
 
 def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-        hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+        hooks: Sequence[Hook] = (), round0_cache: str | Path | None = None) -> dict[str, Any]:
     """Replay the protocol of ``cfg`` with oracle labels; returns the final status.
+    ``round0_cache``: a folder where round 0's model is shared with other runs of the same
+    seed and data (:mod:`activedet.loop.round0`; one process only, ignored under torchrun).
 
     Under torchrun (:mod:`activedet.distributed`) every process runs this cycle; rank 0
     alone holds the run lock and writes the ledger, checkpoints and reports
@@ -227,32 +286,57 @@ def run(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, progre
 
         store = RunStore.follower()  # rank 0's gets the ledger in start()
         distributed.on_main(start)  # its error, if any, stops every rank
-        _cycle(exp, RoundModels(cfg, exp.strategy, adapter, run_dir, store, progress and main), hooks if main else ())
+        cache = None if round0_cache is None or distributed.env_world() > 1 else Path(round0_cache)
+        _cycle(exp, RoundModels(cfg, exp.strategy, adapter, run_dir, store, progress and main), hooks if main else (),
+               cache)
         store.set_meta(complete=True)
         status = store.status()
         return status if main else {}
 
 
-def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook]) -> None:
+def _cycle(exp: Experiment, models: RoundModels, hooks: Sequence[Hook], round0_cache: Path | None = None) -> None:
     """Rounds 0..cycles: select (replayed from the ledger when recorded), train, evaluate."""
     cfg, pool, store = exp.cfg, exp.pool, models.store
-    targets = budget_targets(cfg.loop, pool)
+    targets = budget_targets(cfg.loop, pool, cfg.annotator)
     done = models.rows
     for r in sorted(done):  # replay recorded selections into the pool
         pool.add(done[r]["selected"], r)
+    pool.seconds.update(store.image_seconds())
     for r in range(cfg.loop.cycles + 1):
         if r not in done:  # ---- select round r
             if r > 0:
                 previous_model(exp, models, r)
             done[r] = _select_round(exp, models.adapter, store, r, targets[r])
         if done[r].get("checkpoint") is None:  # ---- train on rounds 0..r
-            models.train(r, exp.train, pool)
+            if r > 0 or round0_cache is None or not _shared_round0(exp, models, round0_cache):
+                models.train(r, exp.train, pool)
         if done[r].get("metrics") is None:  # ---- evaluate ({} without a test split)
             metrics = models.evaluate(r, exp.train, pool, exp.test)
             log.info("round %d: %s", r, _headline(metrics))
             status = store.status()
             for hook in hooks:
                 hook(status)
+
+
+def _shared_round0(exp: Experiment, models: RoundModels, cache: Path) -> bool:
+    """Round 0's model from ``cache`` when another run of this seed trained it; else train it
+    here and keep it there. False for a strategy that trains its own way (the caller trains)."""
+    key = round0.round0_key(exp.cfg, exp.strategy.model_variant, exp.strategy.trainer, models.labeled(exp.pool, 0))
+    if key is None:
+        return False
+    ckpt = "checkpoints/round_000.pt"
+    with round0.locked(cache, key) as folder:
+        got = round0.fetch(folder, models.run_dir / ckpt)
+        if got is not None:
+            models.adopt(0, ckpt, got["sha256"], got["history"], got["health"])
+            models.store.set_meta(round0_from=got["source"])
+            log.info("round 0: the model %s trained (same seed, data and training), not trained again", got["source"])
+            return True
+        models.train(0, exp.train, exp.pool)
+        row = models.store.rounds()[0]
+        round0.keep(folder, models.run_dir / ckpt, models.sums[ckpt], row["train_log"], row["health"],
+                    str(models.run_dir))
+    return True
 
 
 def previous_model(exp: Experiment, models: RoundModels, r: int, evaluate: bool = False,
@@ -290,14 +374,14 @@ class PredictedCosts(dict):
 
 
 def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
-                 seed: int, initial: str = "random",
-                 device: str = "cpu") -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
+                 seed: int, initial: str = "random", device: str = "cpu",
+                 costs: AnnotatorQuote | None = None) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
     """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is
     drawn by ``initial`` (``loop.initial_strategy``: a seeded random draw, or a label-free
     ranking of ImageNet features, :mod:`activedet.strategies.cold_start`, on ``device``),
     later rounds are ranked by ``strategy`` with the model in ``adapter``. Shared by
     ``simulate`` and ``select``. Returns (chosen ids, per-image scores or None, seconds per
-    stage); ``pool`` is not modified."""
+    stage); ``pool`` is not modified. ``costs``: the annotator's, for ``unit`` seconds."""
     rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
     scores = None
@@ -307,16 +391,16 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
         from activedet.models.detection_adapter import resolve_device
         from activedet.strategies import cold_start
 
-        take = budget if unit == "images" else expected_images(pool, budget)
+        take = budget if unit == "images" else expected_images(pool, budget, unit)
         ranked = distributed.on_main(lambda: cold_start.rank(initial, pool.dataset, pool.unlabeled, take, rng,
                                                              resolve_device(device)))
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
-        take = budget if unit == "images" else expected_images(pool, budget)
+        take = budget if unit == "images" else expected_images(pool, budget, unit)
         ranked = strategy.select(adapter, pool, n, rng, batch=take)
         scores = strategy.last_scores
     t1 = time.perf_counter()
-    chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget))  # rank 0's choice for all
+    chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget, costs))  # rank 0's choice for all
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
@@ -324,10 +408,14 @@ def _select_round(exp: Experiment, adapter: Any, store: RunStore, r: int, target
     cfg, pool = exp.cfg, exp.pool
     unit = cfg.loop.unit
     budget = target - _labeled_amount(pool, unit)
+    # what annotators would do: round 0 from scratch, later rounds on the previous model's boxes
+    quote = AnnotatorQuote(exp.train, cfg.annotator, adapter if r > 0 else None) if cfg.task == "detection" else None
     chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed,
-                                           cfg.loop.initial_strategy, cfg.device)
+                                           cfg.loop.initial_strategy, cfg.device, quote if unit == "seconds" else None)
+    costs = [] if quote is None else distributed.on_main(lambda: quote.rows(chosen, pool.costs))
     pool.add(chosen, r)
-    store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores)
+    pool.seconds.update({i: sec for i, _, sec, _ in costs})
+    store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores, costs)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
     return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
 
@@ -336,5 +424,5 @@ def _headline(metrics: dict[str, Any]) -> str:
     return headline(metrics, ("AP", "AP50", "top1"), ", ") or "no metrics (no dataset.test)"
 
 
-__all__ = ["run", "previous_model", "PredictedCosts", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
+__all__ = ["AnnotatorQuote", "run", "previous_model", "PredictedCosts", "prepare", "resolve", "derive_seed", "fit_budget", "budget_targets", "load_checkpoint",
            "train_model", "select_batch"]

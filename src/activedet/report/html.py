@@ -161,6 +161,10 @@ def write_report(
     if detection:
         plot_curves(runs, "labeled_boxes", metric, out / "ap_vs_boxes.png")
         figures.append(("ap_vs_boxes.png", f"{metric_label(metric)} vs labeled boxes (annotation cost)"))
+        if all(r.get("labeled_seconds") is not None for run in runs for r in run["rounds"]):
+            plot_curves(runs, "labeled_seconds", metric, out / "ap_vs_seconds.png")
+            figures.append(("ap_vs_seconds.png", f"{metric_label(metric)} vs annotator seconds (with the previous "
+                                                 "round's pre-annotations)"))
     plot_training(runs, out / "training.png")
     figures.append(("training.png", "Training loss per round (dashed red: training judged unhealthy)"))
     plot_seconds(runs, out / "seconds.png")

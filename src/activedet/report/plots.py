@@ -41,6 +41,7 @@ DPI: int = 120
 X_AXES: dict[str, str] = {
     "labeled_images": "Labeled images (count)",
     "labeled_boxes": "Labeled boxes (count, annotation cost)",
+    "labeled_seconds": "Annotator seconds (with pre-annotations, docs/cost.md)",
 }
 #: Loop stages in the order they run; other keys found in ``seconds`` follow.
 STAGES: tuple[str, ...] = ("train", "evaluate", "score", "select")

@@ -16,8 +16,9 @@ def status_text(status: dict[str, Any]) -> str:
     lines = [f"run {status['run_dir']}: strategy {status['strategy']}, "
              f"{'complete' if status['complete'] else 'incomplete'}, pool {status['pool_size']} images"
              + (f" / {status['pool_boxes']} boxes" if boxes else "")]
+    seconds = boxes and any(r.get("labeled_seconds") is not None for r in status["rounds"])
     lines.append(f"{'round':>5} {'added':>6} {'images':>7}" + (f" {'boxes':>7}" if boxes else "")
-                 + f"  {'training':<26} metrics")
+                 + (f" {'ann. s':>7}" if seconds else "") + f"  {'training':<26} metrics")
     notes = []
     for r in status["rounds"]:
         m = r["metrics"] or {}
@@ -27,12 +28,20 @@ def status_text(status: dict[str, Any]) -> str:
         if note:
             notes.append(f"round {r['round']}: {note}")
         lines.append(f"{r['round']:>5} {len(r['selected']):>6} {r['labeled_images']:>7}"
-                     + (f" {r['labeled_boxes']:>7}" if boxes else "") + f"  {train:<26} {shown}")
+                     + (f" {r['labeled_boxes']:>7}" if boxes else "")
+                     + (f" {_seconds(r.get('labeled_seconds')):>7}" if seconds else "") + f"  {train:<26} {shown}")
     quarantined = status.get("quarantined") or {}
     if quarantined:
         lines.append(f"quarantined {len(quarantined)} unreadable pool image(s) (dataset.bad_images: skip), "
                      f"image id: {', '.join(sorted(quarantined, key=int))}")
+    if seconds:
+        lines.append("ann. s: cumulative annotator seconds with the previous round's pre-annotations "
+                     "(docs/cost.md; - where not recorded)")
     return "\n".join(lines + notes)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def training_cell(round_: dict[str, Any]) -> tuple[str, str | None]:

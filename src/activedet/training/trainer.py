@@ -180,6 +180,29 @@ def guarded_step(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tenso
     return True
 
 
+class WeightAverage:
+    """``train.average_last``: the uniform average of ``model``'s weights (and buffers) after
+    every step from iteration ``ceil((1 - fraction) * total)`` on, copied into ``model`` by
+    :meth:`finish`; with ``fraction`` 0 it does nothing. The averaging is
+    :class:`torch.optim.swa_utils.AveragedModel`'s."""
+
+    def __init__(self, model: torch.nn.Module, fraction: float, total: int) -> None:
+        self.model, self.start = model, math.ceil((1.0 - fraction) * total) if fraction > 0 else None
+        self.averaged: torch.optim.swa_utils.AveragedModel | None = None
+
+    def step(self, it: int) -> None:
+        """After step number ``it`` (counted from 1)."""
+        if self.start is None or it <= self.start:
+            return
+        if self.averaged is None:
+            self.averaged = torch.optim.swa_utils.AveragedModel(self.model, use_buffers=True)
+        self.averaged.update_parameters(self.model)
+
+    def finish(self) -> None:
+        if self.averaged is not None:
+            self.model.load_state_dict(self.averaged.module.state_dict())
+
+
 def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (data-parallel
@@ -214,6 +237,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
         torch.manual_seed(seed)
         opt = make_optimizer(adapter.model.parameters(), cfg)
         bar = tqdm(total=total_iters, desc=desc, unit="it", disable=not progress, leave=False)
+        average = WeightAverage(adapter.model, cfg.average_last, total_iters)
         it = 0
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
@@ -235,6 +259,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                     bar.update(1)
                     continue
                 sgd_step(opt, total, cfg.grad_clip, amp.scaler)
+                average.step(it)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
                 result.images += len(batch)
@@ -247,6 +272,7 @@ def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainC
                                    **{k: v / max(1, seen) for k, v in sums.items()}})
             stop_if_dead(result.history, cfg)
         bar.close()
+        average.finish()
     result.seconds = time.perf_counter() - start
     return result
 
