@@ -208,9 +208,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     ids = None
     if args.ids:
-        text = Path(args.ids[1:]).read_text() if args.ids.startswith("@") else args.ids.replace(",", " ")
         try:
+            text = Path(args.ids[1:]).read_text() if args.ids.startswith("@") else args.ids.replace(",", " ")
             ids = [int(v) for v in text.split()]
+        except OSError as e:
+            raise ConfigError(f"--ids {args.ids}: {e.strerror or e}") from None
         except ValueError:
             raise ConfigError(f"--ids {args.ids!r}: image ids separated by commas, or @FILE with one id per line") from None
     studio = None

@@ -174,3 +174,15 @@ def test_ultralytics_ids_are_file_stems(tmp_path: Path) -> None:
 def read_results_file(tmp_path: Path, data: list, paths: dict, fmt: str):
     (tmp_path / "r.json").write_text(json.dumps(data))
     return read_results(tmp_path / "r.json", fmt, paths, str(tmp_path / "pool"), None)
+
+
+def test_box_budgets_count_the_files_detections(tmp_path: Path, capsys) -> None:
+    """--unit boxes: an image costs its detections at --prelabel-score or more (at least 1)."""
+    cfg = _pool(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(detectron2_shape()))
+    code, out, err = _run(capsys, "select", str(cfg), "--project", str(tmp_path / "p"), "--budget", "3", "--quiet",
+                          "--json", "--predictions", str(tmp_path / "r.json"), "--unit", "boxes",
+                          "--prelabel-score", "0.2")
+    assert code == 0, err
+    # a.png costs 1 box, 17.png 2: the budget of 3 is spent on the two least confident images
+    assert [Path(r["path"]).name for r in json.loads(out)["batch"]] == ["a.png", "17.png"]

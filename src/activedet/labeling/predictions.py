@@ -219,7 +219,8 @@ def check_strategy(strategy: Any, results: Results, score_as_probs: bool) -> Non
     measure = strategy.fixed.get("measure") if hasattr(strategy, "fixed") else None
     measure = measure or strategy.params.get("measure")
     if (name in NEEDS_PROBS or measure in NEEDS_PROBS) and not results.has_probs and not score_as_probs:
-        raise StrategyError(f"strategy '{name}' ({measure or name}) needs every class probability of a "
+        how = f" (measure: {measure})" if measure and measure != name else ""
+        raise StrategyError(f"strategy '{name}'{how} needs every class probability of a "
                             f"detection, and {results.path} has only scores (no 'probs'): use --strategy "
                             f"least_confidence, or pass --score-as-probs to score each detection from its score "
                             f"alone (its class at the score, the others at 0)")
