@@ -338,8 +338,7 @@ def make_server(app: Any, host: str, port: int, threads: int = SERVE_THREADS) ->
     stops it. Flask's own server warns against production use."""
     from waitress import create_server
 
-    return create_server(app, host=host, port=port, threads=threads, ident="activedet-serve (waitress)",
-                         channel_timeout=600)  # a /predict of many tasks on a CPU takes minutes
+    return create_server(app, host=host, port=port, threads=threads, ident="activedet-serve (waitress)")
 
 
 def serve(project_dir: str | Path, host: str = "127.0.0.1", port: int = 9090, device: str | None = None,
