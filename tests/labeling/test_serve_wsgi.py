@@ -31,8 +31,9 @@ def test_serve_runs_under_waitress(monkeypatch) -> None:
         with ThreadPoolExecutor(16) as pool:  # concurrent clients all answered
             codes = list(pool.map(lambda _: urllib.request.urlopen(url, timeout=10).status, range(64)))
         assert codes == [200] * 64
-    finally:
-        server.close()
+    finally:  # waitress's own order: its workers finish, then the loop closes the server itself
+        server.task_dispatcher.shutdown()
+        server.trigger.pull_trigger(server.close)
         thread.join(10)
     assert not thread.is_alive()
 
