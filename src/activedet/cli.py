@@ -103,7 +103,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
                          prelabel_score=args.prelabel_score, predictions=args.predictions,
-                         predictions_format=args.predictions_format, score_as_probs=args.score_as_probs)
+                         predictions_format=args.predictions_format, score_as_probs=args.score_as_probs,
+                         embeddings=args.embeddings, embedding_ids=args.embedding_ids)
     project, studio = Path(args.project), None
     if args.label_studio:  # before any work: the server answers and takes the key
         studio, sync = connect_for_select(args.label_studio, args.label_studio_key_file, project, args.replace,
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "detection's image_id is its file_name's stem, else coco)")
     s.add_argument("--score-as-probs", action="store_true",
                    help="FILE has no per-class 'probs': let entropy/margin score each detection from its score alone")
+    s.add_argument("--embeddings", metavar="E.npy", help="with --predictions: (N, D) per-image features, for coreset "
+                                                         "and the batch modes (labeled images need rows too)")
+    s.add_argument("--embedding-ids", metavar="IDS", help="the images of E.npy's rows, one a line (id or file name)")
     s.add_argument("--label-studio", metavar="URL",
                    help="import the round into Label Studio over its API (first round: create a project bound "
                         "to this one, with the labeling config and a local-files storage on the pool folder); "

@@ -186,3 +186,26 @@ def test_box_budgets_count_the_files_detections(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     # a.png costs 1 box, 17.png 2: the budget of 3 is spent on the two least confident images
     assert [Path(r["path"]).name for r in json.loads(out)["batch"]] == ["a.png", "17.png"]
+
+
+def test_embeddings_let_core_set_pick_a_diverse_batch(tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    cfg = _pool(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(detectron2_shape()))
+    argv = ["select", str(cfg), "--project", str(tmp_path / "p"), "--budget", "2", "--quiet", "--json",
+            "--predictions", str(tmp_path / "r.json"), "--strategy", "coreset"]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and "--embeddings" in err and "coreset" in err
+    # two tight pairs far apart: a.png, b.png near 0; 17.png, d.png near 10 (rows named by id and by file)
+    np.save(tmp_path / "e.npy", np.array([[0, 0], [0.1, 0], [10, 10], [10, 10.1]], np.float32))
+    (tmp_path / "e.txt").write_text("11\npool/b.png\n13\nd.png\n")
+    code, out, err = _run(capsys, *argv, "--embeddings", str(tmp_path / "e.npy"), "--embedding-ids",
+                          str(tmp_path / "e.txt"))
+    assert code == 0, err
+    names = {Path(r["path"]).name for r in json.loads(out)["batch"]}
+    assert len(names & {"a.png", "b.png"}) == 1 and len(names & {"17.png", "d.png"}) == 1
+    (tmp_path / "e.txt").write_text("11\npool/b.png\n13\nnowhere.png\n")
+    code, out, err = _run(capsys, *argv, "--replace", "--embeddings", str(tmp_path / "e.npy"), "--embedding-ids",
+                          str(tmp_path / "e.txt"))
+    assert code == 2 and "line 4" in err and "nowhere.png" in err

@@ -43,6 +43,8 @@ from activedet.models.base import Inference
 FORMATS = ("auto", "ultralytics", "coco", "detectron2", "mmdetection")
 #: strategies that read only the kept detections (boxes, scores, class probabilities)
 DETECTION_ONLY = ("least_confidence", "margin", "entropy", "max_uncertainty", "mean_uncertainty", "random")
+#: strategies that also need one feature vector per image (``--embeddings``)
+WITH_EMBEDDINGS = ("coreset",)
 #: of those, the ones whose score needs every class probability unless their measure says otherwise
 NEEDS_PROBS = ("margin", "entropy")
 
@@ -90,6 +92,38 @@ def read_results(path: str | Path, fmt: str, pool_paths: Mapping[int, str], root
                            f"({', '.join(sorted(set(missing))[:5])}); {find.how()}")
     has_probs = bool(data) and all("probs" in e for e in data)
     return Results(str(path), fmt, dict(by_image), has_probs, len(data))
+
+
+@dataclass
+class Embeddings:
+    """``--embeddings``: one row per image (``rows``: image id -> row of ``matrix``)."""
+
+    path: str
+    matrix: np.ndarray
+    rows: dict[int, int]
+
+
+def read_embeddings(path: str | Path, ids_path: str | Path, results: Results, pool_paths: Mapping[int, str],
+                    root: str, coco_ids: Mapping[str, int] | None) -> Embeddings:
+    """An (N, D) ``.npy`` and a text file naming its N rows' images, one a line (an image id,
+    or a file name), matched as the results file's entries are."""
+    try:
+        matrix = np.load(path, allow_pickle=False)
+        names = [line.strip() for line in Path(ids_path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"--embeddings {path} / --embedding-ids {ids_path}: {e}") from None
+    if matrix.ndim != 2 or len(matrix) != len(names) or not np.isfinite(matrix).all():
+        raise DatasetError(f"--embeddings {path}: a finite (N, D) array with one row per line of {ids_path} is "
+                           f"expected, got shape {matrix.shape} for {len(names)} lines")
+    find = _ImageFinder(pool_paths, root, coco_ids, results.format)
+    rows: dict[int, int] = {}
+    for k, name in enumerate(names):
+        i = find({"image_id": int(name)} if name.isdigit() else {"file_name": name, "image_id": name})
+        if i is None:
+            raise DatasetError(f"--embedding-ids {ids_path}, line {k + 1}: {name!r} is not an image of the project; "
+                               f"{find.how()}")
+        rows[i] = k
+    return Embeddings(str(path), matrix, rows)
 
 
 def _check_entry(e: Any, k: int, path: str | Path) -> None:
@@ -201,21 +235,24 @@ def _probs(e: dict[str, Any], C: int, path: str) -> list[float]:
     return [float(v) for v in p]
 
 
-def check_strategy_name(name: str) -> None:
-    """Refuse a strategy that reads more than the kept detections (before any file is read)."""
-    if name not in DETECTION_ONLY:
+def check_strategy_name(name: str, embeddings: bool = False) -> None:
+    """Refuse a strategy that reads more than the kept detections (and, with ``--embeddings``,
+    the images' features) before any file is read."""
+    allowed = DETECTION_ONLY + (WITH_EMBEDDINGS if embeddings else ())
+    if name not in allowed:
+        more = "" if embeddings else f"; {', '.join(WITH_EMBEDDINGS)} with --embeddings"
         raise StrategyError(f"strategy '{name}' needs the model itself (features, heads or gradients), which a "
                             f"predictions file does not hold; with --predictions use one of "
-                            f"{', '.join(DETECTION_ONLY)} (least_confidence reads only the scores)")
+                            f"{', '.join(allowed)} (least_confidence reads only the scores){more}")
 
 
-def check_strategy(strategy: Any, results: Results, score_as_probs: bool) -> None:
+def check_strategy(strategy: Any, results: Results, score_as_probs: bool, embeddings: bool = False) -> None:
     """Refuse, by name, a strategy that needs what the file lacks."""
     name = strategy.name
-    check_strategy_name(name)
-    if strategy.params.get("batch", "topk") != "topk":
+    check_strategy_name(name, embeddings)
+    if strategy.params.get("batch", "topk") != "topk" and not embeddings:
         raise StrategyError(f"strategy key 'batch' = {strategy.params['batch']!r} needs image features, which a "
-                            f"predictions file does not hold; use batch: topk with --predictions")
+                            f"predictions file does not hold: pass --embeddings, or use batch: topk")
     measure = strategy.fixed.get("measure") if hasattr(strategy, "fixed") else None
     measure = measure or strategy.params.get("measure")
     if (name in NEEDS_PROBS or measure in NEEDS_PROBS) and not results.has_probs and not score_as_probs:
@@ -235,8 +272,8 @@ class PredictionsModel:
     variant = "plain"
     device = torch.device("cpu")
 
-    def __init__(self, results: Results, category_ids: Sequence[int]) -> None:
-        self.results = results
+    def __init__(self, results: Results, category_ids: Sequence[int], embeddings: Embeddings | None = None) -> None:
+        self.results, self.embeddings = results, embeddings
         self.category_ids = list(category_ids)
         self.num_classes = len(category_ids)
         for _ in inferences(results, category_ids, list(results.by_image)):
@@ -246,8 +283,17 @@ class PredictionsModel:
               **_: Any) -> Iterator[Inference]:
         return inferences(self.results, self.category_ids, ids)
 
-    def features(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        raise StrategyError(f"image features are not in the predictions file {self.results.path}")
+    def features(self, dataset: Any, ids: Sequence[int], batch_size: int = 8, **_: Any) -> np.ndarray:
+        """(N, D) float32 rows of ``--embeddings`` for ``ids``."""
+        if self.embeddings is None:
+            raise StrategyError(f"image features are not in the predictions file {self.results.path}: pass "
+                                f"--embeddings E.npy --embedding-ids IDS")
+        rows = self.embeddings.rows
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise StrategyError(f"--embeddings {self.embeddings.path} has no row for image id {missing[0]} "
+                                f"({len(missing)} such images; the labeled images need rows too, as centers)")
+        return self.embeddings.matrix[[rows[i] for i in ids]].astype(np.float32, copy=False)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {}

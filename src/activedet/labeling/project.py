@@ -54,6 +54,8 @@ class SelectOptions:
     predictions: str | None = None  # rank from this COCO results file instead of training (labeling.predictions)
     predictions_format: str = "auto"  # auto | ultralytics | coco | detectron2 | mmdetection
     score_as_probs: bool = False  # a file without 'probs': score entropy/margin from the scores alone
+    embeddings: str | None = None  # (N, D) .npy of per-image features for --predictions (core-set, batch modes)
+    embedding_ids: str | None = None  # its rows' images, one a line
 
 
 @dataclass
@@ -262,21 +264,25 @@ def _check_predictions_options(cfg: ExperimentConfig, opts: SelectOptions, strat
         raise ConfigError(f"--predictions-format {opts.predictions_format!r} is not one of {', '.join(FORMATS)}")
     if not Path(opts.predictions).is_file():
         raise ConfigError(f"--predictions {opts.predictions}: no such file")
-    check_strategy_name(strategy.name)
+    if (opts.embeddings is None) != (opts.embedding_ids is None):
+        raise ConfigError("--embeddings E.npy and --embedding-ids IDS go together (IDS: its rows' images, one a line)")
+    check_strategy_name(strategy.name, opts.embeddings is not None)
 
 
 def _predictions_model(cfg: ExperimentConfig, opts: SelectOptions, strategy: Any, base: Any, dataset: Any,
                        pool: Pool, plan: dict[str, Any]) -> Any:
     """The file's detections as the adapter the strategy scores with (no training); with
     ``--unit boxes`` the pool's costs are its detections scoring >= ``--prelabel-score``."""
-    from activedet.labeling.predictions import PredictionsModel, check_strategy, read_results
+    from activedet.labeling.predictions import PredictionsModel, check_strategy, read_embeddings, read_results
     from activedet.loop.runner import PredictedCosts
 
     known = dict(plan["pool_ids"])  # detections of labeled images are read and left unused
     known.update({i: str(base.record(i).path) for i in plan["base_order"] if base.record(i).path is not None})
     results = read_results(opts.predictions, opts.predictions_format, known, plan["root"], plan["coco_ids"])
-    check_strategy(strategy, results, opts.score_as_probs)
-    model = PredictionsModel(results, category_ids(base))
+    check_strategy(strategy, results, opts.score_as_probs, opts.embeddings is not None)
+    embeddings = None if opts.embeddings is None else read_embeddings(
+        opts.embeddings, opts.embedding_ids, results, known, plan["root"], plan["coco_ids"])
+    model = PredictionsModel(results, category_ids(base), embeddings)
     if opts.unit == "boxes":
         pool.costs = PredictedCosts(pool.costs, model, dataset, opts.prelabel_score)
     return model
