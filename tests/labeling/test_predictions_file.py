@@ -106,6 +106,11 @@ def test_what_a_strategy_needs_and_the_file_lacks_is_refused_by_name(tmp_path: P
     code, out, err = _run(capsys, *argv[:-1], str(tmp_path / "bad.json"), "--replace")
     assert code == 2 and "not in the pool" in err and "99" in err
     bad = detectron2_shape()
+    bad[1]["bbox"] = [0, 0, float("nan"), 3]  # json writes NaN; a results file must not
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    code, out, err = _run(capsys, *argv[:-1], str(tmp_path / "bad.json"), "--replace")
+    assert code == 2 and "detection #1" in err and "finite" in err
+    bad = detectron2_shape()
     bad[0]["category_id"] = 5
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     code, out, err = _run(capsys, *argv[:-1], str(tmp_path / "bad.json"), "--replace")

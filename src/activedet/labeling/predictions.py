@@ -28,6 +28,7 @@ the strategies through the adapter's ``infer``, so their scoring code runs uncha
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -134,8 +135,9 @@ def _check_entry(e: Any, k: int, path: str | Path) -> None:
         raise DatasetError(f"{here} has neither 'image_id' nor 'file_name'")
     bbox = e.get("bbox")
     if (not isinstance(bbox, list) or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-        raise DatasetError(f"{here}: 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+            or bbox[2] < 0 or bbox[3] < 0):
+        raise DatasetError(f"{here}: 'bbox' must be [x, y, w, h] finite numbers, w and h >= 0, got {bbox!r}")
     score = e.get("score")
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
         raise DatasetError(f"{here}: 'score' must be a number in [0, 1], got {score!r}")
