@@ -215,7 +215,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ConfigError(f"--ids {args.ids}: {e.strerror or e}") from None
         except ValueError:
-            raise ConfigError(f"--ids {args.ids!r}: image ids separated by commas, or @FILE with one id per line") from None
+            raise ConfigError(f"--ids {args.ids!r}: image ids separated by commas, or @FILE with one id per "
+                              f"line") from None
     studio = None
     if args.label_studio:
         from activedet.labeling.studio import connect

@@ -4,7 +4,6 @@ command again sending only the rest, and no task ever holding the model version 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
