@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from activedet.labeling import studio as studio_mod
+from tests.labeling.conftest import annotator_export
 from tests.labeling.ls_server import TOKEN, LabelStudio
 from tests.labeling.test_labelstudio_api import ls_tasks, run, trees_project
 
@@ -76,6 +77,21 @@ def test_bulk_predictions_resume_without_duplicates(tmp_path: Path, tmp_path_fac
         assert predictions_of(ls, pid, version) == held and len(ls_tasks(ls, pid)) == pool
         full = ls.get(f"/api/tasks/{tasks[-1]['id']}")
         assert any(p["model_version"] == version and p["result"] for p in full["predictions"])
+
+        # the next round: its images' tasks made by predict give way to the round's own tasks
+        export = annotator_export(trees_files, sorted(batch), tmp_path / "labels.json")
+        code, _, err = run(capsys, "ingest", "--project", str(project), str(export))
+        assert code == 0, err
+        code, second, err = run(capsys, "select", str(cfg), "--project", str(project), "--budget", "3", "--quiet",
+                                "--local-files-root", str(root), "--label-studio", ls.url)
+        assert code == 0, err
+        chosen = {r["image_id"] for r in second["batch"]}
+        made_by_predict = {t["data"].get("activedet_pool_id") for t in tasks} - {None}
+        assert second["label_studio"]["imported"] == 3 and chosen & made_by_predict  # some had predict's task
+        assert second["label_studio"]["deleted"] == len(chosen & made_by_predict)
+        shown = Counter(t["data"].get("activedet_image_id", t["data"].get("activedet_pool_id"))
+                        for t in ls_tasks(ls, pid))
+        assert all(shown[i] == 1 for i in chosen)  # one task per image of the round
     finally:
         ls.stop()
     print(f"bulk predictions live: {time.time() - t0:.0f} s")

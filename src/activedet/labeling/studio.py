@@ -204,14 +204,17 @@ def push(studio: Studio, pid: int, uid: str, round_: int, tasks: list[dict[str, 
     import those it does not hold yet, and delete this project's tasks nobody annotated
     that no longer stand for a pending image (left over from a batch ``select --replace``
     dropped: an image of another round never labeled, or of this round but no longer in its
-    batch; ``labeled``: the ids of every labeled image). Returns counts."""
+    batch; ``labeled``: the ids of every labeled image), and the unannotated task ``activedet
+    predict`` made for an image of this round (its round task replaces it). Returns counts."""
     have: set[int] = set()
     stale = []
     want = {int(t["data"]["activedet_image_id"]) for t in tasks}
     for t in studio.tasks(pid):
         d = t["data"]
-        if d.get("activedet_project") != uid:
-            continue  # imported some other way: not ours to touch
+        if d.get("activedet_project") != uid:  # imported some other way: not ours to touch, except
+            if d.get("activedet_pool_id") in want and not t["annotations"] and not t["cancelled"]:
+                stale.append(t["id"])  # `predict`'s task of an image this round imports as its own
+            continue
         i, r = int(d.get("activedet_image_id", -1)), d.get("activedet_round")
         if r == round_ and i in want and i not in have:
             have.add(i)
