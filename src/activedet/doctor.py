@@ -4,6 +4,8 @@ Checks, each problem reported on one line (all of them, not only the first):
 
 - the config loads and validates; the strategy exists and fits the model;
 - every split loads (annotations parse, boxes lie inside their images, ids are unique);
+- the unlabeled pool (``select``'s) lists, reaches no file twice, decodes, and holds
+  ``--budget`` images beyond the labeled set;
 - every image of every split decodes (the same threaded, cached check ``simulate`` runs
   before its first ledger row, :mod:`activedet.data.verify`);
 - boxes are finite with positive width and height; the splits have the same classes; each
@@ -41,9 +43,11 @@ def probe_url(url: str, timeout: float = 5.0) -> str | None:
 
 
 def diagnose(config_path: str | Path, progress: bool = False,
-             probe: Callable[[str], str | None] | None = None) -> tuple[list[str], list[str]]:
+             probe: Callable[[str], str | None] | None = None,
+             budget: int | None = None) -> tuple[list[str], list[str]]:
     """(problems, what was checked) for the config at ``config_path``; ``probe(url)``
-    tells whether a weights URL answers (default :func:`probe_url`)."""
+    tells whether a weights URL answers (default :func:`probe_url`); ``budget``: the
+    ``select --budget`` to check against the pool."""
     from activedet.config import load_config
     from activedet.strategies.registry import build_strategy
 
@@ -66,7 +70,7 @@ def diagnose(config_path: str | Path, progress: bool = False,
         if len(problems) == before:
             checked.append(f"{which} {len(ds)} images")
     problems += _split_problems(cfg, splits)
-    problems += _pool_problems(cfg, progress, checked)
+    problems += _pool_problems(cfg, progress, checked, splits, budget)
     problems += _weight_problems(cfg, probe or probe_url, checked)
     problems += _device_problems(cfg, checked)
     return problems, checked
@@ -152,10 +156,15 @@ def _split_problems(cfg: Any, splits: dict[str, Any]) -> list[str]:
     return out
 
 
-def _pool_problems(cfg: Any, progress: bool, checked: list[str]) -> list[str]:
-    """``dataset.unlabeled`` (select's pool): it lists, and every image decodes."""
+def _pool_problems(cfg: Any, progress: bool, checked: list[str], splits: dict[str, Any],
+                   budget: int | None) -> list[str]:
+    """``dataset.unlabeled`` (select's pool), as ``select`` checks it before training: it lists,
+    no file is reached twice, every image decodes, and ``--budget`` fits the images left
+    once the labeled set's files are taken out."""
+    import os
+
     from activedet.data.verify import find_unreadable_files
-    from activedet.labeling.sources import list_unlabeled
+    from activedet.labeling.sources import duplicate_message, list_unlabeled
 
     if cfg.dataset.unlabeled is None:
         return []
@@ -163,13 +172,20 @@ def _pool_problems(cfg: Any, progress: bool, checked: list[str]) -> list[str]:
         listing = list_unlabeled(cfg.dataset.unlabeled)
     except ActivedetError as e:
         return [f"unlabeled pool: {e}"]
+    out = [duplicate_message(listing)] if listing.duplicates else []
     note = " (dataset.bad_images: skip would leave it out of the pool)" if cfg.dataset.bad_images == "skip" else ""
     bad = find_unreadable_files(dict(enumerate(Path(p) for p in listing.paths)), "unlabeled", progress)
-    out = [f"unlabeled pool: cannot decode image {b.path}: {b.reason}{note}" for b in bad]
+    out += [f"unlabeled pool: cannot decode image {b.path}: {b.reason}{note}" for b in bad]
     if not listing.paths:
         out.append(f"unlabeled pool {cfg.dataset.unlabeled}: no images")
+    train = splits.get("train")
+    labeled = set() if train is None else {os.path.realpath(r.path) for r in map(train.record, train.ids) if r.path}
+    left = sum(listing.real_path(p) not in labeled for p in listing.paths)
+    if budget is not None and budget > left:
+        out.append(f"--budget {budget} but only {left} pool images are unlabeled (a first `select --budget {left}` "
+                   f"or less fits)")
     if not out:
-        checked.append(f"unlabeled {len(listing.paths)} images")
+        checked.append(f"unlabeled {len(listing.paths)} images" + (f", budget {budget}" if budget else ""))
     return out
 
 

@@ -32,8 +32,9 @@ def test_folder_is_recursive_sorted_and_filtered(tmp_path: Path) -> None:
     os.symlink(tmp_path / "pool" / "c.bmp", tmp_path / "pool" / "b" / "link.png")
     listing = list_unlabeled(str(tmp_path / "pool"))
     rel = [os.path.relpath(p, listing.root) for p in listing.paths]
-    # a symlink is listed by what it points to (so a labeled image is recognised by any path), once
+    # a symlink to a listed file is the same file: listed once, and named (select refuses the pool)
     assert rel == ["c.bmp", "x.tif", "a/1.JPG", "a/deep/3.webp", "b/2.png"]
+    assert len(listing.duplicates) == 1 and "c.bmp and b/link.png are the same file" in listing.duplicates[0]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="holds no images"):
         list_unlabeled(str(tmp_path / "empty"))

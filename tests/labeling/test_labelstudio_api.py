@@ -219,6 +219,8 @@ def ml_backend(ls: LabelStudio, root: Path, project: Path, pid: int, tmp_path: P
                 break
             except OSError:
                 time.sleep(1)
+        with urllib.request.urlopen(backend + "/health", timeout=10) as r:  # a production WSGI server
+            assert "waitress" in r.headers["Server"], r.headers["Server"]
         ml = ls.post("/api/ml", {"url": backend, "project": pid, "title": "activedet"})
         assert ml["state"] in ("CO", "CONNECTED") or "id" in ml
 

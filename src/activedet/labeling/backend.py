@@ -1,7 +1,8 @@
 """``activedet serve --project DIR``: a Label Studio ML backend for a labeling project.
 
 It speaks Label Studio's ML-backend protocol (as Label Studio 1.23 calls it, see
-``label_studio/ml/api_connector.py``) on Flask:
+``label_studio/ml/api_connector.py``): a Flask app served by waitress, a production WSGI
+server (:func:`make_server`):
 
 - ``GET /health``: ``{"status": "UP", "model_version", "training"}``;
 - ``POST /setup`` (``project``, ``schema``, ``hostname``, ``access_token``): remembered to
@@ -68,7 +69,7 @@ def project_config(project_dir: Path, device: str | None = None) -> tuple[Experi
 
 
 class Backend:
-    """The model and state behind the endpoints (thread-safe; Flask calls it from many threads)."""
+    """The model and state behind the endpoints (thread-safe; waitress calls it from many threads)."""
 
     def __init__(self, project_dir: str | Path, device: str | None = None, local_files_root: str | None = None,
                  label_studio_key: str | None = None) -> None:
@@ -209,7 +210,7 @@ class Backend:
         parsed = urllib.parse.urlparse(url)
         if parsed.path.startswith("/data/local-files"):
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-            path = os.path.realpath(os.path.join(self.local_root, rel))
+            path = os.path.normpath(os.path.join(self.local_root, rel))  # a link is read through its own path
             if path.startswith(self.local_root + os.sep) and os.path.isfile(path):
                 return path
             log.warning("predict: task %s: %s is not a file under the local-files root %s", task.get("id"), rel,
@@ -327,15 +328,31 @@ def create_app(backend: Backend) -> Any:
     return app
 
 
+#: Requests waitress answers at once (the model is shared; /predict serialises on the GPU/CPU itself).
+SERVE_THREADS = 8
+
+
+def make_server(app: Any, host: str, port: int, threads: int = SERVE_THREADS) -> Any:
+    """A production WSGI server (waitress, pure Python: no compiler, runs on Windows too) for
+    ``app`` on ``host:port``, bound and ready: ``.run()`` serves until stopped, ``.close()``
+    stops it. Flask's own server warns against production use."""
+    from waitress import create_server
+
+    return create_server(app, host=host, port=port, threads=threads, ident="activedet-serve (waitress)")
+
+
 def serve(project_dir: str | Path, host: str = "127.0.0.1", port: int = 9090, device: str | None = None,
           local_files_root: str | None = None, label_studio_key: str | None = None) -> None:
-    """Load (or train) the model, then answer Label Studio until stopped."""
-    from werkzeug.serving import run_simple
-
+    """Load (or train) the model, then answer Label Studio until stopped, under waitress."""
     backend = Backend(project_dir, device, local_files_root, label_studio_key)
     backend.load()
-    log.warning("activedet serve: %s on http://%s:%d (model %s)", project_dir, host, port, backend.version)
-    run_simple(host, port, create_app(backend), threaded=True, use_reloader=False)
+    server = make_server(create_app(backend), host, port)
+    log.warning("activedet serve: %s on http://%s:%d (model %s; waitress, %d threads)", project_dir, host,
+                getattr(server, "effective_port", port), backend.version, SERVE_THREADS)
+    try:
+        server.run()
+    finally:
+        server.close()
 
 
-__all__ = ["Backend", "create_app", "project_config", "serve"]
+__all__ = ["Backend", "create_app", "make_server", "project_config", "serve"]

@@ -104,8 +104,8 @@ class _Matcher:
         if base_dir is not None and not os.path.isabs(name):
             candidates.append(os.path.join(base_dir, name))
         for c in candidates:
-            if os.path.isabs(c):
-                hit = self.by_path.get(os.path.realpath(c))
+            if os.path.isabs(c):  # the path as listed (links kept), else the file it reaches
+                hit = self.by_path.get(os.path.normpath(c), self.by_path.get(os.path.realpath(c)))
                 if hit is not None:
                     return hit
         parts = Path(name).parts

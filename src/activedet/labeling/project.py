@@ -33,7 +33,7 @@ from activedet.errors import ConfigError, DatasetError, LabelingError, PoolExhau
 from activedet.labeling import store
 from activedet.labeling.batch import BatchImage, BatchSpec, default_local_root, predicted_boxes, write_round
 from activedet.labeling.dataset import file_order, project_dataset
-from activedet.labeling.sources import PoolListing, display_name, list_unlabeled, under
+from activedet.labeling.sources import PoolListing, display_name, duplicate_message, list_unlabeled, under
 from activedet.loop.ledger import Ledger
 from activedet.loop.lock import run_lock
 from activedet.loop.engine import RoundModels, RunStore, load_split
@@ -51,6 +51,11 @@ class SelectOptions:
     image_url_prefix: str | None = None
     local_files_root: str | None = None
     prelabel_score: float = 0.5
+    predictions: str | None = None  # rank from this COCO results file instead of training (labeling.predictions)
+    predictions_format: str = "auto"  # auto | ultralytics | coco | detectron2 | mmdetection
+    score_as_probs: bool = False  # a file without 'probs': score entropy/margin from the scores alone
+    embeddings: str | None = None  # (N, D) .npy of per-image features for --predictions (core-set, batch modes)
+    embedding_ids: str | None = None  # its rows' images, one a line
 
 
 @dataclass
@@ -109,6 +114,8 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
                           "(an image folder, a COCO json without annotations, or a text file of paths)")
     base = _load_base(cfg)
     listing = list_unlabeled(cfg.dataset.unlabeled)
+    if listing.duplicates:  # before anything is recorded or trained
+        raise DatasetError(duplicate_message(listing))
     existed = (project_dir / Ledger.FILENAME).is_file()
     ledger = Ledger(project_dir, create=True)
     try:
@@ -130,7 +137,8 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
         next_id = max(taken | set(listing.ids or []) | {0}) + 1
         new: dict[str, int] = {}
         for k, path in enumerate(listing.paths):
-            if path in labeled_paths or path in known or path in new:
+            real = listing.real_path(path)  # a link is known by its path, the labeled set by real files
+            if real in labeled_paths or path in known or real in known or path in new:
                 continue
             want_id = listing.ids[k] if listing.ids is not None else None
             if want_id is not None and want_id not in taken:
@@ -145,7 +153,7 @@ def _open(cfg: ExperimentConfig, project_dir: Path) -> _Project:
             store.add_images(ledger.conn, new)
             ledger.put_meta(project=want)
         known.update(new)
-        listed = set(listing.paths)
+        listed = set(listing.paths) | set(listing.real.values())  # projects made before links kept their path
         pool_ids = {i: p for p, i in known.items() if p in listed and p not in labeled_paths}
         for row in labels:  # ingested images stay in the project even if gone from the listing
             pool_ids[row.image_id] = row.path
@@ -208,6 +216,8 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         cfg.strategy = StrategyConfig(name=opts.strategy, params={})
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params)
     strategy.check_model(cfg.task, cfg.model.arch)
+    if opts.predictions is not None:
+        _check_predictions_options(cfg, opts, strategy)
     main = distributed.is_main()
     strategy.progress = progress and main
     with contextlib.ExitStack() as stack:
@@ -242,6 +252,40 @@ def select(cfg: ExperimentConfig, project_dir: str | Path, opts: SelectOptions,
         proj, test = held if main else (None, None)
         base = proj.base if proj is not None else _load_base(cfg)  # the other ranks read dataset.train themselves
         return _select(cfg, project_dir, opts, strategy, test, proj, base, plan, progress and main)
+
+
+def _check_predictions_options(cfg: ExperimentConfig, opts: SelectOptions, strategy: Any) -> None:
+    """What ``--predictions`` can do, checked before the project is opened."""
+    from activedet.labeling.predictions import FORMATS, check_strategy_name
+
+    if cfg.task != "detection":
+        raise ConfigError(f"--predictions reads a detector's results; the config's task is '{cfg.task}'")
+    if opts.predictions_format not in FORMATS:
+        raise ConfigError(f"--predictions-format {opts.predictions_format!r} is not one of {', '.join(FORMATS)}")
+    if not Path(opts.predictions).is_file():
+        raise ConfigError(f"--predictions {opts.predictions}: no such file")
+    if (opts.embeddings is None) != (opts.embedding_ids is None):
+        raise ConfigError("--embeddings E.npy and --embedding-ids IDS go together (IDS: its rows' images, one a line)")
+    check_strategy_name(strategy.name, opts.embeddings is not None)
+
+
+def _predictions_model(cfg: ExperimentConfig, opts: SelectOptions, strategy: Any, base: Any, dataset: Any,
+                       pool: Pool, plan: dict[str, Any]) -> Any:
+    """The file's detections as the adapter the strategy scores with (no training); with
+    ``--unit boxes`` the pool's costs are its detections scoring >= ``--prelabel-score``."""
+    from activedet.labeling.predictions import PredictionsModel, check_strategy, read_embeddings, read_results
+    from activedet.loop.runner import PredictedCosts
+
+    known = dict(plan["pool_ids"])  # detections of labeled images are read and left unused
+    known.update({i: str(base.record(i).path) for i in plan["base_order"] if base.record(i).path is not None})
+    results = read_results(opts.predictions, opts.predictions_format, known, plan["root"], plan["coco_ids"])
+    check_strategy(strategy, results, opts.score_as_probs, opts.embeddings is not None)
+    embeddings = None if opts.embeddings is None else read_embeddings(
+        opts.embeddings, opts.embedding_ids, results, known, plan["root"], plan["coco_ids"])
+    model = PredictionsModel(results, category_ids(base), embeddings)
+    if opts.unit == "boxes":
+        pool.costs = PredictedCosts(pool.costs, model, dataset, opts.prelabel_score)
+    return model
 
 
 def _verify_pool(cfg: ExperimentConfig, proj: _Project, progress: bool) -> dict[int, str]:
@@ -284,7 +328,8 @@ def _plan(proj: _Project, opts: SelectOptions, project_dir: Path, has_test: bool
         r = max(rounds) + 1 if rounds else (1 if proj.base_order else 0)
     return {"r": r, "drop_round": drop_round, "dropped": dropped, "rounds": rounds, "labels": proj.labels,
             "pool_ids": proj.pool_ids, "root": proj.listing.root, "base_order": proj.base_order,
-            "uid": proj.meta["project"]["uid"], "has_test": has_test}
+            "uid": proj.meta["project"]["uid"], "has_test": has_test,
+            "coco_ids": dict(zip(proj.listing.paths, proj.listing.ids)) if proj.listing.ids else None}
 
 
 def _labeled_pool(cfg: ExperimentConfig, base: Any, plan: dict[str, Any]) -> tuple[Any, Pool]:
@@ -365,11 +410,16 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
         raise PoolExhaustedError(f"every image of the pool {cfg.dataset.unlabeled} is labeled")
     if opts.unit == "images" and opts.budget > len(pool.unlabeled):  # before anything trains
         raise PoolExhaustedError(f"--budget {opts.budget} but only {len(pool.unlabeled)} pool images are unlabeled")
-    adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
+    if opts.predictions is not None:  # the team's own detector: its results file, nothing trains
+        adapter, trained, metrics = _predictions_model(cfg, opts, strategy, base, dataset, pool, plan), False, None
+    else:
+        adapter, trained, metrics = _previous_model(exp, project_dir, opts, proj, plan, progress)
     unit = "images" if cfg.task == "classification" else opts.unit
 
-    # the simulate code path: sharded scoring, rank 0's choice for all
-    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, r, opts.budget, unit, cfg.seed,
+    # the simulate code path: sharded scoring, rank 0's choice for all (a predictions file
+    # ranks round 0 too: select_batch's round 0 is a draw without a model)
+    ranked_round = max(r, 1) if opts.predictions is not None else r
+    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, ranked_round, opts.budget, unit, cfg.seed,
                                                cfg.loop.initial_strategy, cfg.device)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
@@ -415,7 +465,7 @@ def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, 
     chosen, scores, seconds_sel = selection
     r, task, bad = plan["r"], cfg.task, plan["quarantined"]
     ledger, conn = proj.ledger, proj.ledger.conn
-    spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 else "random", task,
+    spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 or opts.predictions else "random", task,
                      list(base.class_names), opts.prelabel_score, opts.image_url_prefix,
                      opts.local_files_root, plan["root"], category_ids(base))
     images = describe_batch(chosen, scores, dataset, adapter, cfg, r)

@@ -12,16 +12,22 @@
 ``root`` (what batch files and Label Studio URLs show paths relative to) is the folder, the
 COCO image root, or the deepest folder holding every listed path.
 
-Paths are made absolute and symlinks resolved, so an image already in the labeled set is
-recognised whatever path led to it. Nothing is decoded: a 100,000-image pool lists in
-seconds (one ``stat`` per file for the json and text forms, to report missing files).
+Paths are made absolute but links are kept as the user gave them: a link inside the pool
+folder stays a path under the pool root (what batch files and Label Studio's local-files
+URLs show, and what the image is read through), even when it points outside. Each path's
+real file (links resolved) is kept beside it (``PoolListing.real``), so an image already in
+the labeled set is recognised whatever path led to it, and one file reached by two paths
+(a link to a listed file, a COCO file listing it under two ids) is named
+(``PoolListing.duplicates``: ``select`` and ``doctor`` refuse such a pool). Nothing is
+decoded: a 100,000-image pool lists in seconds (one ``stat`` per file for the json and text
+forms, to report missing files).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from activedet.errors import DatasetError
@@ -41,6 +47,12 @@ class PoolListing:
     paths: list[str]
     root: str
     ids: list[int] | None = None
+    real: dict[str, str] = field(default_factory=dict)  # path -> its real file, where they differ
+    duplicates: list[str] = field(default_factory=list)  # one line per file reached twice
+
+    def real_path(self, path: str) -> str:
+        """The file ``path`` (a listed path) reaches, links resolved."""
+        return self.real.get(path, path)
 
 
 def list_unlabeled(spec: str, images_root: str | None = None) -> PoolListing:
@@ -59,29 +71,56 @@ def list_unlabeled(spec: str, images_root: str | None = None) -> PoolListing:
 
 
 def _unique(listing: PoolListing) -> PoolListing:
-    """Drop repeated paths (a symlink to a listed file, a line given twice); first wins."""
-    seen: set[str] = set()
-    keep = [k for k, p in enumerate(listing.paths) if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    """Keep the first path to each real file; name every other path to it (a link to a listed
+    file, one file under two COCO ids) in ``duplicates``."""
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    dups: list[str] = []
+    for k, p in enumerate(listing.paths):
+        j = first.setdefault(listing.real_path(p), k)
+        if j == k:
+            keep.append(k)
+        elif p != listing.paths[j] or listing.ids is not None:
+            dups.append(f"{_entry(listing, j)} and {_entry(listing, k)} are the same file "
+                        f"{listing.real_path(p)}")
     if len(keep) == len(listing.paths):
         return listing
     ids = None if listing.ids is None else [listing.ids[k] for k in keep]
-    return PoolListing(listing.spec, [listing.paths[k] for k in keep], listing.root, ids)
+    paths = [listing.paths[k] for k in keep]
+    real = {p: listing.real[p] for p in paths if p in listing.real}
+    return PoolListing(listing.spec, paths, listing.root, ids, real, dups)
+
+
+def _entry(listing: PoolListing, k: int) -> str:
+    name = display_name(listing.paths[k], listing.root)
+    return name if listing.ids is None else f"image id {listing.ids[k]} ({name})"
+
+
+def duplicate_message(listing: PoolListing) -> str:
+    """One line naming every file the pool reaches twice, and what to do."""
+    shown = "; ".join(listing.duplicates[:5])
+    more = f" (and {len(listing.duplicates) - 5} more)" if len(listing.duplicates) > 5 else ""
+    return (f"unlabeled pool {listing.spec}: {len(listing.duplicates)} image file(s) reached twice, which "
+            f"would be selected and labeled twice: {shown}{more}; remove the extra link or entry")
 
 
 def _list_folder(spec: str, folder: Path) -> PoolListing:
     root = os.path.realpath(folder)
     paths: list[str] = []
+    real: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in POOL_SUFFIXES:
                 continue
             p = os.path.join(dirpath, name)
-            paths.append(os.path.realpath(p) if os.path.islink(p) else p)
+            paths.append(p)  # a link keeps its path under the root (os.walk's folders are real)
+            if os.path.islink(p):
+                real[p] = os.path.realpath(p)
     if not paths:
         raise DatasetError(f"unlabeled pool folder {spec} holds no images "
                            f"({', '.join(sorted(POOL_SUFFIXES))}, searched recursively)")
-    return PoolListing(spec, paths, root)
+    return PoolListing(spec, paths, root, real=real)
 
 
 def _list_coco(spec: str, path: Path, images_root: str | None) -> PoolListing:
@@ -95,7 +134,7 @@ def _list_coco(spec: str, path: Path, images_root: str | None) -> PoolListing:
         raise DatasetError(f"unlabeled pool {spec} holds {len(data['annotations'])} annotations; the pool "
                            f"must be unlabeled (put labeled images in dataset.train)")
     root = os.path.realpath(images_root if images_root is not None else path.parent)
-    paths, ids, seen = [], [], set()
+    paths, ids, seen, real = [], [], set(), {}
     for k, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise DatasetError(f"unlabeled pool {spec}: image entry #{k} has no 'file_name'")
@@ -105,12 +144,22 @@ def _list_coco(spec: str, path: Path, images_root: str | None) -> PoolListing:
         if iid in seen:
             raise DatasetError(f"unlabeled pool {spec}: duplicate image id {iid}")
         seen.add(iid)
-        p = os.path.realpath(os.path.join(root, im["file_name"]))
+        p = _given(root, im["file_name"], real)
         if not os.path.isfile(p):
             raise DatasetError(f"unlabeled pool {spec}: image id {iid}: file not found: {p}")
         paths.append(p)
         ids.append(iid)
-    return PoolListing(spec, paths, root if all(under(p, root) for p in paths) else common_root(paths), ids)
+    shown = root if all(under(p, root) for p in paths) else common_root(paths)
+    return PoolListing(spec, paths, shown, ids, real)
+
+
+def _given(root: str, name: str, real: dict[str, str]) -> str:
+    """``name`` under ``root`` as given (normalised, links kept); its real file into ``real``."""
+    p = os.path.normpath(os.path.join(root, name))
+    r = os.path.realpath(p)
+    if r != p:
+        real[p] = r
+    return p
 
 
 def _list_text(spec: str, path: Path) -> PoolListing:
@@ -119,18 +168,19 @@ def _list_text(spec: str, path: Path) -> PoolListing:
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"unlabeled pool {spec}: cannot read the list of paths: {e}") from None
     root = os.path.realpath(path.parent)
-    paths = []
+    paths: list[str] = []
+    real: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        p = os.path.realpath(os.path.join(root, line))
+        p = _given(root, line, real)
         if not os.path.isfile(p):
             raise DatasetError(f"unlabeled pool {spec}, line {n}: image file not found: {line}")
         paths.append(p)
     if not paths:
         raise DatasetError(f"unlabeled pool {spec} lists no image paths")
-    return PoolListing(spec, paths, common_root(paths))
+    return PoolListing(spec, paths, common_root(paths), real=real)
 
 
 def under(path: str, root: str) -> bool:

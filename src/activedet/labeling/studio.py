@@ -140,6 +140,19 @@ class Studio:
             self.call(f"importing {len(tasks)} tasks into project {pid}",
                       lambda: self.client.projects.import_tasks(id=pid, request=tasks, return_task_ids=True))
 
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> None:
+        """Label Studio's bulk predictions import (``POST /api/projects/ID/import/predictions``):
+        each item ``{"task", "result", "score", "model_version"}``."""
+        if predictions:
+            self.call(f"importing {len(predictions)} predictions into project {pid}",
+                      lambda: self.client.projects.import_predictions(id=pid, request=predictions))
+
+    def predicted_tasks(self, pid: int, model_version: str) -> set[int]:
+        """The tasks of project ``pid`` holding a prediction of ``model_version``."""
+        found = self.call(f"listing the predictions of project {pid}",
+                          lambda: self.client.predictions.list(project=pid))
+        return {int(p.task) for p in found if getattr(p, "model_version", None) == model_version}
+
     def delete_task(self, task_id: int) -> None:
         self.call(f"deleting task {task_id}", lambda: self.client.tasks.delete(id=str(task_id)))
 
@@ -191,14 +204,17 @@ def push(studio: Studio, pid: int, uid: str, round_: int, tasks: list[dict[str, 
     import those it does not hold yet, and delete this project's tasks nobody annotated
     that no longer stand for a pending image (left over from a batch ``select --replace``
     dropped: an image of another round never labeled, or of this round but no longer in its
-    batch; ``labeled``: the ids of every labeled image). Returns counts."""
+    batch; ``labeled``: the ids of every labeled image), and the unannotated task ``activedet
+    predict`` made for an image of this round (its round task replaces it). Returns counts."""
     have: set[int] = set()
     stale = []
     want = {int(t["data"]["activedet_image_id"]) for t in tasks}
     for t in studio.tasks(pid):
         d = t["data"]
-        if d.get("activedet_project") != uid:
-            continue  # imported some other way: not ours to touch
+        if d.get("activedet_project") != uid:  # imported some other way: not ours to touch, except
+            if d.get("activedet_pool_id") in want and not t["annotations"] and not t["cancelled"]:
+                stale.append(t["id"])  # `predict`'s task of an image this round imports as its own
+            continue
         i, r = int(d.get("activedet_image_id", -1)), d.get("activedet_round")
         if r == round_ and i in want and i not in have:
             have.add(i)
