@@ -470,7 +470,7 @@ def table(summary: dict[str, Any]) -> str:
         if "verdict" in s:
             img = s.get("per_image")
             per_image = "" if img is None else \
-                f" [per image {img[0] * scale:+.1f} points, {s['ahead_per_image']} seeds ahead]"
+                f" [per image {higher_lower(img[0] * scale)}, {s['ahead_per_image']} of {len(s['seeds'])} seeds ahead]"
             lines.append(f"{label}: {s['verdict']}{per_image}")
             for axis, b in (s.get("by_cost") or {}).items():
                 if axis == "seconds" and b["saved"] is not None:
