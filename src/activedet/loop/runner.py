@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +281,7 @@ class PredictedCosts(dict):
     at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
     computed on first use, so only for the images ``fit_budget`` walks."""
 
-    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
+    def __init__(self, known: dict[int, int], adapter: Adapter, dataset: Any, thresh: float) -> None:
         super().__init__(known)
         self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
 
@@ -289,7 +292,7 @@ class PredictedCosts(dict):
         return value
 
 
-def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
+def select_batch(strategy: Strategy, adapter: Adapter, pool: Pool, r: int, budget: int, unit: str,
                  seed: int, initial: str = "random",
                  device: str = "cpu") -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
     """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is
@@ -313,14 +316,14 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
         take = budget if unit == "images" else expected_images(pool, budget)
-        ranked = strategy.select(adapter, pool, n, rng, batch=take)
-        scores = strategy.last_scores
+        chosen_by = strategy.select(adapter, pool, n, rng, batch=take)
+        ranked, scores = chosen_by.ids, chosen_by.scores
     t1 = time.perf_counter()
     chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget))  # rank 0's choice for all
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
-def _select_round(exp: Experiment, adapter: Any, store: RunStore, r: int, target: int) -> dict[str, Any]:
+def _select_round(exp: Experiment, adapter: Adapter, store: RunStore, r: int, target: int) -> dict[str, Any]:
     cfg, pool = exp.cfg, exp.pool
     unit = cfg.loop.unit
     budget = target - _labeled_amount(pool, unit)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ import torch
 from activedet import distributed
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["BatchSettings", "BatchMode", "k_center_greedy", "min_distances", "squared_euclidean",
            "kmeanspp_seeding", "class_round_robin", "diverse_choice", "diverse_ranking", "predicted_classes"]
@@ -267,7 +270,7 @@ def class_round_robin(classes: Sequence[int], k: int) -> list[int]:
     return picks
 
 
-def predicted_classes(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int) -> list[int]:
+def predicted_classes(adapter: Adapter, dataset: Any, ids: Sequence[int], batch_size: int) -> list[int]:
     """One predicted class per image of ``ids``: a classifier's arg-max label; a detector's
     label of its highest-scoring detection, or -1 when it has none."""
     kwargs = {"keep_anchors": False} if adapter.task == "detection" else {}
@@ -300,7 +303,7 @@ def diverse_ranking(ranked: Sequence[int], scores: Mapping[int, float], k: int, 
     return chosen + [i for i in ranked if i not in first]
 
 
-def diverse_choice(mode: BatchMode, adapter: Any, pool: Any, batch_size: int,
+def diverse_choice(mode: BatchMode, adapter: Adapter, pool: Any, batch_size: int,
                    rng: np.random.Generator) -> Callable[[list[int], int], list[int]]:
     """The ``choose(candidates, k)`` of :func:`diverse_ranking` for ``mode``, reading
     features or predicted classes of the candidates (and labeled images) from ``adapter``."""
