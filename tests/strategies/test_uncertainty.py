@@ -93,6 +93,28 @@ def test_cost_aware_divides_by_predicted_boxes() -> None:
     assert plain_ids.index(3) < plain_ids.index(1) and ids.index(1) < ids.index(3)
 
 
+def test_cost_aware_reuses_the_scoring_pass() -> None:
+    """cost_aware divides by box counts taken from the scoring pass: one inference pass over
+    the pool, not a second one (the wrapper composes with the ranking and the batch modes)."""
+
+    class Counting(FakeDetector):
+        passes: list[list[int]] = []
+
+        def infer(self, dataset, ids, batch_size=8, progress=False, keep_anchors=True):
+            self.passes.append(list(ids))
+            return super().infer(dataset, ids, batch_size, progress, keep_anchors)
+
+    for params in ({"cost_aware": True, "cost_min_score": 0.5},
+                   {"cost_aware": True, "cost_min_score": 0.5, "batch": "class_balanced", "preselect": 1.0}):
+        det = Counting(DETS)
+        Counting.passes = []
+        chosen = build_strategy("least_confidence", params).select(det, Pool([1, 2, 3, 4]), 4,
+                                                                   np.random.default_rng(0))
+        assert Counting.passes == [[1, 2, 3, 4]]  # the scoring pass only
+        plain = _scores("least_confidence")
+        assert chosen.scores == pytest.approx({1: plain[1] / 2, 2: plain[2] / 1, 3: plain[3] / 4})
+
+
 def test_cost_aware_rejected_where_meaningless() -> None:
     with pytest.raises(ConfigError, match="unknown key 'strategy.cost_aware' for strategy 'coreset'"):
         build_strategy("coreset", {"cost_aware": True})

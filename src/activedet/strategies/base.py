@@ -37,7 +37,7 @@ from activedet.settings import NoSettings, Settings, setting
 from activedet.strategies.diversity import BatchSettings, diverse_choice, diverse_ranking
 
 if TYPE_CHECKING:
-    from activedet.models.base import Adapter
+    from activedet.models.base import Adapter, Inference
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,20 @@ class Selection:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class ImageScores(dict):  # type: ignore[type-arg]
+    """Per-image scores (id -> score, a dict) and what the scoring pass saw of each image it
+    ran the model on, so the ranking wrappers need no second inference pass: ``boxes``, its
+    predicted box count (detections scoring at least ``cost_min_score``; detectors only),
+    and ``classes``, its predicted class (:func:`~activedet.strategies.diversity.predicted_class`).
+    None: the pass did not record them."""
+
+    def __init__(self, scores: Mapping[int, float] | None = None, boxes: Mapping[int, int] | None = None,
+                 classes: Mapping[int, int] | None = None) -> None:
+        super().__init__(scores or {})
+        self.boxes: dict[int, int] | None = None if boxes is None else dict(boxes)
+        self.classes: dict[int, int] | None = None if classes is None else dict(classes)
+
+
 #: (adapter, pool, candidates, scores, budget, batch, rng) -> (ranked ids, the scores ranked by)
 Ranker = Callable[["Adapter", Pool, list[int], Mapping[int, float], int, int, np.random.Generator],
                   tuple[list[int], dict[int, float]]]
@@ -94,7 +108,8 @@ class DiverseBatch:
                  budget: int, batch: int, rng: np.random.Generator) -> tuple[list[int], dict[int, float]]:
         ranked = rank_by_score(candidates, scores, len(candidates), rng)
         k = min(budget, batch or budget)
-        choose = diverse_choice(self.mode, adapter, pool, self.batch_size, rng)  # type: ignore[arg-type]
+        classes = scores.classes if isinstance(scores, ImageScores) else None
+        choose = diverse_choice(self.mode, adapter, pool, self.batch_size, rng, classes)  # type: ignore[arg-type]
         return diverse_ranking(ranked, scores, k, self.mode, self.preselect, choose)[:budget], dict(scores)  # type: ignore[arg-type]
 
 
@@ -108,8 +123,9 @@ class CostAware:
 
     def __call__(self, adapter: Adapter, pool: Pool, candidates: list[int], scores: Mapping[int, float],
                  budget: int, batch: int, rng: np.random.Generator) -> tuple[list[int], dict[int, float]]:
-        return self.inner(adapter, pool, candidates, apply_cost_aware(self.min_score, adapter, pool, scores),
-                          budget, batch, rng)
+        seen = scores if isinstance(scores, ImageScores) else ImageScores(scores)
+        divided = apply_cost_aware(self.min_score, adapter, pool, scores, seen.boxes)
+        return self.inner(adapter, pool, candidates, ImageScores(divided, seen.boxes, seen.classes), budget, batch, rng)
 
 
 def ranker_for(settings: RankingSettings, batch_size: int) -> Ranker:
@@ -227,7 +243,21 @@ class Strategy:
         if not self.shardable:
             return self.score(adapter, pool, ids, rng, **kwargs)
         block = int(getattr(self.settings, "batch_size", 1) or 1)
-        return distributed.score_sharded(lambda part: self.score(adapter, pool, part, rng, **kwargs), ids, block)
+        seen: list[ImageScores] = []
+
+        def part(shard: list[int]) -> dict[int, float]:
+            got = self.score(adapter, pool, shard, rng, **kwargs)
+            seen.append(got if isinstance(got, ImageScores) else ImageScores(got))
+            return got
+
+        scores = distributed.score_sharded(part, ids, block)
+        mine = seen[0] if seen else ImageScores()
+        return ImageScores(scores, _gathered(mine.boxes, ids), _gathered(mine.classes, ids))
+
+    def predicted_boxes(self, inf: Inference) -> int:
+        """An image's predicted box count for ``cost_aware``: its detections scoring at least
+        ``cost_min_score`` (ranking strategies; others: all its detections)."""
+        return int((inf.scores >= float(getattr(self.settings, "cost_min_score", 0.0))).sum())
 
     def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator,
               **kwargs: Any) -> dict[int, float]:
@@ -240,6 +270,14 @@ class Strategy:
         one that overrides it and ends in :meth:`rank`): they accept the
         :class:`RankingSettings` keys. Set-based strategies override ``_select``."""
         return cls.ranks if cls.ranks is not None else cls._select is Strategy._select
+
+
+def _gathered(part: dict[int, int] | None, ids: list[int]) -> dict[int, int] | None:
+    """Every rank's ``part`` (this shard's per-image counts or classes) merged in a
+    distributed run (every rank scored, so all hold one or all hold None); as is in one process."""
+    if part is None or not distributed.active():
+        return part
+    return {i: int(n) for i, n in distributed.gather_scores(part, ids).items()}
 
 
 def check_provides(name: str, wants: frozenset[str], provides: frozenset[str], arch: str) -> None:
@@ -275,16 +313,17 @@ def cost_aware_scores(scores: Mapping[int, float], predicted_boxes: Mapping[int,
     return {i: float(s) / max(1, int(predicted_boxes[i])) for i, s in scores.items()}
 
 
-def apply_cost_aware(thr: float, adapter: Adapter, pool: Pool,
-                     scores: Mapping[int, float]) -> dict[int, float]:
-    """:func:`cost_aware_scores` with box counts (detections scoring at least ``thr``)
-    predicted by ``adapter`` (detectors only)."""
+def apply_cost_aware(thr: float, adapter: Adapter, pool: Pool, scores: Mapping[int, float],
+                     counts: Mapping[int, int] | None = None) -> dict[int, float]:
+    """:func:`cost_aware_scores` with box counts (detections scoring at least ``thr``):
+    ``counts`` from the scoring pass when it ran the detector, else predicted by ``adapter``
+    here (detectors only)."""
     if adapter.task != "detection":
         raise StrategyError("strategy key 'cost_aware' needs a detector (predicted boxes); "
                             f"the model is a {adapter.task} model")
-    ids = list(scores)
-    counts = {inf.image_id: int((inf.scores >= thr).sum())
-              for inf in adapter.infer(pool.dataset, ids, 8, keep_anchors=False)}
+    if counts is None:
+        counts = {inf.image_id: int((inf.scores >= thr).sum())
+                  for inf in adapter.infer(pool.dataset, list(scores), 8, keep_anchors=False)}
     return cost_aware_scores(scores, counts)
 
 

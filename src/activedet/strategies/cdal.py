@@ -101,6 +101,7 @@ class CDALStrategy(Strategy):
     reference = "Agarwal et al. 2020 (CDAL-CS: contextual diversity + k-center greedy)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos", "faster_rcnn")
+    wants = frozenset({"det_probs"})
     settings_type = CDALSettings
 
     def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,

@@ -65,6 +65,7 @@ class CoresetStrategy(Strategy):
     name = "coreset"
     reference = "Sener & Savarese 2018 (core-set, k-center greedy on pooled features)"
     settings_type = CoresetSettings
+    wants = frozenset({"image_features"})
 
     def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
                 batch: int) -> Selection:

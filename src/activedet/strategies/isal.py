@@ -437,6 +437,7 @@ class InfluenceStrategy(Strategy):
 
     tasks = ("detection", "classification")
     archs = DETECTION_ARCHS + CLASSIFICATION_ARCHS
+    wants = frozenset({"image_losses"})
     settings_type = InfluenceSettings
 
     ranks = True  # its _select scores every unlabeled image, then ranks like the others

@@ -48,6 +48,7 @@ class LearningLossStrategy(Strategy):
     name = "learning_loss"
     reference = "Yoo & Kweon 2019 (learning loss: predicted loss on FPN levels / classifier blocks)"
     archs = ("retinanet", "fcos", "resnet18", "small_cnn")
+    wants = frozenset({"loss_prediction"})
     model_variant = "learning_loss"
     trainer = "learning_loss"
     settings_type = LearningLossStrategySettings

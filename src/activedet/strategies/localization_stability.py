@@ -92,6 +92,7 @@ class LocalizationStabilityStrategy(Strategy):
     reference = "Kao et al. 2018 (localization stability under Gaussian noise, confidence-weighted)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos", "faster_rcnn")
+    wants = frozenset({"det_probs"})
     settings_type = LocalizationStabilitySettings
     shardable = False  # noise seeds are drawn per scored image: every process scores all
 

@@ -48,7 +48,8 @@ from activedet.errors import ConfigError, StrategyError
 from activedet.models import mial_losses as L
 from activedet.models.mial_settings import MIALHeadSettings, MIALTrainSettings
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Selection, Strategy
+from activedet.strategies.base import ImageScores, Selection, Strategy
+from activedet.strategies.diversity import predicted_class
 from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
 from activedet.strategies.registry import register
 
@@ -128,6 +129,7 @@ class MIALStrategy(Strategy):
     reference = "Yuan et al. 2021, Multiple Instance Active Learning for Object Detection (MIAL)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos")
+    wants = frozenset({"mial_head", "anchor_probs"})
     model_variant = "mial"
     trainer = "mial"
     settings_type = MIALSettings
@@ -170,6 +172,8 @@ class MIALStrategy(Strategy):
             raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")
         p = self.settings
         out: dict[int, float] = {}
+        boxes: dict[int, int] = {}
+        classes: dict[int, int] = {}
         infs = adapter.infer(pool.dataset, ids, p.batch_size, keep_anchors=True)
         for inf in tqdm(infs, total=len(ids), desc="mial scoring", unit="img", disable=not self.progress, leave=False):
             ex = inf.extra
@@ -179,4 +183,6 @@ class MIALStrategy(Strategy):
                 torch.sigmoid(ex["cls_logits"][keep]), torch.sigmoid(ex["cls_logits2"][keep]), how=p.aggregate,
                 k=p.top_k, squared=p.uncertainty == "squared", weighting=p.weighting,
                 mil_scores=None if mil is None else mil[keep])
-        return out
+            # what cost_aware and class_balanced read: no second pass
+            boxes[inf.image_id], classes[inf.image_id] = self.predicted_boxes(inf), predicted_class(inf)
+        return ImageScores(out, boxes, classes)

@@ -29,7 +29,8 @@ import torch
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import ImageScores, Strategy
+from activedet.strategies.diversity import predicted_class
 from activedet.strategies.entropy import aggregate, binary_entropy, categorical_entropy
 from activedet.strategies.registry import register
 
@@ -108,12 +109,16 @@ class _InstanceUncertainty(Strategy):
         min_score = self.settings.min_score
         extra = {"keep_anchors": False} if adapter.task == "detection" else {}
         out: dict[int, float] = {}
+        boxes: dict[int, int] = {}
+        classes: dict[int, int] = {}
         for inf in adapter.infer(pool.dataset, ids, self.settings.batch_size, progress=self.progress, **extra):
             probs = inf.probs if adapter.task == "classification" else inf.probs[inf.scores >= min_score]
             s = aggregate(instance_uncertainty(probs.float(), measure, adapter.task), how)
             if s is not None:
                 out[inf.image_id] = s
-        return out
+            # what cost_aware and class_balanced read: no second pass
+            boxes[inf.image_id], classes[inf.image_id] = self.predicted_boxes(inf), predicted_class(inf)
+        return ImageScores(out, boxes if adapter.task == "detection" else None, classes)
 
 
 @register
