@@ -70,6 +70,17 @@ def capabilities(task: str, arch: str, variant: str) -> frozenset[str]:
     return ClassificationAdapter.capabilities(arch, variant)
 
 
+def known_archs(task: str) -> tuple[str, ...]:
+    """The architectures activedet builds for ``task`` (each adapter family lists its own)."""
+    if task == "detection":
+        from activedet.models.detection_adapter import DetectionAdapter
+
+        return DetectionAdapter.ARCHS
+    from activedet.models.classifier import ARCHS
+
+    return tuple(ARCHS)
+
+
 class Adapter(Protocol):
     """What the loop, trainers, strategies and the report may read of a model; nothing
     outside :mod:`activedet.models` asks which family it is."""
@@ -143,6 +154,32 @@ class Adapter(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class DetectorAdapter(Adapter, Protocol):
+    """What ISAL's per-image gradients also read of a detector (task ``detection``)."""
+
+    @property
+    def dense(self) -> bool:
+        """A one-stage detector (RetinaNet, FCOS): one head over every anchor."""
+
+    def batches(self, dataset: Any, ids: Sequence[int], batch_size: int) -> list[list[int]]:
+        """``ids`` in batches of one input size (no padding for batch-mates)."""
+
+    def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+        """Detections of a dense detector for images on the device (gradients as the caller's context has them)."""
+
+    def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """(N,) per-image training losses, batch-norm and dropout frozen."""
+
+    def dense_image_loss(self, head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor], target: dict,
+                         per_level: list[int], i: int) -> torch.Tensor:
+        """Image ``i``'s training loss from a dense head's batched outputs."""
+
+    @staticmethod
+    def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int],
+                       input_size: tuple[int, int]) -> torch.Tensor:
+        """(K, 4) boxes in an image's pixels -> in the model's input frame."""
 
 
 def require(adapter: Adapter, output: str, who: str) -> None:

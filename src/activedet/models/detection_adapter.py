@@ -147,6 +147,9 @@ class DetectionAdapter:
         return self if self.scorer is None else self.with_model(self.scorer)
 
     # ------------------------------------------------------------------ capabilities
+    #: the detector architectures this adapter builds (models/detection.py)
+    ARCHS: tuple[str, ...] = ("retinanet", "fcos", "faster_rcnn")
+
     @staticmethod
     def capabilities(arch: str, variant: str) -> frozenset[str]:
         """What a detector of ``arch`` / ``variant`` provides (:data:`activedet.models.base.CAPABILITIES`)."""

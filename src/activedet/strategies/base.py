@@ -32,7 +32,7 @@ import numpy as np
 from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
-from activedet.models.base import capabilities
+from activedet.models.base import capabilities, known_archs
 from activedet.settings import NoSettings, Settings, setting
 from activedet.strategies.diversity import BatchSettings, diverse_choice, diverse_ranking
 
@@ -263,6 +263,17 @@ class Strategy:
               **kwargs: Any) -> dict[int, float]:
         """Per-image informativeness, higher first; images missing from the result are unscored."""
         raise StrategyError(f"strategy '{self.name}' does not score images one by one")
+
+    @classmethod
+    def supported_archs(cls) -> tuple[str, ...] | None:
+        """The architectures this strategy scores: :attr:`archs`, else (with :attr:`wants`)
+        every known architecture of its tasks that provides what it wants; None: any (every
+        known one does)."""
+        if cls.archs is not None or not cls.wants:
+            return cls.archs
+        known = [a for t in cls.tasks for a in known_archs(t)]
+        fit = tuple(a for t in cls.tasks for a in known_archs(t) if cls.wants <= capabilities(t, a, cls.model_variant))
+        return None if len(fit) == len(known) else fit
 
     @classmethod
     def ranks_by_score(cls) -> bool:

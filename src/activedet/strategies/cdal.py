@@ -100,7 +100,7 @@ class CDALStrategy(Strategy):
     name = "cdal"
     reference = "Agarwal et al. 2020 (CDAL-CS: contextual diversity + k-center greedy)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos", "faster_rcnn")
+    archs = None  # any model that provides what it wants
     wants = frozenset({"det_probs"})
     settings_type = CDALSettings
 

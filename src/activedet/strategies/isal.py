@@ -43,7 +43,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ from activedet.strategies.diversity import BatchMode
 from activedet.strategies.registry import register
 
 if TYPE_CHECKING:
-    from activedet.models.base import Adapter
+    from activedet.models.base import Adapter, DetectorAdapter
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ log = logging.getLogger(__name__)
 FCOS_SCALES = {"cls_logits": 100.0, "bbox_reg": 8000.0, "bbox_ctrness": 5000.0}
 CLASSIFICATION_SCALE = 10_000.0
 DEFAULT_DEPTH = {"detection": 1000, "classification": 250}
-DETECTION_ARCHS = ("fcos", "retinanet", "faster_rcnn")
-CLASSIFICATION_ARCHS = ("resnet18", "small_cnn")
 
 
 # ===================================================================== pure maths
@@ -189,10 +187,19 @@ class _Model:
 
     def __init__(self, adapter: Adapter, names: list[str], params: list[nn.Parameter]) -> None:
         self.adapter = adapter
+        #: the same adapter seen as a detector (ISAL's detection path), or None
+        self.detector: DetectorAdapter | None = cast("DetectorAdapter", adapter) if adapter.task == "detection" \
+            else None
         self.model: nn.Module = adapter.model
         self.detection = adapter.task == "detection"
         self.names = names
         self.weights = params
+
+    @property
+    def _detector(self) -> DetectorAdapter:
+        if self.detector is None:
+            raise StrategyError(f"{self.adapter.arch} is not a detector")
+        return self.detector
 
     def load(self, dataset: Any, ids: Sequence[int]) -> tuple[Any, Any]:
         return self.adapter.load_batch(dataset, list(ids), False)
@@ -200,7 +207,7 @@ class _Model:
     def losses(self, inputs: Any, targets: Any) -> Tensor:
         """(N,) per-image losses against ``targets`` (labels or weights (N, C) / box dicts)."""
         if self.detection:
-            return self.adapter.image_losses(inputs, targets)
+            return self._detector.image_losses(inputs, targets)
         self.model.eval()
         logits = self.model(inputs)
         if targets.dim() == 1:
@@ -215,7 +222,7 @@ class _Model:
         (:meth:`~activedet.models.detection_adapter.DetectionAdapter.batches`): a detector pads
         a batch to its largest image, and an image's loss and gradient would otherwise depend
         on its batch-mates."""
-        return self.adapter.batches(dataset, ids, size) if self.detection else _chunks(ids, size)
+        return self._detector.batches(dataset, ids, size) if self.detection else _chunks(ids, size)
 
     def layers(self) -> list[nn.Module] | None:
         """Conv2d/Linear modules owning the chosen weights, or None (no closed form)."""
@@ -265,7 +272,7 @@ class _Model:
     def one_pass(self, batched: bool) -> bool:
         """Whether :meth:`image_dots` takes the one-pass path of a dense detector (which
         reads the images it is handed, so they can be decoded ahead)."""
-        return batched and self.detection and self.adapter.dense and self.layers() is not None
+        return batched and self.detection and self._detector.dense and self.layers() is not None
 
     def image_dots(self, dataset: Any, ids: list[int], settings: Any, batched: bool,
                    vectors: list[Tensor], images: list[Tensor] | None = None) -> tuple[list[int], Tensor]:
@@ -320,7 +327,7 @@ class _Model:
             seen["image_list"], seen["features"], seen["anchors"] = inp[0], inp[1], out
 
         def loss() -> Tensor:
-            dets = self.adapter.infer_images(images, keep_anchors=False)
+            dets = self._detector.infer_images(images, keep_anchors=False)
             image_list, anchors = seen["image_list"], seen["anchors"]
             per_level = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
             terms = []
@@ -330,10 +337,10 @@ class _Model:
                 if tgt is None:
                     continue
                 kept.append(row)
-                target = {"boxes": self.adapter.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
+                target = {"boxes": self._detector.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
                                                                image_list.image_sizes[row]),
                           "labels": tgt["labels"].to(device)}
-                terms.append(self.adapter.dense_image_loss(seen["head"], anchors, target, per_level, row))
+                terms.append(self._detector.dense_image_loss(seen["head"], anchors, target, per_level, row))
             return torch.stack(terms).sum() if terms else torch.zeros((), device=device)
 
         handles = [model.head.register_forward_hook(head_hook),
@@ -355,7 +362,7 @@ class _Model:
         classifiers fall back to ``torch.func.vmap``; otherwise (or ``batched=False``,
         Faster R-CNN) one backward pass per image.
         """
-        if batched and (not self.detection or self.adapter.dense):
+        if batched and (not self.detection or self._detector.dense):
             layers = self.layers()
             if layers is not None:
                 try:
@@ -436,7 +443,7 @@ class InfluenceStrategy(Strategy):
     """Shared machinery of ``isal`` and ``grad_similarity`` (they differ in :meth:`_s_test`)."""
 
     tasks = ("detection", "classification")
-    archs = DETECTION_ARCHS + CLASSIFICATION_ARCHS
+    archs = None  # any model that provides what it wants
     wants = frozenset({"image_losses"})
     settings_type = InfluenceSettings
 

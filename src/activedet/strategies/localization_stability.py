@@ -91,7 +91,7 @@ class LocalizationStabilityStrategy(Strategy):
     name = "localization_stability"
     reference = "Kao et al. 2018 (localization stability under Gaussian noise, confidence-weighted)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos", "faster_rcnn")
+    archs = None  # any model that provides what it wants
     wants = frozenset({"det_probs"})
     settings_type = LocalizationStabilitySettings
     shardable = False  # noise seeds are drawn per scored image: every process scores all

@@ -252,7 +252,7 @@ class PPALStrategy(Strategy):
     name = "ppal"
     reference = "Yang et al., CVPR 2024, Plug and Play Active Learning for Object Detection (PPAL)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos", "faster_rcnn")
+    archs = None  # any model that provides what it wants
     wants: ClassVar[frozenset[str]] = frozenset({"det_probs", "box_features"})
     settings_type = PPALSettings
 
