@@ -4,8 +4,8 @@ fixed untrained model: the batch ``select`` picks and the per-image scores, as J
 Run it on two checkouts and compare the files (issue 38: the strategy redesign must pick the
 same batch with the same scores):
 
-    PYTHONPATH=OLD/src:OLD python benchmarks/same_selection.py --configs configs > old.json
-    PYTHONPATH=NEW/src:NEW python benchmarks/same_selection.py --configs configs > new.json
+    PYTHONPATH=OLD/src:OLD python benchmarks/same_selection.py --configs configs [--wrappers] > old.json
+    PYTHONPATH=NEW/src:NEW python benchmarks/same_selection.py --configs configs [--wrappers] > new.json
     python benchmarks/same_selection.py --compare old.json new.json
 
 Works on both sides of the redesign: ``select`` returning ids (scores in ``last_scores``) or
@@ -63,13 +63,25 @@ def _picked(strategy: Any, adapter: Any, pool: Any, n: int, batch: int | None) -
             "scores": {str(k): float(v) for k, v in sorted((scores or {}).items())}}
 
 
-def run(configs: Path) -> dict[str, Any]:
+#: the ranking wrappers on detectors (no shipped config sets them): name -> raw config
+WRAPPERS = {f"wrapper:{arch}:{name}:{tag}": {"task": "detection", "model": {"arch": arch},
+                                             "strategy": {"name": name, "min_score": 0.0, **keys}}
+            for arch in ("retinanet", "faster_rcnn") for name in ("entropy", "margin")
+            # an untrained RetinaNet scores ~0.01 (its prior): every detection counts, boxes from 0.009
+            for tag, keys in (("cost_aware", {"cost_aware": True, "cost_min_score": 0.009}),
+                              ("class_balanced", {"batch": "class_balanced", "preselect": 2.0}),
+                              ("kcenter", {"batch": "kcenter", "preselect": 2.0}),
+                              ("cost_aware+kmeanspp", {"cost_aware": True, "cost_min_score": 0.009,
+                                                       "batch": "kmeanspp", "preselect": 2.0}))}
+
+
+def run(configs: Path, wrappers: bool = False) -> dict[str, Any]:
     from activedet.strategies.registry import build_strategy
 
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
-    for path in sorted(configs.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text())
+    cases = [(p.name, yaml.safe_load(p.read_text())) for p in sorted(configs.glob("*.yaml"))]
+    for key, raw in cases + (list(WRAPPERS.items()) if wrappers else []):
         spec = dict(raw.get("strategy") or {"name": "random"})
         name = spec.pop("name")
         params = {k: v for k, v in spec.items() if k not in ("batch_size",)}
@@ -83,8 +95,8 @@ def run(configs: Path) -> dict[str, Any]:
             row["ranking"] = _picked(strategy, adapter, pool, len(pool.unlabeled), 3)
         except Exception as e:  # noqa: BLE001 - recorded, compared like a result
             row = {"strategy": name, "error": f"{type(e).__name__}: {e}"}
-        out[path.name] = row
-        print(path.name, name, "error" if "error" in row else row["budget3"]["ids"], file=sys.stderr)
+        out[key] = row
+        print(key, name, "error" if "error" in row else row["budget3"]["ids"], file=sys.stderr)
     return out
 
 
@@ -117,10 +129,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", type=Path)
     ap.add_argument("--compare", nargs=2, type=Path)
+    ap.add_argument("--wrappers", action="store_true", help="also entropy / margin with cost_aware and the "
+                                                             "batch modes on RetinaNet and Faster R-CNN")
     args = ap.parse_args()
     if args.compare:
         return compare(*(json.loads(p.read_text()) for p in args.compare))
-    json.dump(run(args.configs), sys.stdout, indent=1)
+    json.dump(run(args.configs, args.wrappers), sys.stdout, indent=1)
     return 0
 
 
