@@ -111,3 +111,20 @@ def test_ppal_selects_on_every_detector_family(arch: str) -> None:
     assert first.info["candidates"] == 6 and len(first.info["class_quality"]) == 2
     assert build_strategy("ppal", {"min_score": 0.0, "pool_ratio": 2.0}).select(
         adapter, pool, 3, np.random.default_rng(7)) == first
+
+
+def test_prepare_refuses_a_missing_output_by_name_before_loading_anything(monkeypatch) -> None:
+    """The loop checks ``wants`` against the model's capabilities in ``prepare``, before any
+    data is read or a model built (the dataset path below does not exist)."""
+    from activedet.loop.runner import prepare
+    from activedet.strategies import registry
+
+    class WantsBoxes(Strategy):
+        name = "wants_boxes"
+        wants = frozenset({"box_features"})
+
+    monkeypatch.setitem(registry._REGISTRY, "wants_boxes", WantsBoxes)
+    cfg = tiny_config(task="classification", dataset={"train": "/nonexistent/none.json"},
+                      model={"arch": "small_cnn", "image_size": 16}, strategy={"name": "wants_boxes"})
+    with pytest.raises(StrategyError, match="strategy 'wants_boxes' needs the model output 'box_features'"):
+        prepare(cfg)
