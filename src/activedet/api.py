@@ -14,15 +14,17 @@ round (:func:`activedet.loop.runner.select_batch`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from activedet.config import ExperimentConfig, ModelConfig, config_from_dict, load_config
 from activedet.data.base import DetectionDataset, ImageRecord, image_size
 from activedet.data.pool import Pool
 from activedet.errors import ActivedetError, StrategyError
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import Selection, Strategy
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["simulate", "build_strategy", "wrap_detector", "image_pool", "select", "Selection"]
 
@@ -52,10 +54,6 @@ def build_strategy(name: str, settings: Mapping[str, Any] | None = None, **kwarg
     return strategy
 
 
-#: torchvision class -> arch; subclasses (MaskRCNN, KeypointRCNN are FasterRCNNs) found through the MRO
-_ARCHS = {"RetinaNet": "retinanet", "FCOS": "fcos", "FasterRCNN": "faster_rcnn"}
-
-
 class _OwnModel:
     """Mix-in of an adapter that wraps the caller's model: it scores, it never rebuilds."""
 
@@ -71,12 +69,12 @@ def wrap_detector(model: Any, num_classes: int, device: str = "cpu") -> Any:
     models; ``model`` is moved to ``device`` and used as is (eval mode while scoring)."""
     from activedet.models.detection_adapter import DetectionAdapter
 
-    arch = next((a for cls in type(model).__mro__ for n, a in _ARCHS.items() if cls.__name__ == n), None)
+    arch = DetectionAdapter.arch_of(model)
     if arch is None:
         raise StrategyError(f"wrap_detector needs a torchvision RetinaNet, FCOS or FasterRCNN, "
                             f"got {type(model).__name__}")
-    sizes = getattr(getattr(model, "transform", None), "min_size", (800,))
-    cfg = ModelConfig(arch=arch, backbone="mobilenet_v2", pretrained=False, image_size=int(sizes[0]))
+    cfg = ModelConfig(arch=arch, backbone="mobilenet_v2", pretrained=False,
+                      image_size=DetectionAdapter.input_side(model))
     adapter = type("OwnDetectionAdapter", (_OwnModel, DetectionAdapter), {})(cfg, num_classes, "plain", device)
     adapter.model = model.to(adapter.device)
     return adapter
@@ -94,23 +92,13 @@ def image_pool(paths: Sequence[str | Path], class_names: Sequence[str]) -> Detec
     return DetectionDataset(records, class_names, name="pool")
 
 
-@dataclass
-class Selection:
-    """What :func:`select` chose: ``ids`` best first; ``scores`` per scored image (images
-    the strategy could not score, e.g. without detections, are absent and were drawn at
-    random after the scored ones; None for strategies that do not score, e.g. ``random``)."""
-
-    ids: list[int]
-    scores: dict[int, float] | None
-
-
-def select(strategy: Strategy, adapter: Any, dataset: Any, budget: int, labeled: Sequence[int] = (),
+def select(strategy: Strategy, adapter: Adapter, dataset: Any, budget: int, labeled: Sequence[int] = (),
            seed: int = 0) -> Selection:
     """The ``budget`` images of ``dataset`` (not in ``labeled``) that ``strategy`` ranks
     first with the model in ``adapter``: the selection step ``simulate`` and ``select`` run
     each round (:func:`activedet.loop.runner.select_batch`, as round 1 with run seed
     ``seed``). Same seed, same selection."""
-    variant = getattr(adapter, "variant", "plain")
+    variant = adapter.variant
     if strategy.model_variant != variant:
         raise StrategyError(f"strategy '{strategy.name}' needs activedet's own '{strategy.model_variant}' "
                             f"model (use it through a config); a plain torchvision model can be ranked "

@@ -293,7 +293,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     rows = []
     for name, cls in available().items():
         rows.append({"name": name, "tasks": list(cls.tasks),
-                     "archs": list(cls.archs) if cls.archs else "any",
+                     "archs": list(cls.supported_archs() or ()) or "any",
                      "reference": cls.reference, "settings": cls.settings_type.defaults()})
     if args.json:
         print(json.dumps(rows))
@@ -313,7 +313,7 @@ def _strategy_settings(cls: Any, as_json: bool) -> int:
                           "settings": rows}))
         return 0
     print(f"{cls.name}: {cls.reference}")
-    print(f"tasks: {', '.join(cls.tasks)}; models: {', '.join(cls.archs) if cls.archs else 'any'}; "
+    print(f"tasks: {', '.join(cls.tasks)}; models: {', '.join(cls.supported_archs() or ()) or 'any'}; "
           f"trainer: {cls.trainer}")
     if not rows:
         print("no settings")

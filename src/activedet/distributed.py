@@ -24,7 +24,7 @@ import datetime
 import functools
 import os
 import socket
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ import torch._dynamo  # noqa: F401
 import torch.distributed as dist
 
 from activedet.errors import ActivedetError, DistributedError
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 T = TypeVar("T")
 
@@ -314,16 +317,16 @@ def on_main(fn: Callable[[], T]) -> T:
     return result
 
 
-def sync_state(adapter: Any) -> None:
+def sync_state(adapter: Adapter) -> None:
     """Give every rank rank 0's weights (after rank 0 alone trained or loaded them),
     tensor by tensor in place (NCCL moves them GPU to GPU); a rank whose adapter has not
     built its model yet builds it first (same architecture on every rank)."""
     if not active():
         return
-    if isinstance(getattr(adapter, "model", None), torch.nn.Identity):  # nothing built yet (a resumed run)
+    if isinstance(adapter.model, torch.nn.Identity):  # nothing built yet (a resumed run)
         adapter.reset(0)
     tensors = list(adapter.model.state_dict().values())
-    if hasattr(adapter, "scorer"):  # a detector's second model (MIAL detector: separate): rank 0's, or none
+    if "scorer" in adapter.provides:  # a detector's second model (MIAL detector: separate): rank 0's, or none
         if not broadcast_object(adapter.scorer is not None):
             adapter.scorer = None
         else:
@@ -340,7 +343,7 @@ def ddp_active() -> bool:
 
 
 @contextlib.contextmanager
-def data_parallel(adapter: Any) -> Iterator[Any]:
+def data_parallel(adapter: Adapter) -> Iterator[Any]:
     """Train ``adapter.model`` data-parallel for the block: :func:`epoch_part` deals each
     epoch out, :func:`reduce_sums` / :func:`reduce_counts` add the per-epoch loss sums, and
     losses computed through :func:`synced` sync their gradients. Afterwards every rank takes

@@ -162,23 +162,25 @@ def test_strategy_scores_are_the_head_discrepancy(digits: ClassificationDataset)
                    {"rounds": 1}, seed=0, progress=False)
     pool = Pool.from_dataset(digits)
     pool.add(digits.ids[:32], 0)
-    picked = strat.select(adapter, pool, 10, np.random.default_rng(0))
+    chosen = strat.select(adapter, pool, 10, np.random.default_rng(0))
+    picked = chosen.ids
     unl = pool.unlabeled
     infs = {i.image_id: i for i in adapter.infer(digits, unl, 64)}
     ref = {i: float(np.abs(infs[i].extra["probs1"].numpy() - infs[i].extra["probs2"].numpy()).mean())
            for i in unl}
-    assert set(strat.last_scores) == set(unl)
+    assert set(chosen.scores) == set(unl)
     for i in unl:
-        assert strat.last_scores[i] == pytest.approx(ref[i], rel=1e-5, abs=1e-8)
+        assert chosen.scores[i] == pytest.approx(ref[i], rel=1e-5, abs=1e-8)
     top = sorted(unl, key=lambda i: -ref[i])[:10]
     assert sorted(picked) == sorted(top)
     with pytest.raises(ConfigError, match="variant 'mial'"):
-        strat.select(_adapter("plain"), pool, 3, np.random.default_rng(0))
+        strat.select(_adapter("plain"), pool, 3, np.random.default_rng(0)).ids
     # selection: random (MIAL Table 2 protocol): a seeded permutation of the unlabeled pool
     rand = build_strategy("mial_iul", {"selection": "random"})
-    got = rand.select(adapter, pool, 10, np.random.default_rng(3))
+    drawn = rand.select(adapter, pool, 10, np.random.default_rng(3))
+    got = drawn.ids
     perm = np.random.default_rng(3).permutation(len(unl))
-    assert got == [unl[j] for j in perm[:10]] and rand.last_scores == {}
+    assert got == [unl[j] for j in perm[:10]] and drawn.scores == {}
 
 
 def test_strategy_bad_keys() -> None:

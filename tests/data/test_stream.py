@@ -67,8 +67,8 @@ def test_scoring_decodes_one_batch_at_a_time() -> None:
     pool = Pool.from_dataset(ds)
     strategy = build_strategy("entropy", {"min_score": 0.0, "batch_size": 4})
     strategy.progress = False
-    chosen = strategy.select(_adapter(), pool, 5, np.random.default_rng(0))
-    assert len(chosen) == 5 and len(strategy.last_scores or {}) == 40
+    picked = strategy.select(_adapter(), pool, 5, np.random.default_rng(0))
+    assert len(picked.ids) == 5 and len(picked.scores or {}) == 40
     assert ds.loads == 40  # every image decoded once
     # the batch in the model and, while the next one is decoded, the previous: never the pool
     assert 4 <= ds.most_alive <= 8, ds.most_alive
@@ -141,8 +141,8 @@ def test_streamed_scores_equal_the_one_batch_at_a_time_reference(arch: str) -> N
             assert torch.equal(streamed[i].probs, ref[i].probs)
         strategy = build_strategy("entropy", {"min_score": 0.0, "batch_size": 4})
         strategy.progress = False
-        chosen = strategy.select(ad, pool, 3, np.random.default_rng(1))
-        per_workers[workers] = (chosen, strategy.last_scores, ad.features(ds, ds.ids, 4))
+        picked = strategy.select(ad, pool, 3, np.random.default_rng(1))
+        per_workers[workers] = (picked.ids, picked.scores, ad.features(ds, ds.ids, 4))
     assert per_workers[0][0] == per_workers[2][0] and per_workers[0][1] == per_workers[2][1]
     assert np.array_equal(per_workers[0][2], per_workers[2][2])
 

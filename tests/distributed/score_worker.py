@@ -45,8 +45,9 @@ def score_strategies(spec: dict[str, Any]) -> dict[str, Any]:
         pool = Pool.from_dataset(data)
         pool.add(list(spec["labeled"]), 0)
         rng = np.random.default_rng(int(spec["seed"]))
-        chosen = distributed.broadcast_object(strategy.select(adapter, pool, int(spec["budget"]), rng))
-        scores = strategy.last_scores or {}
+        picked = strategy.select(adapter, pool, int(spec["budget"]), rng)
+        chosen = distributed.broadcast_object(picked.ids)
+        scores = picked.scores or {}
         out[entry["name"]] = {"scores": {str(i): float(s) for i, s in scores.items()},
                               "selected": [int(i) for i in chosen]}
     return out

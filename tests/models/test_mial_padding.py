@@ -74,10 +74,8 @@ def test_mial_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(weighting:
         for q in ad.model.head.f2.parameters():
             q.add_(0.05 * torch.randn(q.shape, generator=g))
     pool = Pool.from_dataset(ds)
-    st.params["batch_size"] = 8
-    together = st.score(ad, pool, ds.ids, np.random.default_rng(0))
-    st.params["batch_size"] = 1
-    alone = st.score(ad, pool, ds.ids, np.random.default_rng(0))
+    together = build_strategy("mial", {**st.params, "batch_size": 8}).score(ad, pool, ds.ids, np.random.default_rng(0))
+    alone = build_strategy("mial", {**st.params, "batch_size": 1}).score(ad, pool, ds.ids, np.random.default_rng(0))
     assert set(together) == set(ds.ids)
     for i in ds.ids:
         assert together[i] == pytest.approx(alone[i], rel=1e-4), i

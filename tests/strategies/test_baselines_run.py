@@ -97,4 +97,7 @@ def test_cli_lists_baselines_with_reference_and_models(capsys) -> None:
     assert main(["strategies"]) == 0
     text = capsys.readouterr().out
     line = next(ln for ln in text.splitlines() if ln.startswith("localization_stability"))
-    assert "Kao" in line and "retinanet,fcos,faster_rcnn" in line
+    # every detector provides what it wants (det_probs): any detector
+    assert "Kao" in line and line.split()[1] == "detection" and "models: any" in line
+    mial = next(ln for ln in text.splitlines() if ln.startswith("mial "))
+    assert "models: retinanet,fcos " in mial

@@ -94,14 +94,13 @@ def test_inference_of_a_mixed_size_pool_in_batches_equals_one_by_one(arch: str) 
     ("isal", {"depth": 2, "repeats": 1, "reference": "labeled", "batched": False}, 1e-2)])
 def test_scores_of_a_mixed_size_pool_in_batches_equal_one_by_one(name: str, params: dict, rel: float) -> None:
     ds = _rescaled_pool()
-    st = build_strategy(name, params)
-    st.progress = False
     ad = _adapter("fcos")
     pool = Pool.from_dataset(ds)
     pool.add([1, 2], 0)  # ISAL's reference and Hessian: two labeled images of different sizes
     scores = {}
     for bs in (8, 1):
-        st.params["batch_size"] = bs
+        st = build_strategy(name, {**params, "batch_size": bs})
+        st.progress = False
         scores[bs] = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
     assert len(scores[8]) >= 2 and set(scores[8]) == set(scores[1])
     # (an untrained FCOS emits boxes clipped to zero area at the border: inference drops them)

@@ -3,7 +3,7 @@
 For each strategy and each task it declares: on a small pool with an untrained model of an
 architecture it supports, ``select`` returns ``budget`` distinct unlabeled ids, the same
 ids for the same seed, raises ``PoolExhaustedError`` when asked for more than the pool
-holds, and leaves only finite scores in ``last_scores``. A strategy is never skipped: a
+holds, and returns only finite scores in its ``Selection``. A strategy is never skipped: a
 new one that cannot run here fails this test until it can.
 """
 
@@ -78,20 +78,21 @@ def test_strategy_contract(name: str, task: str) -> None:
     strategy, adapter, pool = _setup(name, task)
     before = list(pool.unlabeled)
     budget = 3
-    first = strategy.select(adapter, pool, budget, np.random.default_rng(7))
+    chosen = strategy.select(adapter, pool, budget, np.random.default_rng(7))
+    first = chosen.ids
     assert len(first) == budget and len(set(first)) == budget
     assert set(first) <= set(before), "selected ids must be unlabeled pool ids"
     assert pool.unlabeled == before, "select must not label anything"
-    scores = strategy.last_scores
+    scores = chosen.scores
     assert scores is not None, "select must leave the scores it computed (possibly empty)"
     assert set(scores) <= set(before)
     assert all(math.isfinite(v) for v in scores.values())
 
-    again = build_strategy(name, {}).select(adapter, pool, budget, np.random.default_rng(7))
+    again = build_strategy(name, {}).select(adapter, pool, budget, np.random.default_rng(7)).ids
     assert again == first, "same seed, same model, same pool -> same selection"
 
     with pytest.raises(PoolExhaustedError):
-        strategy.select(adapter, pool, len(before) + 1, np.random.default_rng(7))
+        strategy.select(adapter, pool, len(before) + 1, np.random.default_rng(7)).ids
 
 
 def test_registry_is_not_empty_and_lists_both_tasks() -> None:

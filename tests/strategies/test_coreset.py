@@ -115,6 +115,6 @@ def test_coreset_asks_detectors_for_its_pooling(task: str, params: dict, expecte
     pool = Pool(list(range(1, 11)), {i: 1 for i in range(1, 11)}, None)
     pool.add([1, 2], 0)
     adapter = _Recording(task)
-    picks = build_strategy("coreset", params).select(adapter, pool, 3, np.random.default_rng(0))
+    picks = build_strategy("coreset", params).select(adapter, pool, 3, np.random.default_rng(0)).ids
     assert len(set(picks)) == 3 and not set(picks) & {1, 2}
     assert adapter.calls and all(kw == expected for kw in adapter.calls)

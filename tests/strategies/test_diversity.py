@@ -63,9 +63,9 @@ def _pool() -> Pool:
 @pytest.mark.parametrize("mode", ["kcenter", "kmeanspp", "class_balanced"])
 def test_diverse_batch_spans_the_clusters_topk_does_not(mode: str) -> None:
     pool = _pool()
-    top = FixedScores().select(StubAdapter(), pool, 3, np.random.default_rng(0))
+    top = FixedScores().select(StubAdapter(), pool, 3, np.random.default_rng(0)).ids
     assert top == [1, 2, 3]
-    picks = FixedScores(batch=mode, preselect=10).select(StubAdapter(), pool, 3, np.random.default_rng(0))
+    picks = FixedScores(batch=mode, preselect=10).select(StubAdapter(), pool, 3, np.random.default_rng(0)).ids
     assert sorted(CLUSTER[i] for i in picks) == [0, 1, 2], picks
     if mode != "kcenter":  # score-anchored: the best image stays first
         assert picks[0] == 1
@@ -75,7 +75,7 @@ def test_diverse_batch_spans_the_clusters_topk_does_not(mode: str) -> None:
 
 def test_preselect_limits_the_candidates() -> None:
     """preselect 2 with budget 3: only the top 6 (all cluster 0) are candidates."""
-    picks = FixedScores(batch="kcenter", preselect=2).select(StubAdapter(), _pool(), 3, np.random.default_rng(0))
+    picks = FixedScores(batch="kcenter", preselect=2).select(StubAdapter(), _pool(), 3, np.random.default_rng(0)).ids
     assert set(picks) <= {1, 2, 3, 4, 5, 6}
 
 
@@ -83,11 +83,11 @@ def test_topk_is_todays_ranking_and_reads_no_features() -> None:
     pool = _pool()
     adapter = StubAdapter()
     for budget in (3, 30):
-        got = FixedScores().select(adapter, pool, budget, np.random.default_rng(5))
+        got = FixedScores().select(adapter, pool, budget, np.random.default_rng(5)).ids
         assert got == rank_by_score(pool.unlabeled, SCORES, budget, np.random.default_rng(5))
     assert adapter.calls == []
     # a diverse mode with no room to choose (preselect 1) leaves the ranking as it is
-    one = FixedScores(batch="kcenter", preselect=1).select(adapter, pool, 3, np.random.default_rng(5))
+    one = FixedScores(batch="kcenter", preselect=1).select(adapter, pool, 3, np.random.default_rng(5)).ids
     assert one == rank_by_score(pool.unlabeled, SCORES, 3, np.random.default_rng(5))
 
 
@@ -96,7 +96,7 @@ def test_full_ranking_for_a_box_budget_puts_the_diverse_batch_first(mode: str) -
     pool = _pool()
     n = len(pool.unlabeled)
     ranked = FixedScores(batch=mode, preselect=10).select(StubAdapter(), pool, n, np.random.default_rng(0),
-                                                            batch=3)
+                                                            batch=3).ids
     assert sorted(ranked) == pool.unlabeled  # a full ranking
     head = ranked[:3]
     assert sorted(CLUSTER[i] for i in head) == [0, 1, 2]
@@ -108,8 +108,8 @@ def test_full_ranking_for_a_box_budget_puts_the_diverse_batch_first(mode: str) -
 
 def test_same_seed_same_batch() -> None:
     pool = _pool()
-    a = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3))
-    b = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3))
+    a = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3)).ids
+    b = FixedScores(batch="kmeanspp", preselect=10).select(StubAdapter(), pool, 5, np.random.default_rng(3)).ids
     assert a == b
 
 
@@ -170,8 +170,8 @@ def test_real_strategies_with_diverse_batches_keep_the_contract(name: str, task:
     _, adapter, pool = _setup(name, task)
     before = list(pool.unlabeled)
     params = {"batch": mode, "preselect": 3.0}
-    first = build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7))
+    first = build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7)).ids
     assert len(set(first)) == 3 and set(first) <= set(before)
-    assert build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7)) == first
-    full = build_strategy(name, params).select(adapter, pool, len(before), np.random.default_rng(7), batch=3)
+    assert build_strategy(name, params).select(adapter, pool, 3, np.random.default_rng(7)).ids == first
+    full = build_strategy(name, params).select(adapter, pool, len(before), np.random.default_rng(7), batch=3).ids
     assert sorted(full) == sorted(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -83,15 +84,18 @@ def test_isal_classifier_scores_finite_deterministic_and_complete(cls_setup):
     ad, pool = cls_setup
     params = {"depth": 6, "repeats": 2}
     a = build_strategy("isal", params)
-    sa = a.score(ad, pool, pool.unlabeled, np.random.default_rng(3))
+    info: dict = {}
+    sa = a.score(ad, pool, pool.unlabeled, np.random.default_rng(3), info=info)
     sb = build_strategy("isal", params).score(ad, pool, pool.unlabeled, np.random.default_rng(3))
     assert set(sa) == set(pool.unlabeled) and sa == sb
     assert all(math.isfinite(v) for v in sa.values()) and len(set(sa.values())) > 1
-    assert a.last_info["reference"] == "validation" and a.last_info["reference_images"] == 8
-    picked = build_strategy("isal", {**params, "batch": "topk"}).select(ad, pool, 5, np.random.default_rng(3))
+    assert info["reference"] == "validation" and info["reference_images"] == 8
+    chosen = build_strategy("isal", {**params, "batch": "topk"}).select(ad, pool, 5, np.random.default_rng(3))
+    picked = chosen.ids
+    assert chosen.info["reference"] == "validation" and chosen.scores == sa
     assert picked == sorted(sa, key=lambda i: -sa[i])[:5]
     # the default batch takes turns over the predicted classes among the top 3 x 5
-    balanced = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3))
+    balanced = build_strategy("isal", params).select(ad, pool, 5, np.random.default_rng(3)).ids
     top15 = sorted(sa, key=lambda i: -sa[i])[:15]
     assert set(balanced) <= set(top15) and balanced[0] == top15[0]
     predicted = {inf.image_id: int(inf.labels[0]) for inf in ad.infer(pool.dataset, top15, 16)}
@@ -102,7 +106,8 @@ def test_grad_similarity_equals_brute_force(cls_setup):
     """score = -I = ∇l(R) · G_z, ∇l(R) summed over the labeled set, G_z at the top-1 label."""
     ad, pool = cls_setup
     st = build_strategy("grad_similarity", {"reference": "labeled", "parameters": ["fc.weight"]})
-    got = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
+    info: dict = {}
+    got = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0), info=info)
     w = ad.model.fc.weight
     ad.model.eval()
     x, y = ad.load_batch(pool.dataset, pool.labeled, False)
@@ -112,7 +117,7 @@ def test_grad_similarity_equals_brute_force(cls_setup):
         logits = ad.model(xi)
         g = torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1)), w)[0]
         assert got[i] == pytest.approx(float((v * g).sum()), rel=1e-4, abs=1e-6)
-    assert st.last_info["reference_images"] == 12
+    assert info["reference_images"] == 12
 
 
 def test_exact_and_lissa_rankings_agree_on_a_classifier(cls_setup):
@@ -134,13 +139,15 @@ def test_reference_options_and_fallback(cls_setup):
     ad, pool = cls_setup
     common = {"depth": 2, "repeats": 1}
     st = build_strategy("isal", {**common, "reference": "initial"})
-    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
-    assert st.last_info["reference"] == "initial" and st.last_info["reference_images"] == 8
+    info: dict = {}
+    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0), info=info)
+    assert info["reference"] == "initial" and info["reference_images"] == 8
     no_ref = Pool.from_dataset(pool.dataset)
     no_ref.add(pool.labeled, 0)
     st = build_strategy("isal", common)
-    st.score(ad, no_ref, no_ref.unlabeled[:3], np.random.default_rng(0))
-    assert st.last_info["reference"] == "labeled" and st.last_info["reference_images"] == 12
+    info = {}
+    st.score(ad, no_ref, no_ref.unlabeled[:3], np.random.default_rng(0), info=info)
+    assert info["reference"] == "labeled" and info["reference_images"] == 12
     with pytest.raises(ConfigError, match="dataset.reference"):
         build_strategy("isal", {**common, "reference_fallback": "error"}).score(
             ad, no_ref, no_ref.unlabeled[:3], np.random.default_rng(0))
@@ -159,8 +166,8 @@ def test_fcos_images_without_pseudo_boxes_are_unscored_and_fill_at_random():
     pool.reference = make_detection_dataset(3, seed=4, start_id=101)
     pool.add(pool.ids[:4], 0)
     st = build_strategy("isal", {"depth": 2, "repeats": 1, "pseudo_score_threshold": 1.0})
-    picked = st.select(ad, pool, 3, np.random.default_rng(0))
-    assert st.last_scores == {} and st.last_info["unscored"] == 6 and len(set(picked)) == 3
+    chosen = st.select(ad, pool, 3, np.random.default_rng(0))
+    assert chosen.scores == {} and chosen.info["unscored"] == 6 and len(set(chosen.ids)) == 3
     st = build_strategy("isal", {"depth": 2, "repeats": 1, "pseudo_score_threshold": 0.0})
     scores = st.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
     assert len(scores) == 6 and all(math.isfinite(v) for v in scores.values())
@@ -221,8 +228,8 @@ def test_scale_auto_inverts_and_matches_the_exact_solve(cls_setup, caplog):
 
     auto = build_strategy("isal", {**fc, "scale": "auto", "depth": 400, "repeats": 2, "lissa_batch_size": 4,
                                    "power_iters": 100})
-    got = auto.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
-    info = auto.last_info
+    info: dict = {}
+    got = auto.score(ad, pool, pool.unlabeled, np.random.default_rng(0), info=info)
     assert info["lambda_max"] == pytest.approx(top, rel=0.02)
     assert info["scales"] == [pytest.approx(2.0 * info["lambda_max"])]
     assert info["lissa"] == "inverts" and info["lissa_cosine"] < 0.99
@@ -233,8 +240,9 @@ def test_scale_auto_inverts_and_matches_the_exact_solve(cls_setup, caplog):
 
     caplog.clear()
     authors = build_strategy("isal", {**fc, "depth": 50, "repeats": 1})  # scale 1e4
-    authors.score(ad, pool, pool.unlabeled, np.random.default_rng(0))
-    assert authors.last_info["lissa"] == "inert" and authors.last_info["lissa_cosine"] > 0.99
+    said: dict = {}
+    authors.score(ad, pool, pool.unlabeled, np.random.default_rng(0), info=said)
+    assert said["lissa"] == "inert" and said["lissa_cosine"] > 0.99
     assert "LiSSA is nearly inert" in caplog.text and "scale: auto" in caplog.text
     with pytest.raises(ConfigError, match="'scale' = 'automatic'"):
         build_strategy("isal", {"scale": "automatic"})
@@ -244,8 +252,9 @@ def test_lissa_check_with_a_failed_eigenvalue_says_unknown(cls_setup, monkeypatc
     ad, pool = cls_setup
     st = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1})
     monkeypatch.setattr(type(st), "top_eigenvalue", lambda self, *a: float("nan"))
-    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0))
-    assert st.last_info["lissa"] == "unknown" and "non-finite Hessian eigenvalue" in caplog.text
+    info: dict = {}
+    st.score(ad, pool, pool.unlabeled[:3], np.random.default_rng(0), info=info)
+    assert info["lissa"] == "unknown" and "non-finite Hessian eigenvalue" in caplog.text
     auto = build_strategy("isal", {"parameters": ["fc.weight"], "depth": 2, "repeats": 1, "scale": "auto"})
     from activedet.errors import StrategyError
     with pytest.raises(StrategyError, match="'scale' = 'auto'"):
@@ -270,7 +279,7 @@ def test_one_pass_gradients_equal_the_two_pass_path(arch: str):
     m = _Model(ad, names, params)
     best = [float(inf.scores.max()) if inf.scores.numel() else 0.0 for inf in ad.infer(data, data.ids, 6)]
     threshold = sorted(best)[len(best) // 2]  # about half of the images keep a pseudo box
-    p = {**st.params, "pseudo_score_threshold": threshold}
+    p = dataclasses.replace(st.settings, pseudo_score_threshold=threshold)
     kept, grads = m.dense_image_grads(data, list(data.ids), p)
     ref_kept, inputs, targets = m.pseudo_targets(data, list(data.ids), p)
     assert kept == ref_kept and 0 < len(kept) < len(data.ids)

@@ -58,8 +58,9 @@ class ShakyDetector:
 def test_less_stable_images_score_higher() -> None:
     ds = make_detection_dataset(n=3)
     s = build_strategy("localization_stability", {"noise_levels": [8, 16]})
-    ids = s.select(ShakyDetector(), Pool([1, 2, 3], dataset=ds), 3, np.random.default_rng(0))
+    chosen = s.select(ShakyDetector(), Pool([1, 2, 3], dataset=ds), 3, np.random.default_rng(0))
+    ids = chosen.ids
     assert ids[:2] == [2, 1] and ids[2] == 3  # image 3 (no detection) unscored, last
     iou1 = (19.5 * 20) / (20.5 * 20)
-    assert math.isclose(s.last_scores[1], 1 - iou1, rel_tol=1e-6)
-    assert set(s.last_scores) == {1, 2}
+    assert math.isclose(chosen.scores[1], 1 - iou1, rel_tol=1e-6)
+    assert set(chosen.scores) == {1, 2}

@@ -133,14 +133,14 @@ def test_select_with_score_fraction_scores_a_seeded_subset() -> None:
     ad, pool = _adapter(), Pool.from_dataset(ds)
     pool.add([1, 2], 0)
     s = build_strategy("mial", {"score_fraction": 0.5})
-    a = s.select(ad, pool, 2, np.random.default_rng(3))
-    scored = dict(s.last_scores)
+    chosen = s.select(ad, pool, 2, np.random.default_rng(3))
+    a, scored = chosen.ids, dict(chosen.scores)
     assert len(scored) == 4 and set(scored) <= set(pool.unlabeled)
     assert a == sorted(scored, key=lambda i: -scored[i])[:2]
-    assert s.select(ad, pool, 2, np.random.default_rng(3)) == a  # same seed, same selection
-    s_all = build_strategy("mial")
-    assert len(s_all.select(ad, pool, 8, np.random.default_rng(0))) == 8
-    assert set(s_all.last_scores) == set(pool.unlabeled)
+    assert s.select(ad, pool, 2, np.random.default_rng(3)) == chosen  # same seed, same selection
+    every = build_strategy("mial").select(ad, pool, 8, np.random.default_rng(0))
+    assert len(every.ids) == 8
+    assert set(every.scores) == set(pool.unlabeled)
 
 
 # ---------------------------------------------------------------------------- simulate

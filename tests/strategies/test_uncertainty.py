@@ -81,15 +81,38 @@ def test_cost_aware_divides_by_predicted_boxes() -> None:
     assert cost_aware_scores({1: 2.0, 2: 3.0, 3: 1.0}, {1: 4, 2: 0, 3: 1}) == {1: 0.5, 2: 3.0, 3: 1.0}
     pool = Pool([1, 2, 3, 4], dataset=None)
     s = build_strategy("least_confidence", {"cost_aware": True, "cost_min_score": 0.5})
-    ids = s.select(FakeDetector(DETS), pool, 4, np.random.default_rng(0))
+    chosen = s.select(FakeDetector(DETS), pool, 4, np.random.default_rng(0))
+    ids = chosen.ids
     plain = _scores("least_confidence")
     n_boxes = {1: 2, 2: 0, 3: 4}
     expect = {i: plain[i] / max(1, n_boxes[i]) for i in plain}
-    assert s.last_scores == pytest.approx(expect)
+    assert chosen.scores == pytest.approx(expect)
     assert ids[:3] == sorted(expect, key=lambda i: -expect[i]) and ids[3] == 4
     # the crowded image 3 ranks above image 1 without the option and below it with it
-    plain_ids = build_strategy("least_confidence").select(FakeDetector(DETS), pool, 4, np.random.default_rng(0))
+    plain_ids = build_strategy("least_confidence").select(FakeDetector(DETS), pool, 4, np.random.default_rng(0)).ids
     assert plain_ids.index(3) < plain_ids.index(1) and ids.index(1) < ids.index(3)
+
+
+def test_cost_aware_reuses_the_scoring_pass() -> None:
+    """cost_aware divides by box counts taken from the scoring pass: one inference pass over
+    the pool, not a second one (the wrapper composes with the ranking and the batch modes)."""
+
+    class Counting(FakeDetector):
+        passes: list[list[int]] = []
+
+        def infer(self, dataset, ids, batch_size=8, progress=False, keep_anchors=True):
+            self.passes.append(list(ids))
+            return super().infer(dataset, ids, batch_size, progress, keep_anchors)
+
+    for params in ({"cost_aware": True, "cost_min_score": 0.5},
+                   {"cost_aware": True, "cost_min_score": 0.5, "batch": "class_balanced", "preselect": 1.0}):
+        det = Counting(DETS)
+        Counting.passes = []
+        chosen = build_strategy("least_confidence", params).select(det, Pool([1, 2, 3, 4]), 4,
+                                                                   np.random.default_rng(0))
+        assert Counting.passes == [[1, 2, 3, 4]]  # the scoring pass only
+        plain = _scores("least_confidence")
+        assert chosen.scores == pytest.approx({1: plain[1] / 2, 2: plain[2] / 1, 3: plain[3] / 4})
 
 
 def test_cost_aware_rejected_where_meaningless() -> None:
@@ -101,7 +124,7 @@ def test_cost_aware_rejected_where_meaningless() -> None:
         task = "classification"
 
     with pytest.raises(StrategyError, match="needs a detector"):
-        s.select(Clf(DETS), Pool([1, 2, 3]), 2, np.random.default_rng(0))
+        s.select(Clf(DETS), Pool([1, 2, 3]), 2, np.random.default_rng(0)).ids
     with pytest.raises(ConfigError, match="'cost_min_score' = 2"):
         build_strategy("margin", {"cost_aware": True, "cost_min_score": 2}).select(
-            FakeDetector(DETS), Pool([1, 2, 3]), 2, np.random.default_rng(0))
+            FakeDetector(DETS), Pool([1, 2, 3]), 2, np.random.default_rng(0)).ids

@@ -162,6 +162,7 @@ class _NaNAdapter:
 
     def __init__(self) -> None:
         self.model = torch.nn.Linear(1, 1)
+        self.workers = 0  # the Adapter protocol's loader processes
 
     def load_batch(self, dataset, ids, augment, generator, decoded=None):
         return list(ids), None

@@ -38,7 +38,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from activedet.errors import ActivedetError, LabelingError, RunInUseError
 from activedet.labeling import store
 from activedet.labeling.batch import BatchSpec, default_local_root, prediction_result
 from activedet.labeling.ingest import ingest, open_project
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class Backend:
         self.hostname = (meta.get("label_studio") or {}).get("url")
         self.token = label_studio_key
         self.lock = threading.Lock()  # guards the fields below
-        self.adapter: Any = None
+        self.adapter: Adapter = None
         self.version = "untrained"
         self.training = False
         self.last_error: str | None = None

@@ -29,13 +29,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from activedet.data.base import category_ids
 from activedet.errors import ConfigError, LabelingError
 from activedet.labeling.batch import BatchImage, BatchSpec, image_url, prediction_result
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _pool(cfg: Any, project_dir: Path, ids: Sequence[int] | None) -> tuple[Any, 
     return proj.base, dataset, paths
 
 
-def _describe(ids: list[int], dataset: Any, adapter: Any, cfg: Any) -> list[BatchImage]:
+def _describe(ids: list[int], dataset: Any, adapter: Adapter, cfg: Any) -> list[BatchImage]:
     from activedet.labeling.project import describe_batch
 
     return describe_batch(ids, None, dataset, adapter, cfg, 0)

@@ -20,7 +20,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from activedet.loop.engine import RoundModels, RunStore, load_split
 from activedet.loop.runner import Experiment, auto_image_size, previous_model, select_batch
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 @dataclass
@@ -364,7 +367,7 @@ def _round_models(cfg: ExperimentConfig, strategy: Any, dataset: Any, pool: Pool
 
 @dataclass
 class CurrentModel:
-    adapter: Any
+    adapter: Adapter
     round: int  # trained on the images labeled in rounds 0..round
     fingerprint: str
     trained: bool  # False: the recorded checkpoint was reused
@@ -456,7 +459,7 @@ def _previous_model(exp: Experiment, project_dir: Path, opts: SelectOptions, pro
 
 
 def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, proj: _Project | None, base: Any,
-                 plan: dict[str, Any], dataset: Any, pool: Pool, adapter: Any,
+                 plan: dict[str, Any], dataset: Any, pool: Pool, adapter: Adapter,
                  selection: tuple[list[int], dict[int, float] | None, dict[str, float]], unit: str, trained: bool,
                  metrics: dict[str, Any] | None) -> SelectResult:
     """Rank 0: describe the batch, write its files, and record the round, its batch and the
@@ -490,7 +493,7 @@ def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, 
                         len(pool.unlabeled) - len(chosen), dict(bad))
 
 
-def describe_batch(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Any,
+def describe_batch(chosen: list[int], scores: dict[int, float] | None, dataset: Any, adapter: Adapter,
               cfg: ExperimentConfig, r: int) -> list[BatchImage]:
     """One :class:`BatchImage` per chosen id: size, score and the model's predictions."""
     preds: dict[int, Any] = {}

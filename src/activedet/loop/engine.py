@@ -20,7 +20,7 @@ import io
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from activedet.loop.atomic import atomic_write_bytes
 from activedet.loop.ledger import Ledger
 from activedet.strategies.base import Strategy
 from activedet.training.trainer import TrainResult, get_trainer, train_round
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def load_split(cfg: ExperimentConfig, which: str) -> Any:
 
 
 # ============================================================================ checkpoints
-def save_checkpoint(adapter: Any, path: Path, round_: int) -> str:
+def save_checkpoint(adapter: Adapter, path: Path, round_: int) -> str:
     """Write the adapter's weights atomically (temp + fsync + rename); returns their sha256."""
     buf = io.BytesIO()
     torch.save({"round": round_, "arch": adapter.arch, "variant": adapter.variant,
@@ -78,7 +81,7 @@ def save_checkpoint(adapter: Any, path: Path, round_: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(adapter: Any, path: Path, sha256: str | None = None) -> None:
+def load_checkpoint(adapter: Adapter, path: Path, sha256: str | None = None) -> None:
     """Load a checkpoint into ``adapter``. A missing or unreadable file, or one whose
     sha256 differs from ``sha256`` (as recorded when it was written), is a
     :class:`CheckpointError`."""
@@ -169,7 +172,7 @@ class RunStore:
 
 
 # ============================================================================ training
-def train_model(cfg: ExperimentConfig, strategy: Strategy, adapter: Any, dataset: Any, pool: Pool, r: int,
+def train_model(cfg: ExperimentConfig, strategy: Strategy, adapter: Adapter, dataset: Any, pool: Pool, r: int,
                 fresh: bool, progress: bool, labeled: Sequence[int] | None = None,
                 unlabeled: Sequence[int] | None = None) -> TrainResult:
     """Train ``adapter`` for round ``r`` with round ``r``'s seeds on ``labeled`` (default:
@@ -212,7 +215,7 @@ class RoundModels:
     of those ids), when given, is what a checkpoint must have been trained on to be reused:
     a labeling project whose labels changed since retrains. Every rank makes the same calls."""
 
-    def __init__(self, cfg: ExperimentConfig, strategy: Strategy, adapter: Any, run_dir: Path, store: RunStore,
+    def __init__(self, cfg: ExperimentConfig, strategy: Strategy, adapter: Adapter, run_dir: Path, store: RunStore,
                  progress: bool, fingerprint: Callable[[list[int]], str] | None = None,
                  rows: dict[int, dict[str, Any]] | None = None) -> None:
         self.cfg, self.strategy, self.adapter, self.run_dir = cfg, strategy, adapter, Path(run_dir)

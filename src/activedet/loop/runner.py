@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from activedet.loop.lock import run_lock
 from activedet.models.factory import build_adapter
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import build_strategy
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +195,7 @@ class AnnotatorQuote(dict):
     (:mod:`activedet.evaluation.annotation_time`). Filled on first use, so only for the
     images :func:`fit_budget` walks and the ones chosen; ``edits`` keeps each one's actions."""
 
-    def __init__(self, dataset: Any, times: AnnotatorTimes, adapter: Any | None = None) -> None:
+    def __init__(self, dataset: Any, times: AnnotatorTimes, adapter: Adapter | None = None) -> None:
         super().__init__()
         self.dataset, self.times, self.adapter = dataset, times, adapter
         self.edits: dict[int, Edits] = {}
@@ -362,7 +365,7 @@ class PredictedCosts(dict):
     at least ``thresh``, at least 1 (an image the model finds nothing in still costs a look),
     computed on first use, so only for the images ``fit_budget`` walks."""
 
-    def __init__(self, known: dict[int, int], adapter: Any, dataset: Any, thresh: float) -> None:
+    def __init__(self, known: dict[int, int], adapter: Adapter, dataset: Any, thresh: float) -> None:
         super().__init__(known)
         self.adapter, self.dataset, self.thresh = adapter, dataset, thresh
 
@@ -373,7 +376,7 @@ class PredictedCosts(dict):
         return value
 
 
-def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: int, unit: str,
+def select_batch(strategy: Strategy, adapter: Adapter, pool: Pool, r: int, budget: int, unit: str,
                  seed: int, initial: str = "random", device: str = "cpu",
                  costs: AnnotatorQuote | None = None) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
     """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is
@@ -397,14 +400,14 @@ def select_batch(strategy: Strategy, adapter: Any, pool: Pool, r: int, budget: i
     else:
         n = budget if unit == "images" else len(pool.unlabeled)
         take = budget if unit == "images" else expected_images(pool, budget, unit)
-        ranked = strategy.select(adapter, pool, n, rng, batch=take)
-        scores = strategy.last_scores
+        chosen_by = strategy.select(adapter, pool, n, rng, batch=take)
+        ranked, scores = chosen_by.ids, chosen_by.scores
     t1 = time.perf_counter()
     chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget, costs))  # rank 0's choice for all
     return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
 
 
-def _select_round(exp: Experiment, adapter: Any, store: RunStore, r: int, target: int) -> dict[str, Any]:
+def _select_round(exp: Experiment, adapter: Adapter, store: RunStore, r: int, target: int) -> dict[str, Any]:
     cfg, pool = exp.cfg, exp.pool
     unit = cfg.loop.unit
     budget = target - _labeled_amount(pool, unit)

@@ -19,6 +19,8 @@ and ``backbone`` apply to detectors only.
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -342,6 +344,39 @@ class ClassificationAdapter:
         if not out:
             return np.zeros((0, self.model.feature_dim), np.float32)
         return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+    #: classifiers have no second scoring model
+    scorer: nn.Module | None = None
+
+    @staticmethod
+    def capabilities(arch: str, variant: str) -> frozenset[str]:
+        """What a classifier of ``arch`` / ``variant`` provides (:data:`activedet.models.base.CAPABILITIES`)."""
+        out = {"class_probs", "image_features", "image_losses"}
+        if variant == "learning_loss":
+            out.add("loss_prediction")
+        return frozenset(out)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return self.capabilities(self.arch, self.variant)
+
+    def mial_head(self) -> Any:
+        """None: a classifier's MIAL variant is two heads on one body (:class:`TwoHeadClassifier`)."""
+        return None
+
+    def loss_module(self) -> Any:
+        """Learning loss's module (``model.loss_module`` of variant ``learning_loss``), else None."""
+        return getattr(self.model, "loss_module", None) if "loss_prediction" in self.provides else None
+
+    def with_model(self, model: nn.Module) -> "ClassificationAdapter":
+        """A shallow copy of this adapter around ``model``."""
+        view = copy.copy(self)
+        view.model = model
+        return view
+
+    def scoring(self) -> "ClassificationAdapter":
+        """The adapter a strategy scores with: this one (classifiers have no scorer)."""
+        return self
 
     # ---------------------------------------------------------------- parameters
     def gradient_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -146,6 +146,52 @@ class DetectionAdapter:
         """The adapter a strategy scores with: around the scorer when there is one, else self."""
         return self if self.scorer is None else self.with_model(self.scorer)
 
+    # ------------------------------------------------------------------ capabilities
+    #: the detector architectures this adapter builds (models/detection.py)
+    ARCHS: tuple[str, ...] = ("retinanet", "fcos", "faster_rcnn")
+
+    @staticmethod
+    def capabilities(arch: str, variant: str) -> frozenset[str]:
+        """What a detector of ``arch`` / ``variant`` provides (:data:`activedet.models.base.CAPABILITIES`)."""
+        out = {"det_probs", "box_features", "image_features", "image_losses", "scorer"}
+        if arch in ("retinanet", "fcos"):
+            out.add("anchor_probs")
+        if variant == "mial":
+            out.add("mial_head")
+        if variant == "learning_loss":
+            out.add("loss_prediction")
+        return frozenset(out)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return self.capabilities(self.arch, self.variant)
+
+    def mial_head(self) -> Any:
+        """The MIAL head (``model.head`` of variant ``mial``), else None."""
+        return self.model.head if "mial_head" in self.provides else None
+
+    def loss_module(self) -> Any:
+        """Learning loss's module (``model.loss_module`` of variant ``learning_loss``), else None."""
+        return getattr(self.model, "loss_module", None) if "loss_prediction" in self.provides else None
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The final prediction layers' weights (:meth:`gradient_parameters`)."""
+        return [q for _, q in self.gradient_parameters()]
+
+    @staticmethod
+    def arch_of(model: nn.Module) -> str | None:
+        """``retinanet`` / ``fcos`` / ``faster_rcnn`` for a torchvision detector (subclasses
+        included: MaskRCNN is a FasterRCNN), else None."""
+        for cls, arch in ((RetinaNet, "retinanet"), (FCOS, "fcos"), (FasterRCNN, "faster_rcnn")):
+            if isinstance(model, cls):
+                return arch
+        return None
+
+    @staticmethod
+    def input_side(model: nn.Module) -> int:
+        """The shorter input side ``model``'s transform resizes to (800 when it has none)."""
+        return int(getattr(getattr(model, "transform", None), "min_size", (800,))[0])
+
     # ------------------------------------------------------------------ data
     #: what :func:`~activedet.data.stream.chunk_batches` decodes for :meth:`load_batch`
     pixels = "image"
@@ -311,7 +357,9 @@ class DetectionAdapter:
             scale_from = image_list.image_sizes[b]
             boxes = resize_boxes(boxes, scale_from, original_sizes[b])
             probs = torch.sigmoid(logits[anchor_idx, 1:])
-            extra: dict[str, Any] = {"anchor_index": anchor_idx.cpu(), "num_anchors_per_level": per_level}
+            extra: dict[str, Any] = {"anchor_index": anchor_idx.cpu(), "num_anchors_per_level": per_level,
+                                     "box_features": anchor_features([f[b] for f in features], anchor_idx,
+                                                                     per_level).float().cpu()}
             if keep_anchors:
                 for key, val in head_out.items():
                     if key != "bbox_regression" and val.shape[-1] == logits.shape[-1]:
@@ -331,8 +379,8 @@ class DetectionAdapter:
         image_list, _ = model.transform(images)
         features = model.backbone(image_list.tensors)
         proposals, _ = model.rpn(image_list, features)
-        logits, regression = heads.box_predictor(heads.box_head(
-            heads.box_roi_pool(features, proposals, image_list.image_sizes)))
+        roi_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+        logits, regression = heads.box_predictor(roi_features)
         boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, image_list.image_sizes)
         probs = F.softmax(logits, dim=-1)  # (R, C + 1) over the batch's RoIs, background first
         rows = kept_rois(heads.box_coder.decode(regression, proposals), probs, proposals, image_list.image_sizes,
@@ -341,7 +389,7 @@ class DetectionAdapter:
         for b, s, lab, r, size_in, size_out in zip(boxes, scores, labels, rows, image_list.image_sizes,
                                                     original_sizes):
             out.append(Inference(0, resize_boxes(b, size_in, size_out).cpu(), s.cpu(), lab.cpu(),
-                                 probs[r, 1:].cpu(), {}))
+                                 probs[r, 1:].cpu(), {"box_features": roi_features[r].float().cpu()}))
         return out
 
     # ------------------------------------------------------------------ metrics
@@ -456,6 +504,28 @@ def _dense_candidates(scores: torch.Tensor, per_level: list[int], thresh: float,
     return torch.cat(idx_out), torch.cat(lab_out)
 
 
+def anchor_features(maps: Sequence[torch.Tensor], anchor_index: torch.Tensor,
+                    per_level: Sequence[int]) -> torch.Tensor:
+    """(K, D) feature rows of the anchors ``anchor_index`` (K,) of one image: the FPN
+    level's feature vector at each anchor's location.
+
+    ``maps``: per level (D, H_l, W_l); ``per_level``: anchors per level (H_l x W_l x A_l),
+    anchors ordered level by level, then location (row-major), then the A_l anchors of a
+    location (torchvision's RetinaNet / FCOS head layout)."""
+    d = maps[0].shape[0] if maps else 0
+    out = torch.zeros((len(anchor_index), d), dtype=maps[0].dtype if maps else torch.float32,
+                      device=anchor_index.device)
+    offset = 0
+    for m, n in zip(maps, per_level):
+        hw = m.shape[-2] * m.shape[-1]
+        inside = (anchor_index >= offset) & (anchor_index < offset + n)
+        if inside.any():
+            loc = torch.div(anchor_index[inside] - offset, n // hw, rounding_mode="floor")
+            out[inside] = m.reshape(d, hw)[:, loc].T.to(out.dtype)
+        offset += n
+    return out
+
+
 def detections_per_image_boxes(inf: Inference, min_score: float) -> int:
     """Number of detections at or above ``min_score`` (predicted annotation cost)."""
     return int((inf.scores >= min_score).sum())
@@ -494,5 +564,5 @@ def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.
     return rows
 
 
-__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes"]
+__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes", "anchor_features"]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from activedet.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None = None) -> Any:
@@ -25,7 +28,7 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
     if cfg.task == "detection":
         from activedet.models.detection_adapter import DetectionAdapter
 
-        adapter: Any = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+        adapter: Adapter = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
         cfg.model.backbone = adapter.cfg.backbone  # model.offline_fallback: the config records what runs
     else:
         from activedet.models.classifier import ClassificationAdapter

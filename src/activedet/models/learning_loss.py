@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from torchvision.models.detection import FCOS, RetinaNet
 from activedet.data.stream import image_batches
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["LearningLossSettings", "LossPredictionModule", "attach_loss_module", "loss_ranking_loss", "detection_losses_and_levels",
            "classifier_levels", "predict_losses"]
@@ -168,7 +171,7 @@ def detection_losses_and_levels(model: nn.Module, images: list[Tensor],
 
 
 @torch.no_grad()
-def predict_losses(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
+def predict_losses(adapter: Adapter, dataset: Any, ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
     """(N,) predicted loss of each id (eval mode), in the order of ``ids``. A detector's
     images stream through :func:`~activedet.data.stream.image_batches` in batches of one
     input size (``adapter.input_size``): the module pools whole feature maps, which a

@@ -12,12 +12,15 @@ with the model that scored them (the checkpoint of the round before the selectio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from activedet.errors import ActivedetError
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["box_sum_map", "image_heatmaps", "save_heatmap", "write_run_heatmaps"]
 
@@ -57,13 +60,13 @@ def box_sum_map(values: np.ndarray, boxes: np.ndarray, image_size: tuple[int, in
     return out
 
 
-def image_heatmaps(adapter: Any, dataset: Any, image_id: int, squared: bool = False) -> dict[str, np.ndarray]:
+def image_heatmaps(adapter: Adapter, dataset: Any, image_id: int, squared: bool = False) -> dict[str, np.ndarray]:
     """Heat maps of one image from a MIAL adapter: ``{"uncertainty": (H, W),
     "mil": (H, W)}`` (``mil`` only with the MIL head), in the image's own pixels."""
     from activedet.strategies.mial import anchor_maps
 
-    head = getattr(adapter.model, "head", None)
-    if not hasattr(head, "unlabeled_loss"):
+    head = adapter.mial_head()
+    if head is None:
         raise ActivedetError("heat maps need a model with the MIAL head (a 'mial' run)")
     inf = next(iter(adapter.infer(dataset, [image_id], batch_size=1, keep_anchors=True)))
     size = tuple(int(v) for v in dataset.load_image(image_id).shape[-2:])

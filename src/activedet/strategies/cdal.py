@@ -19,7 +19,7 @@ convention of :mod:`activedet.strategies.entropy`). This stays meaningful with o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,10 +28,13 @@ from activedet import distributed
 from activedet.data.pool import Pool
 from activedet.errors import StrategyError
 from activedet.settings import setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import Selection, Strategy
 from activedet.strategies.coreset import CoresetSettings, candidate_subset, k_center_greedy
 from activedet.strategies.entropy import binary_entropy
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 _EPS = 1e-6
 
@@ -75,7 +78,7 @@ def contextual_diversity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 
-def cdal_features(adapter: Any, dataset: Any, ids: list[int], min_score: float,
+def cdal_features(adapter: Adapter, dataset: Any, ids: list[int], min_score: float,
                   batch_size: int, progress: bool = False) -> torch.Tensor:
     """(N, C, C) contextual features of ``ids``, rows in the order of ``ids``, from the
     detector's kept detections."""
@@ -97,19 +100,21 @@ class CDALStrategy(Strategy):
     name = "cdal"
     reference = "Agarwal et al. 2020 (CDAL-CS: contextual diversity + k-center greedy)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos", "faster_rcnn")
+    archs = None  # any model that provides what it wants
+    wants = frozenset({"det_probs"})
     settings_type = CDALSettings
 
-    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+    def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
+                batch: int) -> Selection:
         if adapter.task != "detection":
             raise StrategyError(f"strategy 'cdal' needs a detector, got a {adapter.task} model")
-        cands = candidate_subset(pool, self.params["subset"], rng)
+        cands = candidate_subset(pool, self.settings.subset, rng)
         if budget > len(cands):
             raise StrategyError(f"strategy 'cdal': subset of {len(cands)} is smaller than the budget {budget}")
         labeled = list(pool.labeled)
-        bs = int(self.params["batch_size"])
+        bs = int(self.settings.batch_size)
         feats = torch.from_numpy(distributed.gather_rows(  # sharded over processes
-            lambda part: cdal_features(adapter, pool.dataset, part, self.params["min_score"], bs,
+            lambda part: cdal_features(adapter, pool.dataset, part, self.settings.min_score, bs,
                                        self.progress).numpy(), labeled + cands, bs))
         n, c = feats.shape[0], adapter.num_classes
         mask = np.zeros(n, dtype=bool)
@@ -119,10 +124,9 @@ class CDALStrategy(Strategy):
             return contextual_diversity(x.view(-1, c, c), y.view(-1, c, c))
 
         picks, gains = k_center_greedy(feats.reshape(n, c * c), mask, budget, rng,
-                                       int(self.params["chunk_size"]), distance)
+                                       int(self.settings.chunk_size), distance)
         ids = [cands[p - len(labeled)] for p in picks]
-        self.last_scores = {i: float(g) if np.isfinite(g) else 0.0 for i, g in zip(ids, gains)}
-        return ids
+        return Selection(ids, {i: float(g) if np.isfinite(g) else 0.0 for i, g in zip(ids, gains)})
 
 
 __all__ = ["contextual_feature", "contextual_diversity", "cdal_features"]

@@ -23,17 +23,20 @@ the candidate farthest from every center.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import Selection, Strategy
 from activedet.strategies.diversity import (k_center_greedy, k_center_greedy_sharded, min_distances,
                                            squared_euclidean)
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 @dataclass(frozen=True)
 class CoresetSettings(Settings):
@@ -62,24 +65,25 @@ class CoresetStrategy(Strategy):
     name = "coreset"
     reference = "Sener & Savarese 2018 (core-set, k-center greedy on pooled features)"
     settings_type = CoresetSettings
+    wants = frozenset({"image_features"})
 
-    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
-        subset = self.params["subset"]
+    def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
+                batch: int) -> Selection:
+        subset = self.settings.subset
         cands = candidate_subset(pool, subset, rng)
         if budget > len(cands):
             raise ConfigError(f"strategy key 'subset' = {subset}: smaller than the budget {budget}")
-        bs = int(self.params["batch_size"])
-        kw = {"pooling": self.params["pooling"]} if getattr(adapter, "task", None) == "detection" else {}
+        bs = int(self.settings.batch_size)
+        kw = {"pooling": self.settings.pooling} if adapter.task == "detection" else {}
         try:  # distributed: each process holds its shard of the candidates' features
             picks, gains = k_center_greedy_sharded(lambda part: adapter.features(pool.dataset, part, bs, **kw),
                                                    list(pool.labeled), cands, budget, rng,
-                                                   int(self.params["chunk_size"]), bs)
+                                                   int(self.settings.chunk_size), bs)
         except StrategyError as e:
             raise StrategyError(f"strategy 'coreset': {e}") from None
         ids = [cands[p] for p in picks]
-        self.last_scores = {i: float(np.sqrt(max(g, 0.0))) if np.isfinite(g) else 0.0
-                            for i, g in zip(ids, gains)}
-        return ids
+        return Selection(ids, {i: float(np.sqrt(max(g, 0.0))) if np.isfinite(g) else 0.0
+                                for i, g in zip(ids, gains)})
 
 
 __all__ = ["k_center_greedy", "min_distances", "squared_euclidean", "candidate_subset"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ import torch
 from activedet import distributed
 from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter, Inference
 
 __all__ = ["BatchSettings", "BatchMode", "k_center_greedy", "min_distances", "squared_euclidean",
            "kmeanspp_seeding", "class_round_robin", "diverse_choice", "diverse_ranking", "predicted_classes"]
@@ -267,13 +270,22 @@ def class_round_robin(classes: Sequence[int], k: int) -> list[int]:
     return picks
 
 
-def predicted_classes(adapter: Any, dataset: Any, ids: Sequence[int], batch_size: int) -> list[int]:
-    """One predicted class per image of ``ids``: a classifier's arg-max label; a detector's
-    label of its highest-scoring detection, or -1 when it has none."""
+def predicted_class(inf: Inference) -> int:
+    """An image's predicted class: a classifier's arg-max label; a detector's label of its
+    highest-scoring detection, or -1 when it has none."""
+    return int(inf.labels[int(inf.scores.argmax())]) if inf.labels.numel() else -1
+
+
+def predicted_classes(adapter: Adapter, dataset: Any, ids: Sequence[int], batch_size: int,
+                      known: Mapping[int, int] | None = None) -> list[int]:
+    """:func:`predicted_class` of every image of ``ids``; ``known``: classes the scoring pass
+    already recorded (then no inference runs when it holds every id)."""
+    if known is not None and all(i in known for i in ids):
+        return [int(known[i]) for i in ids]
     kwargs = {"keep_anchors": False} if adapter.task == "detection" else {}
     out = {}
     for inf in adapter.infer(dataset, list(ids), batch_size, **kwargs):
-        out[inf.image_id] = int(inf.labels[int(inf.scores.argmax())]) if inf.labels.numel() else -1
+        out[inf.image_id] = predicted_class(inf)
     return [out[i] for i in ids]
 
 
@@ -300,12 +312,15 @@ def diverse_ranking(ranked: Sequence[int], scores: Mapping[int, float], k: int, 
     return chosen + [i for i in ranked if i not in first]
 
 
-def diverse_choice(mode: BatchMode, adapter: Any, pool: Any, batch_size: int,
-                   rng: np.random.Generator) -> Callable[[list[int], int], list[int]]:
+def diverse_choice(mode: BatchMode, adapter: Adapter, pool: Any, batch_size: int,
+                   rng: np.random.Generator,
+                   classes: Mapping[int, int] | None = None) -> Callable[[list[int], int], list[int]]:
     """The ``choose(candidates, k)`` of :func:`diverse_ranking` for ``mode``, reading
-    features or predicted classes of the candidates (and labeled images) from ``adapter``."""
+    features or predicted classes of the candidates (and labeled images) from ``adapter``;
+    ``classes``: the predicted classes the scoring pass recorded (class_balanced then runs
+    no inference)."""
     dataset = pool.dataset
-    if dataset is None:
+    if dataset is None and not (mode == "class_balanced" and classes is not None):
         raise StrategyError(f"strategy key 'batch' = '{mode}' needs the pool's dataset")
 
     def features(ids: list[int]) -> np.ndarray:
@@ -321,7 +336,7 @@ def diverse_choice(mode: BatchMode, adapter: Any, pool: Any, batch_size: int,
         if mode == "kmeanspp":
             return kmeanspp_seeding(features(candidates), k, rng)
         if mode == "class_balanced":
-            return class_round_robin(predicted_classes(adapter, dataset, candidates, batch_size), k)
+            return class_round_robin(predicted_classes(adapter, dataset, candidates, batch_size, classes), k)
         raise ConfigError(f"strategy key 'batch' = {mode!r}: expected one of topk, kcenter, kmeanspp, "
                           "class_balanced")
 

@@ -9,7 +9,7 @@ For an unlabeled image ``z'`` ISAL scores ``I(z', R) = -s_test · G_z'`` with
   ``initial`` (the first labeled set, ISAL_v2) or ``labeled`` (the current labeled set,
   ISAL_v3). Without a reference split, ``validation`` falls back to
   ``reference_fallback`` (``labeled`` | ``initial`` | ``error``), with a warning; the
-  choice actually used is in :attr:`InfluenceStrategy.last_info`.
+  choice actually used is in the returned ``Selection.info``.
 - ``s_test``: LiSSA (supplementary Alg. 3, no final division by scale, per-group scales;
   damping 0.01, 4 repeats; depth by default one pass over the labeled set, at most the
   authors' ≈1000 images for detection / 250 for classification) over labeled images
@@ -32,7 +32,7 @@ batched path takes the pseudo boxes and the gradients from the same forward pass
 (:meth:`_Model.dense_image_grads`), so an image costs about one inference pass plus its
 loss.
 
-``last_scores`` holds ``-I`` (higher = selected first). ``grad_similarity`` is the same
+``Selection.scores`` holds ``-I`` (higher = selected first). ``grad_similarity`` is the same
 with ``s_test = ∇l(R)`` (no inverse Hessian; paper Sec. 4.4.2).
 """
 
@@ -43,7 +43,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 import numpy as np
 import torch
@@ -70,9 +70,12 @@ from activedet.influence import (
     unflat,
 )
 from activedet.settings import Settings, setting
-from activedet.strategies.base import RankingSettings, Strategy
+from activedet.strategies.base import RankingSettings, Selection, Strategy
 from activedet.strategies.diversity import BatchMode
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter, DetectorAdapter
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,6 @@ log = logging.getLogger(__name__)
 FCOS_SCALES = {"cls_logits": 100.0, "bbox_reg": 8000.0, "bbox_ctrness": 5000.0}
 CLASSIFICATION_SCALE = 10_000.0
 DEFAULT_DEPTH = {"detection": 1000, "classification": 250}
-DETECTION_ARCHS = ("fcos", "retinanet", "faster_rcnn")
-CLASSIFICATION_ARCHS = ("resnet18", "small_cnn")
 
 
 # ===================================================================== pure maths
@@ -184,12 +185,21 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 class _Model:
     """Losses of one adapter: summed per-image losses with given labels, in eval mode."""
 
-    def __init__(self, adapter: Any, names: list[str], params: list[nn.Parameter]) -> None:
+    def __init__(self, adapter: Adapter, names: list[str], params: list[nn.Parameter]) -> None:
         self.adapter = adapter
+        #: the same adapter seen as a detector (ISAL's detection path), or None
+        self.detector: DetectorAdapter | None = cast("DetectorAdapter", adapter) if adapter.task == "detection" \
+            else None
         self.model: nn.Module = adapter.model
         self.detection = adapter.task == "detection"
         self.names = names
-        self.params = params
+        self.weights = params
+
+    @property
+    def _detector(self) -> DetectorAdapter:
+        if self.detector is None:
+            raise StrategyError(f"{self.adapter.arch} is not a detector")
+        return self.detector
 
     def load(self, dataset: Any, ids: Sequence[int]) -> tuple[Any, Any]:
         return self.adapter.load_batch(dataset, list(ids), False)
@@ -197,7 +207,7 @@ class _Model:
     def losses(self, inputs: Any, targets: Any) -> Tensor:
         """(N,) per-image losses against ``targets`` (labels or weights (N, C) / box dicts)."""
         if self.detection:
-            return self.adapter.image_losses(inputs, targets)
+            return self._detector.image_losses(inputs, targets)
         self.model.eval()
         logits = self.model(inputs)
         if targets.dim() == 1:
@@ -212,7 +222,7 @@ class _Model:
         (:meth:`~activedet.models.detection_adapter.DetectionAdapter.batches`): a detector pads
         a batch to its largest image, and an image's loss and gradient would otherwise depend
         on its batch-mates."""
-        return self.adapter.batches(dataset, ids, size) if self.detection else _chunks(ids, size)
+        return self._detector.batches(dataset, ids, size) if self.detection else _chunks(ids, size)
 
     def layers(self) -> list[nn.Module] | None:
         """Conv2d/Linear modules owning the chosen weights, or None (no closed form)."""
@@ -227,34 +237,34 @@ class _Model:
         return out
 
     # ------------------------------------------------------------------ UUIC
-    def pseudo_targets(self, dataset: Any, ids: list[int], params: dict[str, Any]) -> tuple[list[int], Any, Any]:
+    def pseudo_targets(self, dataset: Any, ids: list[int], settings: Any) -> tuple[list[int], Any, Any]:
         """Images that get a score and (inputs, pseudo targets) for them."""
         if not self.detection:
             inputs, _ = self.load(dataset, ids)
             self.model.eval()
             with torch.no_grad():
                 probs = self.model(inputs).float().softmax(-1)
-            return ids, inputs, topk_target_weights(probs, int(params["top_k"]), params["prob_weight"])
+            return ids, inputs, topk_target_weights(probs, int(settings.top_k), settings.prob_weight)
         kept, images, targets = [], [], []
         infs = self.adapter.infer(dataset, ids, max(1, len(ids)), keep_anchors=False)
         for inf in infs:
-            tgt = pseudo_boxes(inf.boxes, inf.scores, inf.labels, float(params["pseudo_score_threshold"]),
-                               int(params["max_pseudo_boxes"]))
+            tgt = pseudo_boxes(inf.boxes, inf.scores, inf.labels, float(settings.pseudo_score_threshold),
+                               int(settings.max_pseudo_boxes))
             if tgt is not None:
                 kept.append(inf.image_id)
                 images.append(dataset.load_image(inf.image_id).to(self.adapter.device))
                 targets.append({k: v.to(self.adapter.device) for k, v in tgt.items()})
         return kept, images, targets
 
-    def image_grads(self, dataset: Any, ids: list[int], params: dict[str, Any],
+    def image_grads(self, dataset: Any, ids: list[int], settings: Any,
                     batched: bool) -> tuple[list[int], list[Tensor]]:
         """The images of ``ids`` that get a score, and their stacked per-image gradients
         ``[(n, *p.shape)]`` against their UUIC pseudo labels (:meth:`pseudo_targets`,
         :meth:`sample_grads`). Batched dense detectors take :meth:`dense_image_grads`:
         pseudo boxes and gradients from one forward pass."""
         if self.one_pass(batched):
-            return self.dense_image_grads(dataset, ids, params)
-        kept, inputs, targets = self.pseudo_targets(dataset, ids, params)
+            return self.dense_image_grads(dataset, ids, settings)
+        kept, inputs, targets = self.pseudo_targets(dataset, ids, settings)
         if not kept:
             return [], []
         return kept, self.sample_grads(inputs, targets, len(kept), batched)
@@ -262,32 +272,32 @@ class _Model:
     def one_pass(self, batched: bool) -> bool:
         """Whether :meth:`image_dots` takes the one-pass path of a dense detector (which
         reads the images it is handed, so they can be decoded ahead)."""
-        return batched and self.detection and self.adapter.dense and self.layers() is not None
+        return batched and self.detection and self._detector.dense and self.layers() is not None
 
-    def image_dots(self, dataset: Any, ids: list[int], params: dict[str, Any], batched: bool,
+    def image_dots(self, dataset: Any, ids: list[int], settings: Any, batched: bool,
                    vectors: list[Tensor], images: list[Tensor] | None = None) -> tuple[list[int], Tensor]:
         """The images of ``ids`` that get a score and ``(n,)`` dots of their per-image
         gradients (:meth:`image_grads`) with ``vectors`` (one per chosen parameter). Batched
         dense detectors never form the gradients (:func:`layer_grad_dots`); ``images``: the
         images of ``ids`` already decoded (``dataset.load_image``), for that path."""
         if self.one_pass(batched):
-            kept_rows, dots = self._dense_pass(dataset, ids, params,
+            kept_rows, dots = self._dense_pass(dataset, ids, settings,
                                                lambda loss, layers, n: layer_grad_dots(loss, layers, vectors, n,
                                                                                        cut_below=True), images)
             return [int(ids[r]) for r in kept_rows], dots[kept_rows]
-        kept, g = self.image_grads(dataset, ids, params, batched)
+        kept, g = self.image_grads(dataset, ids, settings, batched)
         if not kept:
             return [], torch.zeros(0)
         return kept, -influence_scores(vectors, g)
 
-    def dense_image_grads(self, dataset: Any, ids: list[int], params: dict[str, Any]) -> tuple[list[int], list[Tensor]]:
+    def dense_image_grads(self, dataset: Any, ids: list[int], settings: Any) -> tuple[list[int], list[Tensor]]:
         """:meth:`image_grads` of FCOS / RetinaNet from one forward pass over ``ids``
         (:meth:`_dense_pass`)."""
-        kept, grads = self._dense_pass(dataset, ids, params,
+        kept, grads = self._dense_pass(dataset, ids, settings,
                                        lambda loss, layers, n: layer_per_sample_grads(loss, layers, n, cut_below=True))
         return [int(ids[r]) for r in kept], [g[kept] for g in grads]
 
-    def _dense_pass(self, dataset: Any, ids: list[int], params: dict[str, Any],
+    def _dense_pass(self, dataset: Any, ids: list[int], settings: Any,
                     consume: Callable[[Callable[[], Tensor], list[nn.Module], int], Any],
                     decoded: list[Tensor] | None = None) -> tuple[list[int], Any]:
         """One forward pass of FCOS / RetinaNet over ``ids``: the rows that get pseudo boxes,
@@ -317,20 +327,20 @@ class _Model:
             seen["image_list"], seen["features"], seen["anchors"] = inp[0], inp[1], out
 
         def loss() -> Tensor:
-            dets = self.adapter.infer_images(images, keep_anchors=False)
+            dets = self._detector.infer_images(images, keep_anchors=False)
             image_list, anchors = seen["image_list"], seen["anchors"]
             per_level = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
             terms = []
             for row, (img, det) in enumerate(zip(images, dets)):
-                tgt = pseudo_boxes(det.boxes, det.scores, det.labels, float(params["pseudo_score_threshold"]),
-                                   int(params["max_pseudo_boxes"]))
+                tgt = pseudo_boxes(det.boxes, det.scores, det.labels, float(settings.pseudo_score_threshold),
+                                   int(settings.max_pseudo_boxes))
                 if tgt is None:
                     continue
                 kept.append(row)
-                target = {"boxes": self.adapter.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
+                target = {"boxes": self._detector.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
                                                                image_list.image_sizes[row]),
                           "labels": tgt["labels"].to(device)}
-                terms.append(self.adapter.dense_image_loss(seen["head"], anchors, target, per_level, row))
+                terms.append(self._detector.dense_image_loss(seen["head"], anchors, target, per_level, row))
             return torch.stack(terms).sum() if terms else torch.zeros((), device=device)
 
         handles = [model.head.register_forward_hook(head_hook),
@@ -352,7 +362,7 @@ class _Model:
         classifiers fall back to ``torch.func.vmap``; otherwise (or ``batched=False``,
         Faster R-CNN) one backward pass per image.
         """
-        if batched and (not self.detection or self.adapter.dense):
+        if batched and (not self.detection or self._detector.dense):
             layers = self.layers()
             if layers is not None:
                 try:
@@ -361,11 +371,11 @@ class _Model:
                     log.warning("closed-form per-sample gradients failed (%s); falling back", exc)
             if not self.detection:
                 self.model.eval()
-                return per_sample_grads(self.model, soft_cross_entropy, inputs, targets, self.params)
+                return per_sample_grads(self.model, soft_cross_entropy, inputs, targets, self.weights)
         if self.detection:
-            return loop_per_sample_grads(lambda i: self.losses([inputs[i]], [targets[i]])[0], self.params, n)
+            return loop_per_sample_grads(lambda i: self.losses([inputs[i]], [targets[i]])[0], self.weights, n)
         return loop_per_sample_grads(lambda i: self.losses(inputs[i:i + 1], targets[i:i + 1])[0],
-                                     self.params, n)
+                                     self.weights, n)
 
 
 def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -433,16 +443,23 @@ class InfluenceStrategy(Strategy):
     """Shared machinery of ``isal`` and ``grad_similarity`` (they differ in :meth:`_s_test`)."""
 
     tasks = ("detection", "classification")
-    archs = DETECTION_ARCHS + CLASSIFICATION_ARCHS
+    archs = None  # any model that provides what it wants
+    wants = frozenset({"image_losses"})
     settings_type = InfluenceSettings
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self.last_info: dict[str, Any] = {}
+    ranks = True  # its _select scores every unlabeled image, then ranks like the others
+
+    def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
+                batch: int) -> Selection:
+        """Score every unlabeled image (:meth:`score`) and rank; the :class:`Selection`'s
+        ``info`` says which reference set, parameters and LiSSA check were used."""
+        info: dict[str, Any] = {}
+        scores = self.score_all(adapter, pool, pool.unlabeled, rng, info=info)
+        return self.rank(adapter, pool, pool.unlabeled, scores, budget, rng, batch, info)
 
     # ------------------------------------------------------------------ setup
-    def _parameters(self, adapter: Any) -> tuple[list[str], list[nn.Parameter]]:
-        names = self.params["parameters"]
+    def _parameters(self, adapter: Adapter) -> tuple[list[str], list[nn.Parameter]]:
+        names = self.settings.parameters
         if names is None:
             chosen = list(adapter.gradient_parameters())
         else:
@@ -457,9 +474,9 @@ class InfluenceStrategy(Strategy):
         return [n for n, _ in chosen], [q for _, q in chosen]
 
     def _reference(self, pool: Pool, rng: np.random.Generator) -> tuple[str, Any, list[int]]:
-        which = self.params["reference"]
+        which = self.settings.reference
         if which == "validation" and pool.reference is None:
-            fallback = self.params["reference_fallback"]
+            fallback = self.settings.reference_fallback
             if fallback == "error":
                 raise ConfigError("strategy key 'reference' = 'validation' needs 'dataset.reference' "
                                   "(a labeled split apart from the test split)")
@@ -473,18 +490,21 @@ class InfluenceStrategy(Strategy):
             dataset, ids = pool.dataset, list(pool.labeled)
         if not ids:
             raise StrategyError(f"{self.name}: the '{which}' reference set is empty")
-        cap = self.params["max_reference"]
+        cap = self.settings.max_reference
         if cap is not None and len(ids) > cap:
             ids = sorted(ids[int(j)] for j in rng.choice(len(ids), size=cap, replace=False))
         return which, dataset, ids
 
     # ------------------------------------------------------------------ scoring
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator,
+              info: dict[str, Any] | None = None) -> dict[int, float]:
+        """``-I`` per image of ``ids`` (higher first); ``info``, when given, receives what
+        was used (reference set and size, parameters, scored counts, LiSSA check)."""
+        info = {} if info is None else info
         if pool.dataset is None:
             raise StrategyError(f"{self.name} needs the pool's dataset (Pool.from_dataset)")
-        if getattr(adapter, "variant", "plain") != "plain":
+        if adapter.variant != "plain":
             raise StrategyError(f"{self.name} scores plain models, got variant {adapter.variant!r}")
-        self.last_info = {}
         names, params = self._parameters(adapter)
         m = _Model(adapter, names, params)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -493,29 +513,30 @@ class InfluenceStrategy(Strategy):
         with torch.random.fork_rng(devices=devices):  # Faster R-CNN samples anchors from the global RNG
             torch.manual_seed(seed)
             which, ref_ds, ref_ids = self._reference(pool, rng)
-            bs = int(self.params["batch_size"])
+            bs = int(self.settings.batch_size)
             v = [torch.zeros_like(q).detach() for q in params]
             for chunk in m.batches(ref_ds, distributed.shard(ref_ids, bs), bs):  # each process its share of R
                 v = [a + b for a, b in zip(v, grad(m.loss_sum(ref_ds, chunk), params))]
             v = distributed.all_reduce_sum(v)
             # the inverse-HVP once, on rank 0, handed to every process (identity in one process)
             s_test = [t.to(q.device) for t, q in zip(distributed.on_main(
-                lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed)]), params)]
+                lambda: [t.detach().cpu() for t in self._s_test(m, pool, v, seed, info)]), params)]
             out: dict[int, float] = {}
-            batched = bool(self.params["batched"])
+            batched = bool(self.settings.batched)
             chunks = m.batches(pool.dataset, ids, bs)
-            stream = (chunk_batches(pool.dataset, chunks, int(getattr(adapter, "workers", 0) or 0))
+            stream = (chunk_batches(pool.dataset, chunks, int(adapter.workers or 0))
                       if m.one_pass(batched) else ((c, None) for c in chunks))  # loader processes read ahead
             for chunk, images in stream:
                 # s_test · G_z' per image: minus its influence on the reference loss (higher = more helpful)
-                kept, dots = m.image_dots(pool.dataset, chunk, self.params, batched, s_test, images)
+                kept, dots = m.image_dots(pool.dataset, chunk, self.settings, batched, s_test, images)
                 out.update({i: float(x) for i, x in zip(kept, dots.tolist())})
-        self.last_info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
+        info.update({"reference": which, "reference_images": len(ref_ids), "parameters": names,
                                "scored": len(out), "unscored": len(ids) - len(out)})
         return out
 
-    def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int) -> list[Tensor]:
-        """The vector sample gradients are dotted with; here ``∇l(R)`` itself (no H⁻¹)."""
+    def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int, info: dict[str, Any]) -> list[Tensor]:
+        """The vector sample gradients are dotted with; here ``∇l(R)`` itself (no H⁻¹).
+        ``info`` receives what the choice of vector reports."""
         return v
 
 
@@ -530,12 +551,12 @@ class ISALStrategy(InfluenceStrategy):
     def scales(self, names: Sequence[str], task: str, arch: str, lam_max: float | None = None) -> list[float]:
         """LiSSA scale of each parameter group (see the ``scale`` key); ``auto`` needs
         ``lam_max``, the Hessian's dominant eigenvalue."""
-        s = self.params["scale"]
+        s = self.settings.scale
         if s == "auto":
             if lam_max is None or not math.isfinite(lam_max) or lam_max == 0:
                 raise StrategyError(f"isal: strategy key 'scale' = 'auto' needs the top Hessian eigenvalue; "
                                     f"power iteration gave {lam_max!r}")
-            return [float(self.params["scale_margin"]) * abs(lam_max)] * len(names)
+            return [float(self.settings.scale_margin) * abs(lam_max)] * len(names)
         if s is None:
             if task == "classification":
                 return [CLASSIFICATION_SCALE] * len(names)
@@ -555,51 +576,51 @@ class ISALStrategy(InfluenceStrategy):
     def depth(self, task: str, n_labeled: int) -> int:
         """LiSSA recursion depth: the ``depth`` key, or (None) one pass over the labeled set
         in ``lissa_batch_size`` batches, at most 1000 (detection) / 250 (classification)."""
-        if self.params["depth"] is not None:
-            return int(self.params["depth"])
-        per_pass = -(-n_labeled // int(self.params["lissa_batch_size"]))
+        if self.settings.depth is not None:
+            return int(self.settings.depth)
+        per_pass = -(-n_labeled // int(self.settings.lissa_batch_size))
         return max(1, min(DEFAULT_DEPTH[task], per_pass))
 
-    def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int) -> list[Tensor]:
+    def _s_test(self, m: _Model, pool: Pool, v: list[Tensor], seed: int, info: dict[str, Any]) -> list[Tensor]:
         labeled = list(pool.labeled)
         if not labeled:
             raise StrategyError("isal needs a labeled set to estimate the Hessian")
         task = m.adapter.task
-        damping = float(self.params["damping"])
+        damping = float(self.settings.damping)
         ds = pool.dataset
-        lissa = self.params["inverse"] == "lissa"
+        lissa = self.settings.inverse == "lissa"
         lam = None
-        if self.params["scale"] == "auto" or (lissa and self.params["check_inverse"]):
+        if self.settings.scale == "auto" or (lissa and self.settings.check_inverse):
             lam = self.top_eigenvalue(m, ds, labeled, seed)
         scales = self.scales(m.names, task, m.adapter.arch, lam)
-        self.last_info.update(lambda_max=lam, scales=scales)
-        if self.params["inverse"] == "exact":
+        info.update(lambda_max=lam, scales=scales)
+        if self.settings.inverse == "exact":
             hess = None
-            for chunk in m.batches(ds, labeled, int(self.params["batch_size"])):
-                h = hessian_matrix(lambda c=chunk: m.loss_sum(ds, c), m.params,
-                                   max_params=int(self.params["exact_max_params"]))
+            for chunk in m.batches(ds, labeled, int(self.settings.batch_size)):
+                h = hessian_matrix(lambda c=chunk: m.loss_sum(ds, c), m.weights,
+                                   max_params=int(self.settings.exact_max_params))
                 hess = h if hess is None else hess + h
             assert hess is not None
             hess = hess / len(labeled)
             dvec = torch.cat([torch.full((q.numel(),), sc, dtype=hess.dtype, device=hess.device)
-                              for q, sc in zip(m.params, scales)])
+                              for q, sc in zip(m.weights, scales)])
             x = scaled_exact_solve(hess, flat(v).to(hess.dtype), dvec, damping)
-            return [t.to(q.dtype) for t, q in zip(unflat(x, m.params), m.params)]
+            return [t.to(q.dtype) for t, q in zip(unflat(x, m.weights), m.weights)]
         depth = self.depth(task, len(labeled))
-        batches = random_index_batches(len(labeled), batch_size=int(self.params["lissa_batch_size"]),
+        batches = random_index_batches(len(labeled), batch_size=int(self.settings.lissa_batch_size),
                                        generator=torch.Generator().manual_seed(seed))
 
         def hvp_at(index: Tensor, h: list[Tensor]) -> list[Tensor]:
             chunk = [labeled[int(j)] for j in index]
-            return hvp(lambda: m.loss_sum(ds, chunk) / len(chunk), m.params, h)
+            return hvp(lambda: m.loss_sum(ds, chunk) / len(chunk), m.weights, h)
 
         def source(run: int) -> Any:
             return ((lambda h, b=b: hvp_at(b, h)) for b in batches(run))
 
-        s_test = lissa_inverse_hvp(v, source, depth=int(depth), repeats=int(self.params["repeats"]),
+        s_test = lissa_inverse_hvp(v, source, depth=int(depth), repeats=int(self.settings.repeats),
                                    damping=damping, scale=scales, progress=False)
         if lam is not None:
-            self._check_lissa(lam, scales, damping, int(depth), v, s_test)
+            info.update(self._check_lissa(lam, scales, damping, int(depth), v, s_test))
         return s_test
 
     def top_eigenvalue(self, m: _Model, dataset: Any, labeled: list[int], seed: int) -> float:
@@ -607,31 +628,31 @@ class ISALStrategy(InfluenceStrategy):
         seeded subset of ``power_images`` labeled images, by ``power_iters`` steps of power
         iteration on the same Hessian-vector products."""
         rng = np.random.default_rng(seed)
-        n = min(len(labeled), int(self.params["power_images"]))
+        n = min(len(labeled), int(self.settings.power_images))
         ids = sorted(labeled[int(j)] for j in rng.choice(len(labeled), size=n, replace=False))
-        chunks = m.batches(dataset, ids, int(self.params["batch_size"]))
+        chunks = m.batches(dataset, ids, int(self.settings.batch_size))
 
         def mean_hvp(h: list[Tensor]) -> list[Tensor]:
-            out = [torch.zeros_like(q) for q in m.params]
+            out = [torch.zeros_like(q) for q in m.weights]
             for c in chunks:
-                out = [a + b for a, b in zip(out, hvp(lambda c=c: m.loss_sum(dataset, c), m.params, h))]
+                out = [a + b for a, b in zip(out, hvp(lambda c=c: m.loss_sum(dataset, c), m.weights, h))]
             return [x / n for x in out]
 
-        lam, _ = top_eigenvalue(mean_hvp, m.params, generator=torch.Generator().manual_seed(seed),
-                                iters=int(self.params["power_iters"]))
+        lam, _ = top_eigenvalue(mean_hvp, m.weights, generator=torch.Generator().manual_seed(seed),
+                                iters=int(self.settings.power_iters))
         return lam
 
     def _check_lissa(self, lam: float, scales: list[float], damping: float, depth: int, v: list[Tensor],
-                     s_test: list[Tensor]) -> None:
-        """Record (``last_info``) and warn when LiSSA diverges or leaves ``∇l(R)`` nearly as it is."""
+                     s_test: list[Tensor]) -> dict[str, Any]:
+        """Warn when LiSSA diverges or leaves ``∇l(R)`` nearly as it is; returns the verdict
+        for the selection's ``info``."""
         if not math.isfinite(lam):
-            self.last_info.update(lissa="unknown")
             log.warning("isal: power iteration gave a non-finite Hessian eigenvalue (%r); LiSSA not checked", lam)
-            return
+            return {"lissa": "unknown"}
         verdict, spread = lissa_verdict(lam, scales, damping, depth)
         fv, fs = flat(v).double(), flat(s_test).double()
         cos = float(fv @ fs / (fv.norm() * fs.norm())) if fv.norm() > 0 and fs.norm() > 0 else float("nan")
-        self.last_info.update(lissa=verdict, lissa_spread=spread, lissa_cosine=cos)
+        out = {"lissa": verdict, "lissa_spread": spread, "lissa_cosine": cos}
         where = (f"top Hessian eigenvalue {lam:.4g}, scale {min(scales):.4g}, damping {damping:g}, "
                  f"depth {depth}; cos(s_test, grad) = {cos:.3f}")
         if verdict == "diverges" or not bool(torch.isfinite(fs).all()):
@@ -640,6 +661,7 @@ class ISALStrategy(InfluenceStrategy):
             log.warning("isal: LiSSA is nearly inert (%s): it reweights the sharpest and the flattest "
                         "directions by %.2fx only, so H^-1 ~ identity and the ranking is gradient "
                         "similarity; use scale: auto", where, spread)
+        return out
 
 
 @register

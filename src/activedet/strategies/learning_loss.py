@@ -15,7 +15,7 @@ classifiers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from activedet.models.learning_loss import LearningLossSettings, predict_losses
 from activedet.settings import setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 def random_subset(ids: list[int], size: int | None, rng: np.random.Generator) -> list[int]:
@@ -45,15 +48,16 @@ class LearningLossStrategy(Strategy):
     name = "learning_loss"
     reference = "Yoo & Kweon 2019 (learning loss: predicted loss on FPN levels / classifier blocks)"
     archs = ("retinanet", "fcos", "resnet18", "small_cnn")
+    wants = frozenset({"loss_prediction"})
     model_variant = "learning_loss"
     trainer = "learning_loss"
     settings_type = LearningLossStrategySettings
     shardable = False  # the scored subset is drawn from the ids given: every process scores all
 
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
-        size = self.params["subset"]
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        size = self.settings.subset
         chosen = random_subset(list(ids), size, rng)
-        pred = predict_losses(adapter, pool.dataset, chosen, self.params["batch_size"])
+        pred = predict_losses(adapter, pool.dataset, chosen, self.settings.batch_size)
         return {i: float(p) for i, p in zip(chosen, pred)}
 
 

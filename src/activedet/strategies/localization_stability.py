@@ -19,7 +19,7 @@ rng, so the same seed gives the same scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from activedet.errors import ConfigError, StrategyError
 from activedet.settings import Settings, setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 def box_stability(ref_boxes: torch.Tensor, noisy_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -88,15 +91,16 @@ class LocalizationStabilityStrategy(Strategy):
     name = "localization_stability"
     reference = "Kao et al. 2018 (localization stability under Gaussian noise, confidence-weighted)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos", "faster_rcnn")
+    archs = None  # any model that provides what it wants
+    wants = frozenset({"det_probs"})
     settings_type = LocalizationStabilitySettings
     shardable = False  # noise seeds are drawn per scored image: every process scores all
 
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         if adapter.task != "detection":
             raise StrategyError(f"strategy 'localization_stability' needs a detector, got a {adapter.task} model")
         levels = self.settings.noise_levels
-        bs, thr = self.params["batch_size"], self.params["min_score"]
+        bs, thr = self.settings.batch_size, self.settings.min_score
         ref: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for inf in adapter.infer(pool.dataset, ids, bs, progress=self.progress, keep_anchors=False):
             keep = inf.scores >= thr

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -48,9 +48,13 @@ from activedet.errors import ConfigError, StrategyError
 from activedet.models import mial_losses as L
 from activedet.models.mial_settings import MIALHeadSettings, MIALTrainSettings
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import ImageScores, Selection, Strategy
+from activedet.strategies.diversity import predicted_class
 from activedet.strategies.mial_scoring import anchor_uncertainty, image_uncertainty
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["MIALStrategy", "MIALSelectSettings", "MIALSettings", "anchor_maps", "mial_instance_scores"]
 
@@ -113,10 +117,10 @@ def anchor_maps(head: Any, extra: dict[str, Any], squared: bool = False,
     return u, None if mil is None else mil.sum(-1).double().numpy()
 
 
-def _scorer(adapter: Any) -> Any:
+def _scorer(adapter: Adapter) -> Any:
     """The adapter around the model that scores: the scorer of ``detector: separate``
     (:meth:`~activedet.models.detection_adapter.DetectionAdapter.scoring`), else ``adapter``."""
-    return adapter.scoring() if hasattr(adapter, "scoring") else adapter
+    return adapter.scoring()
 
 
 @register
@@ -125,6 +129,7 @@ class MIALStrategy(Strategy):
     reference = "Yuan et al. 2021, Multiple Instance Active Learning for Object Detection (MIAL)"
     tasks = ("detection",)
     archs = ("retinanet", "fcos")
+    wants = frozenset({"mial_head", "anchor_probs"})
     model_variant = "mial"
     trainer = "mial"
     settings_type = MIALSettings
@@ -142,37 +147,42 @@ class MIALStrategy(Strategy):
                                 "'fcos' the MIAL head keeps FCOS's GIoU box and centerness losses; remove the key")
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"use_mil": bool(self.params["iur"]), "mil_weighting": self.params["mil_weighting"],
-                "regression_loss": self.params["regression_loss"],
-                "det_reduction": self.params["det_reduction"]}
+        return {"use_mil": bool(self.settings.iur), "mil_weighting": self.settings.mil_weighting,
+                "regression_loss": self.settings.regression_loss,
+                "det_reduction": self.settings.det_reduction}
 
-    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+    def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
+                batch: int) -> Selection:
         adapter = _scorer(adapter)
         candidates = pool.unlabeled
-        frac = float(self.params["score_fraction"])
+        frac = float(self.settings.score_fraction)
         to_score = candidates
         if frac < 1:
             n = min(len(candidates), max(budget, math.ceil(frac * len(candidates))))
             to_score = sorted(candidates[int(j)] for j in rng.choice(len(candidates), size=n, replace=False))
-        return self.rank(adapter, pool, candidates, self.score_all(adapter, pool, to_score, rng), budget, rng)
+        return self.rank(adapter, pool, candidates, self.score_all(adapter, pool, to_score, rng), budget, rng, batch)
 
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         """Image score = aggregate (mean of the top-k by default) of the uncertainties of the
         anchors inside the image (batches hold one input size, so a score does not depend on
         the batch-mates). With ``detector: separate`` the scorer scores, not the detector."""
         adapter = _scorer(adapter)
-        head = getattr(adapter.model, "head", None)
-        if adapter.task != "detection" or not hasattr(head, "unlabeled_loss"):
+        head = adapter.mial_head()
+        if adapter.task != "detection" or head is None:
             raise StrategyError("strategy 'mial' needs a RetinaNet or FCOS with the MIAL head (model variant 'mial')")
-        p = self.params
+        p = self.settings
         out: dict[int, float] = {}
-        infs = adapter.infer(pool.dataset, ids, p["batch_size"], keep_anchors=True)
+        boxes: dict[int, int] = {}
+        classes: dict[int, int] = {}
+        infs = adapter.infer(pool.dataset, ids, p.batch_size, keep_anchors=True)
         for inf in tqdm(infs, total=len(ids), desc="mial scoring", unit="img", disable=not self.progress, leave=False):
             ex = inf.extra
-            mil = mial_instance_scores(head, ex) if p["weighting"] == "mil" else None
+            mil = mial_instance_scores(head, ex) if p.weighting == "mil" else None
             keep = ex["valid"]
             out[inf.image_id] = image_uncertainty(
-                torch.sigmoid(ex["cls_logits"][keep]), torch.sigmoid(ex["cls_logits2"][keep]), how=p["aggregate"],
-                k=p["top_k"], squared=p["uncertainty"] == "squared", weighting=p["weighting"],
+                torch.sigmoid(ex["cls_logits"][keep]), torch.sigmoid(ex["cls_logits2"][keep]), how=p.aggregate,
+                k=p.top_k, squared=p.uncertainty == "squared", weighting=p.weighting,
                 mil_scores=None if mil is None else mil[keep])
-        return out
+            # what cost_aware and class_balanced read: no second pass
+            boxes[inf.image_id], classes[inf.image_id] = self.predicted_boxes(inf), predicted_class(inf)
+        return ImageScores(out, boxes, classes)

@@ -16,7 +16,7 @@ compares training with IUL (``iul: true``) and without (``iul: false``): that is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from activedet.settings import setting
 from activedet.strategies.base import Strategy
 from activedet.strategies.mial_scoring import anchor_uncertainty
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["MIALIULStrategy", "head_discrepancy"]
 
@@ -56,16 +59,16 @@ class MIALIULStrategy(Strategy):
     trainer = "mial_iul"
     settings_type = MIALIULSettings
 
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
-        if getattr(adapter, "variant", None) != "mial":
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+        if adapter.variant != "mial":
             raise ConfigError(f"strategy 'mial_iul' needs the two-head classifier (variant 'mial'), "
-                              f"got variant {getattr(adapter, 'variant', None)!r}")
-        if self.params["selection"] == "random":  # unscored: the base class ranks them by rng
+                              f"got variant {adapter.variant!r}")
+        if self.settings.selection == "random":  # unscored: the base class ranks them by rng
             return {}
         out_ids: list[int] = []
         p1: list[torch.Tensor] = []
         p2: list[torch.Tensor] = []
-        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"]):
+        for inf in adapter.infer(pool.dataset, ids, self.settings.batch_size):
             out_ids.append(inf.image_id)
             p1.append(inf.extra["probs1"])
             p2.append(inf.extra["probs2"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from activedet.data.pool import Pool
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import Selection, Strategy
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 
 @register
@@ -16,8 +19,8 @@ class RandomStrategy(Strategy):
     name = "random"
     reference = "uniform sampling without replacement"
 
-    def _select(self, adapter: Any, pool: Pool, budget: int, rng: np.random.Generator) -> list[int]:
+    def _select(self, adapter: Adapter, pool: Pool, budget: int, rng: np.random.Generator,
+                batch: int) -> Selection:
         unl = pool.unlabeled
         picks = rng.choice(len(unl), size=budget, replace=False)
-        self.last_scores = {}  # nothing is scored
-        return [unl[int(j)] for j in picks]
+        return Selection([unl[int(j)] for j in picks], {})  # nothing is scored

@@ -21,7 +21,7 @@ scored image).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -29,9 +29,13 @@ import torch
 from activedet.data.pool import Pool
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
-from activedet.strategies.base import Strategy
+from activedet.strategies.base import ImageScores, Strategy
+from activedet.strategies.diversity import predicted_class
 from activedet.strategies.entropy import aggregate, binary_entropy, categorical_entropy
 from activedet.strategies.registry import register
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 Measure = Literal["entropy", "margin", "least_confidence"]
 MEASURES: tuple[str, ...] = get_args(Measure)
@@ -98,19 +102,23 @@ class _InstanceUncertainty(Strategy):
     fixed: ClassVar[dict[str, str]] = {}
 
     def _setting(self, key: str) -> str:
-        return self.fixed.get(key) or self.params[key]
+        return self.fixed.get(key) or getattr(self.settings, key)
 
-    def score(self, adapter: Any, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
+    def score(self, adapter: Adapter, pool: Pool, ids: list[int], rng: np.random.Generator) -> dict[int, float]:
         measure, how = self._setting("measure"), self._setting("aggregate")
-        min_score = self.params["min_score"]
+        min_score = self.settings.min_score
         extra = {"keep_anchors": False} if adapter.task == "detection" else {}
         out: dict[int, float] = {}
-        for inf in adapter.infer(pool.dataset, ids, self.params["batch_size"], progress=self.progress, **extra):
+        boxes: dict[int, int] = {}
+        classes: dict[int, int] = {}
+        for inf in adapter.infer(pool.dataset, ids, self.settings.batch_size, progress=self.progress, **extra):
             probs = inf.probs if adapter.task == "classification" else inf.probs[inf.scores >= min_score]
             s = aggregate(instance_uncertainty(probs.float(), measure, adapter.task), how)
             if s is not None:
                 out[inf.image_id] = s
-        return out
+            # what cost_aware and class_balanced read: no second pass
+            boxes[inf.image_id], classes[inf.image_id] = self.predicted_boxes(inf), predicted_class(inf)
+        return ImageScores(out, boxes if adapter.task == "detection" else None, classes)
 
 
 @register

@@ -14,7 +14,7 @@ momentum, warm-up, step decay, gradient clipping, seeded batch order and flips.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from activedet.models.learning_loss import (LearningLossSettings, classifier_lev
                                             loss_ranking_loss)
 from activedet.training.trainer import TrainResult, train_epochs
 
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
+
 def stop_grad_epoch(setting: int | None, task: str, epochs: int) -> int:
     """The epoch from which the module's input is detached (see the module docstring):
     ``setting`` (the ``stop_grad_epoch`` key), or by default 0 for detectors and 60% of
@@ -35,7 +38,7 @@ def stop_grad_epoch(setting: int | None, task: str, epochs: int) -> int:
     return setting
 
 
-def per_image_losses(adapter: Any, inputs: Any, targets: Any, detach_levels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def per_image_losses(adapter: Adapter, inputs: Any, targets: Any, detach_levels: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Train mode: target loss per image (B,) and predicted loss (B,)."""
     model = adapter.model
     model.train()
@@ -49,11 +52,11 @@ def per_image_losses(adapter: Any, inputs: Any, targets: Any, detach_levels: boo
     return losses, model.loss_module(levels)
 
 
-def train_learning_loss(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+def train_learning_loss(adapter: Adapter, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                         cfg: TrainConfig, params: dict[str, Any], seed: int,
                         progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` (with ``loss_module``) on the labeled ids for ``cfg.epochs``."""
-    if not hasattr(adapter.model, "loss_module"):
+    if adapter.loss_module() is None:
         raise ConfigError("trainer 'learning_loss' needs the model variant 'learning_loss' "
                           "(strategy 'learning_loss')")
     s = LearningLossSettings.pick(params)

@@ -51,7 +51,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +65,9 @@ from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.trainer import (Precision, TrainResult, batches, decoded_batches, guarded_step,
                                          make_optimizer, model_device, stop_if_dead, train_plain,
                                          warmup_factor, warmup_length)
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = [
     "Stage",
@@ -110,11 +113,11 @@ def build_schedule(s: Any) -> list[Stage]:
     return stages
 
 
-def _mial_head(model: nn.Module) -> Any:
-    head = getattr(model, "head", None)
-    if head is None or not hasattr(head, "unlabeled_loss") or not hasattr(head, "named_parameter_groups"):
+def _mial_head(adapter: Adapter) -> Any:
+    head = adapter.mial_head()
+    if head is None:
         raise ConfigError("trainer 'mial' needs a RetinaNet or FCOS with the MIAL head (strategy 'mial', "
-                          f"model variant 'mial'); got head {type(head).__name__}")
+                          f"model variant 'mial'); got {adapter.arch} variant '{adapter.variant}'")
     return head
 
 
@@ -127,7 +130,7 @@ def stage_trainable(model: nn.Module, kind: StageKind, max_params: str = "head")
     """
     if max_params not in ("head", "classifiers"):
         raise ConfigError(f"strategy key 'max_params' = {max_params!r}: expected head or classifiers")
-    head = _mial_head(model)
+    head: Any = model.head  # a MIAL head (train_mial checks the adapter provides one)
     f12 = {f"head.{n}" for n, _ in head.named_parameter_groups()["f1_f2"]}
     max_set = f12 if max_params == "classifiers" else {f"head.{n}" for n, _ in head.named_parameters()}
     out = {}
@@ -199,7 +202,7 @@ class StageOps:
     unlabeled: Callable[[Any, Any, StageKind, Any], tuple[dict[str, torch.Tensor], dict[str, float]]]
 
 
-def _unlabeled_losses(adapter: Any, images: list[torch.Tensor], kind: StageKind,
+def _unlabeled_losses(adapter: Adapter, images: list[torch.Tensor], kind: StageKind,
                       s: MIALTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Transform → backbone → MIAL head (train mode, no targets) → unlabeled losses of
     ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head), anchors in
@@ -221,7 +224,7 @@ DETECTION_STAGES = StageOps("MIAL", lambda adapter, kind, s: _stage_mode(adapter
 
 
 
-def run_stage(adapter: Any, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
+def run_stage(adapter: Adapter, dataset: Any, stage: Stage, labeled: Sequence[int], unlabeled: Sequence[int],
               cfg: TrainConfig, s: Any, generator: torch.Generator, *, first_epoch: int = 1,
               warmup_iters: int = 0, bar: Any = None,
               ops: StageOps = DETECTION_STAGES) -> tuple[list[dict[str, Any]], int]:
@@ -274,7 +277,7 @@ class _StageSteps:
     """The SGD steps of one stage: what its batches share, the step count ``it`` (for the
     warmup) and the images processed."""
 
-    adapter: Any
+    adapter: Adapter
     dataset: Any
     stage: Stage
     cfg: TrainConfig
@@ -338,7 +341,7 @@ class _StageSteps:
         self.images += len(ubatch)
 
 
-def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+def train_mial(adapter: Adapter, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` (RetinaNet or FCOS + MIAL head) for one active-learning cycle.
 
@@ -358,8 +361,8 @@ def train_mial(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Se
     if not labeled:
         raise ActivedetError("cannot train on an empty labeled set")
     s = MIALTrainSettings.pick(params)
-    head = _mial_head(adapter.model)
-    if s.reweight == "mil" and not getattr(head, "use_mil", False):
+    head = _mial_head(adapter)
+    if s.reweight == "mil" and not head.use_mil:
         raise ConfigError("strategy key 'reweight' = 'mil' but the model's MIAL head has no MIL branch")
     if s.detector == "joint":
         return run_schedule(DETECTION_STAGES, adapter, dataset, labeled, unlabeled, cfg, s, seed, progress,
@@ -387,7 +390,7 @@ def scorer_schedule(s: MIALTrainSettings) -> list[Stage]:
     return build_schedule(s)[1:]
 
 
-def run_schedule(ops: StageOps, adapter: Any, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
+def run_schedule(ops: StageOps, adapter: Adapter, dataset: Any, labeled: list[int], unlabeled: Sequence[int],
                  cfg: TrainConfig, s: Any, seed: int, progress: bool, desc: str,
                  schedule: list[Stage] | None = None) -> TrainResult:
     """Run ``schedule`` (default :func:`build_schedule` ``(s)``, whose first stage warms up over

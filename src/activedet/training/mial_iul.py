@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,9 @@ from activedet.models.mial_settings import IULTrainSettings
 from activedet.training import mial
 from activedet.training.mial import StageKind, StageOps, run_schedule
 from activedet.training.trainer import TrainResult
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 __all__ = ["CLASSIFIER_STAGES", "iul_settings", "discrepancy", "unlabeled_loss", "run_stage", "train_mial_iul"]
 
@@ -81,15 +84,15 @@ def unlabeled_loss(logits1: torch.Tensor, logits2: torch.Tensor, kind: StageKind
     raise ValueError(f"unlabeled loss needs stage 'min' or 'max', got {kind!r}")
 
 
-def _check_adapter(adapter: Any) -> None:
-    if getattr(adapter, "task", None) != "classification" or getattr(adapter, "variant", None) != "mial":
+def _check_adapter(adapter: Adapter) -> None:
+    if adapter.task != "classification" or adapter.variant != "mial":
         raise ConfigError("trainer 'mial_iul' needs a two-head classifier (task 'classification', "
-                          f"model variant 'mial'); got task {getattr(adapter, 'task', None)!r}, "
-                          f"variant {getattr(adapter, 'variant', None)!r}")
+                          f"model variant 'mial'); got task {adapter.task!r}, "
+                          f"variant {adapter.variant!r}")
 
 
 @contextlib.contextmanager
-def _stage_mode(adapter: Any, kind: StageKind, s: Any = None) -> Iterator[None]:
+def _stage_mode(adapter: Adapter, kind: StageKind, s: Any = None) -> Iterator[None]:
     """``requires_grad`` and train/eval modes of a stage, restored afterwards.
 
     ``max``: only the heads train and the feature extractor runs in eval mode (its batch
@@ -116,19 +119,19 @@ def _stage_mode(adapter: Any, kind: StageKind, s: Any = None) -> Iterator[None]:
             m.training = training
 
 
-def _forward_heads(adapter: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_heads(adapter: Adapter, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both heads' logits (B, C) in the modes :func:`_stage_mode` set (no ``model.train()``)."""
     model = adapter.model
     f = model.features(inputs)
     return model.fc1(f), model.fc2(f)
 
 
-def _labeled_losses(adapter: Any, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+def _labeled_losses(adapter: Adapter, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     l1, l2 = _forward_heads(adapter, inputs)
     return {"classification": (F.cross_entropy(l1, targets) + F.cross_entropy(l2, targets)) / 2}
 
 
-def _unlabeled_losses(adapter: Any, inputs: torch.Tensor, kind: StageKind,
+def _unlabeled_losses(adapter: Adapter, inputs: torch.Tensor, kind: StageKind,
                       s: IULTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """``{"discrepancy": loss}`` of :func:`unlabeled_loss`, and the mean d logged as ``discrepancy``."""
     u1, u2 = _forward_heads(adapter, inputs)
@@ -144,7 +147,7 @@ CLASSIFIER_STAGES = StageOps("IUL", _stage_mode, _labeled_losses, _unlabeled_los
 run_stage = functools.partial(mial.run_stage, ops=CLASSIFIER_STAGES)
 
 
-def train_mial_iul(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+def train_mial_iul(adapter: Adapter, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                    cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train a two-head classifier for one active-learning cycle (schedule: module docstring).
 

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -25,6 +25,9 @@ from activedet.config import TrainConfig
 from activedet.data.stream import chunk_batches
 from activedet.errors import ActivedetError, ConfigError, TrainingCollapseError, TrainingError
 from activedet.training.health import Health, assess, dead_branch
+
+if TYPE_CHECKING:
+    from activedet.models.base import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +89,12 @@ def batches(ids: Sequence[int], batch_size: int, generator: torch.Generator) -> 
     return [[ids[j] for j in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
-def decoded_batches(adapter: Any, dataset: Any, chunks: Sequence[Sequence[int]]) -> Iterator[Sequence[Any] | None]:
+def decoded_batches(adapter: Adapter, dataset: Any, chunks: Sequence[Sequence[int]]) -> Iterator[Sequence[Any] | None]:
     """Per batch of ``chunks`` (an epoch's, in order): its pixels decoded ahead by the
     adapter's ``workers`` loader processes (``dataset.workers``), for ``load_batch(...,
     decoded=)``; ``None`` for every batch when there are none (``load_batch`` reads them).
     The pixels are those ``load_batch`` would read, so training does not depend on workers."""
-    workers = int(getattr(adapter, "workers", 0) or 0)
+    workers = int(adapter.workers or 0)
     if workers == 0 or len(chunks) <= 1:
         for _ in chunks:
             yield None
@@ -141,7 +144,7 @@ def _warn_amp_ignored(device_type: str) -> None:  # once per process and device 
                 device_type)
 
 
-def model_device(adapter: Any) -> torch.device:
+def model_device(adapter: Adapter) -> torch.device:
     """The device of ``adapter.model``'s parameters (CPU for a model without any)."""
     return next((p.device for p in adapter.model.parameters()), torch.device("cpu"))
 
@@ -203,7 +206,7 @@ class WeightAverage:
             self.model.load_state_dict(self.averaged.module.state_dict())
 
 
-def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+def train_plain(adapter: Adapter, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool = True) -> TrainResult:
     """Train ``adapter.model`` on the labeled ids for ``cfg.epochs`` epochs (data-parallel
     in a distributed run, each process on its share of every epoch, gradients averaged)."""
@@ -215,7 +218,7 @@ def train_plain(adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: S
 LossFn = Callable[[Any, Any, int], "dict[str, torch.Tensor]"]
 
 
-def train_epochs(adapter: Any, dataset: Any, labeled: Sequence[int], cfg: TrainConfig, seed: int,
+def train_epochs(adapter: Adapter, dataset: Any, labeled: Sequence[int], cfg: TrainConfig, seed: int,
                  progress: bool, loss_fn: LossFn, desc: str = "train") -> TrainResult:
     """SGD over seeded shuffled batches of ``labeled`` for ``cfg.epochs`` epochs, minimising
     the sum of ``loss_fn(inputs, targets, epoch)`` (epoch counted from 0); warm-up, step
@@ -291,7 +294,7 @@ def stop_if_dead(history: list[dict[str, Any]], cfg: TrainConfig) -> None:
         raise TrainingCollapseError(str(verdict.reason), history)
 
 
-def train_round(trainer: Trainer, adapter: Any, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
+def train_round(trainer: Trainer, adapter: Adapter, dataset: Any, labeled: Sequence[int], unlabeled: Sequence[int],
                 cfg: TrainConfig, params: dict[str, Any], seed: int, progress: bool,
                 restart: Callable[[int], int]) -> TrainResult:
     """Train one round with ``trainer`` and judge its health (:func:`~activedet.training.health.assess`).
