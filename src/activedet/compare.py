@@ -375,6 +375,7 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             st["saved"], st["per_box"], st["per_image"] = interval(saved), interval(per_box), interval(per_image)
             st["ahead_per_box"] = sum(x > 0 for x in per_box)
             st["ahead_per_image"] = sum(x > 0 for x in per_image)
+            st["reached"] = sum(bool(p["reached"]) for p in per_seed.values())
             n_r = min([len(c[0]) for c in cs.values()] + [len(rand[seed][0]) for seed in per_seed])
             diffs = [[cs[seed][0][k] - rand[seed][0][k] for seed in per_seed] for k in range(n_r)]
             st["per_round_diff"] = [interval(d) or (d[0], None, None) for d in diffs]  # (mean, lo, hi); 1 seed: no CI
@@ -471,7 +472,9 @@ def table(summary: dict[str, Any]) -> str:
             img = s.get("per_image")
             per_image = "" if img is None else \
                 f" [per image {higher_lower(img[0] * scale)}, {s['ahead_per_image']} of {len(s['seeds'])} seeds ahead]"
-            lines.append(f"{label}: {s['verdict']}{per_image}")
+            reached = "" if "reached" not in s else \
+                f" ({s['reached']} of {len(s['seeds'])} seeds reach random's final {metric})"
+            lines.append(f"{label}: {s['verdict']}{per_image}{reached}")
             for axis, b in (s.get("by_cost") or {}).items():
                 if axis == "seconds" and b["saved"] is not None:
                     m, lo, hi = b["saved"]
