@@ -7,7 +7,8 @@ levels as opacity, on crops of the aerial photos the ``deepforest`` package ship
 left 75% of each photo for train, the right 25% for test, so no background region is in
 both splits). The set is a pure function of its options.
 
-What follows VOC 2007 (trainval; Everingham et al., IJCV 2010, table 1; fixed here before
+What follows VOC 2007 (trainval, the statistics published with the VOC 2007 development
+kit; fixed here before
 any strategy was run on the set, and not tuned since):
 
 - objects per image: VOC 2007 trainval has 12,608 objects in 5,011 images, 2.52 per
@@ -38,7 +39,7 @@ from PIL import Image
 from activedet.data.base import DetectionDataset, ImageRecord, read_image_rgb
 from activedet.errors import ConfigError, DatasetError
 
-#: VOC 2007 trainval objects per class (Everingham et al., IJCV 2010, table 1).
+#: VOC 2007 trainval objects per class (the VOC 2007 development kit's statistics).
 VOC2007_TRAINVAL_OBJECTS: dict[str, int] = {
     "aeroplane": 306, "bicycle": 353, "bird": 486, "boat": 290, "bottle": 505, "bus": 229, "car": 1250,
     "cat": 376, "chair": 798, "cow": 259, "diningtable": 215, "dog": 510, "horse": 362, "motorbike": 339,

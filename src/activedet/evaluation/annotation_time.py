@@ -15,15 +15,14 @@ missed. Without pre-annotations (round 0, or no model) every box is drawn.
 Default times (seconds; all configurable under the config's ``annotator:`` section and
 recorded in the run's ledger):
 
-- ``draw`` 7.0: one box by extreme clicking (Papadopoulos et al., "Extreme clicking for
-  efficient object annotation", ICCV 2017, 7.0 s per box). Drawing a high-quality box the
-  ILSVRC way took about 35 s (Su et al., 2012): set ``draw: 35`` to count that way;
-- ``verify`` 1.6: a yes/no verification of one box (Papadopoulos et al., "We don't need no
-  bounding-boxes", CVPR 2016, where verifying instead of drawing cut total annotation time
-  6-9x);
-- ``adjust`` 7.0, ``delete`` 1.6, ``look`` 1.6: not measured in those papers; our
-  assumptions: adjusting a box costs a redraw, deleting one a verification, and a look at
-  the image a verification.
+- ``draw`` 7.0: one box by extreme clicking, about 7 s per box (Papadopoulos et al.,
+  "Extreme clicking for efficient object annotation", ICCV 2017). Drawing a high-quality
+  box the ILSVRC way took about 35 s: set ``draw: 35`` to count that way;
+- ``verify`` 1.6: a yes/no verification of one box. Our assumption, not a figure checked
+  against a paper: Papadopoulos et al. ("We don't need no bounding-boxes", CVPR 2016) found
+  verifying instead of drawing cut total annotation time 6-9x, which is all we take from it;
+- ``adjust`` 7.0, ``delete`` 1.6, ``look`` 1.6: our assumptions too: adjusting a box costs
+  a redraw, deleting one a verification, and a look at the image a verification.
 """
 
 from __future__ import annotations
