@@ -366,7 +366,11 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             "seconds": [None if any(c[3][k] is None for c in cs.values()) else statistics.fmean(c[3][k] for c in cs.values())
                         for k in range(n)]}
         if rand is not None and label != "random":
-            per_seed = {seed: paired(c[0], c[1], rand[seed][0], rand[seed][1]) for seed, c in cs.items() if seed in rand}
+            axes = _axes(cost, cs, rand)  # the first is ``cost``'s own: boxes, or labels
+            st["by_cost"] = {axis: by_cost(cs, rand, axis, scale) for axis in axes}
+            per_seed = st["by_cost"][axes[0]].pop("per_seed")
+            for other in axes[1:]:
+                st["by_cost"][other].pop("per_seed")
             st["vs_random"] = per_seed
             saved = [p["saved"] for p in per_seed.values() if p["saved"] is not None]
             per_box = [p["per_box"] for p in per_seed.values() if p["per_box"] is not None]
@@ -380,7 +384,6 @@ def summarise(results: dict[str, dict[int, list[dict[str, Any]]]], cost: str = "
             diffs = [[cs[seed][0][k] - rand[seed][0][k] for seed in per_seed] for k in range(n_r)]
             st["per_round_diff"] = [interval(d) or (d[0], None, None) for d in diffs]  # (mean, lo, hi); 1 seed: no CI
             st["verdict"] = verdict(saved, per_box, scale, cost) if saved else "random never reaches a final metric"
-            st["by_cost"] = {axis: by_cost(cs, rand, axis, scale) for axis in _axes(cost, cs, rand)}
         out["strategies"][label] = st
     out["recommendation"] = recommend(out)
     return out
@@ -410,7 +413,7 @@ def by_cost(cs: dict, rand: dict, axis: str, scale: float) -> dict[str, Any]:
     at_cost = [p["per_box"] for p in per_seed.values() if p["per_box"] is not None]
     area = area_differences({seed: (c[k], c[0], rand[seed][k], rand[seed][0]) for seed, c in cs.items() if seed in rand})
     diffs = list(area[2].values()) if area else []
-    out: dict[str, Any] = {"unit": word, "saved": interval(saved), "at_equal_cost": interval(at_cost),
+    out: dict[str, Any] = {"unit": word, "per_seed": per_seed, "saved": interval(saved), "at_equal_cost": interval(at_cost),
                            "area": interval(diffs), "area_range": None if area is None else [area[0], area[1]],
                            "area_per_seed": {} if area is None else area[2]}
     ci = out["area"]
