@@ -34,7 +34,7 @@ from activedet.config import ModelConfig
 from activedet.data.builtin import load_builtin
 from activedet.data.pool import Pool
 from activedet.models.classifier import ClassificationAdapter
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.strategies.isal import ISALStrategy, _chunks, _Model
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     shapes_ref = load_builtin("shapes", "val", sh_opts)
     cfg = ModelConfig(arch="fcos", backbone="mobilenet_v2", pretrained=False, image_size=96,
                       score_thresh=0.05)
-    ad = DetectionAdapter(cfg, shapes.num_classes, device=device)
+    ad = detection_adapter(cfg, shapes.num_classes, device=device)
     ad.reset(0)
     rows.append(_case("fcos mobilenet_v2 96px (final cls/reg/ctr convs)", ad, shapes, shapes_ref,
                       {"depth": 10, "repeats": 1, "pseudo_score_threshold": 0.05}, args.images, 8, 40))

@@ -89,14 +89,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from activedet.data.pool import Pool
     from activedet.data.verify import verify_images
     from activedet.loop.ledger import Ledger
-    from activedet.models.detection_adapter import DetectionAdapter
+    from activedet.models.detection_adapter import detection_adapter
     from activedet.strategies.registry import build_strategy
 
     steps: dict[str, int] = {}
     t0 = time.perf_counter()
     strategy = build_strategy("entropy", {"min_score": 0.0, "batch_size": args.batch_size})
     strategy.progress = False
-    adapter = DetectionAdapter(ModelConfig(arch=args.arch, backbone="mobilenet_v2", pretrained=False,
+    adapter = detection_adapter(ModelConfig(arch=args.arch, backbone="mobilenet_v2", pretrained=False,
                                            image_size=args.side), 2, "plain", "cpu")
     adapter.reset(0)
     if args.workers is not None:

@@ -35,7 +35,7 @@ from activedet import distributed
 from activedet.config import ModelConfig
 from activedet.data.builtin import load_builtin
 from activedet.data.pool import Pool
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.strategies.registry import build_strategy
 
 STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
@@ -57,7 +57,7 @@ def worker(args: argparse.Namespace) -> None:
                                                   "batch_size": args.batch_size})
         strategy.progress = False
         device = f"cuda:{distributed.local_rank()}" if args.device == "cuda" else "cpu"
-        adapter = DetectionAdapter(ModelConfig(arch=args.arch, backbone="mobilenet_v2", pretrained=False,
+        adapter = detection_adapter(ModelConfig(arch=args.arch, backbone="mobilenet_v2", pretrained=False,
                                                image_size=args.size), data.num_classes,
                                    strategy.model_variant, device, strategy.model_kwargs())
         adapter.reset(0)

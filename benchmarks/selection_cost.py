@@ -66,7 +66,7 @@ from activedet.config import ModelConfig, TrainConfig
 from activedet.data.builtin import load_builtin
 from activedet.data.pool import Pool
 from activedet.influence import influence_scores
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.strategies.isal import ISALStrategy, _chunks, _Model
 from activedet.strategies.registry import build_strategy
 from activedet.training.budget import labeled_budget
@@ -111,7 +111,7 @@ def _adapter(arch: str, variant: str, args: argparse.Namespace, device: torch.de
     size = args.size
     cfg = ModelConfig(arch=arch, backbone=args.backbone, pretrained=False, image_size=size,
                       anchor_scale=16 if size < 300 else 32, score_thresh=score_thresh)
-    ad = DetectionAdapter(cfg, 3, variant=variant, device=device, head_kwargs=kwargs)
+    ad = detection_adapter(cfg, 3, variant=variant, device=device, head_kwargs=kwargs)
     ad.reset(0)
     return ad
 

@@ -45,7 +45,7 @@ from activedet.config import ModelConfig, TrainConfig  # noqa: E402
 from activedet.data.builtin import load_builtin  # noqa: E402
 from activedet.data.coco import load_coco  # noqa: E402
 from activedet.data.pool import Pool  # noqa: E402
-from activedet.models.detection_adapter import DetectionAdapter  # noqa: E402
+from activedet.models.detection_adapter import detection_adapter  # noqa: E402
 from activedet.strategies.registry import build_strategy  # noqa: E402
 from activedet.training.trainer import train_plain  # noqa: E402
 
@@ -99,7 +99,7 @@ def main() -> None:
                        score_thresh=0.05)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.01, warmup_iters=0, hflip=True,
                        grad_clip=None, on_collapse="warn", eval_batch_size=args.batch_size)
-    ad = DetectionAdapter(mcfg, 1, "plain", device)
+    ad = detection_adapter(mcfg, 1, "plain", device)
     ad.reset(0)
     ad.workers = args.workers
     start = copy.deepcopy(ad.model.state_dict())

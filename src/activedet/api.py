@@ -67,6 +67,7 @@ def wrap_detector(model: Any, num_classes: int, device: str = "cpu") -> Any:
     1..``num_classes`` (torchvision's convention, 0 is background). Strategies read its
     detections, class probabilities, features and gradients as they read activedet's own
     models; ``model`` is moved to ``device`` and used as is (eval mode while scoring)."""
+    from activedet.models import families
     from activedet.models.detection_adapter import DetectionAdapter
 
     arch = DetectionAdapter.arch_of(model)
@@ -75,7 +76,8 @@ def wrap_detector(model: Any, num_classes: int, device: str = "cpu") -> Any:
                             f"got {type(model).__name__}")
     cfg = ModelConfig(arch=arch, backbone="mobilenet_v2", pretrained=False,
                       image_size=DetectionAdapter.input_side(model))
-    adapter = type("OwnDetectionAdapter", (_OwnModel, DetectionAdapter), {})(cfg, num_classes, "plain", device)
+    adapter = type("OwnDetectionAdapter", (_OwnModel, families.adapter_class(arch)), {})(cfg, num_classes, "plain",
+                                                                                        device)
     adapter.model = model.to(adapter.device)
     return adapter
 
@@ -109,5 +111,5 @@ def select(strategy: Strategy, adapter: Adapter, dataset: Any, budget: int, labe
         pool.add(labeled, 0)
     from activedet.loop.runner import select_batch
 
-    ids, scores, _ = select_batch(strategy, adapter, pool, 1, budget, "images", seed)
-    return Selection([int(i) for i in ids], scores)
+    ids, scores, _, info = select_batch(strategy, adapter, pool, 1, budget, "images", seed)
+    return Selection([int(i) for i in ids], scores or {}, info)

@@ -20,6 +20,7 @@ import yaml
 
 from activedet.errors import ConfigError
 from activedet.evaluation.annotation_time import AnnotatorTimes
+from activedet.models.families import names as detector_families
 from activedet.files import read_text
 from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
@@ -155,18 +156,26 @@ class ExperimentConfig:
         return out
 
 
+#: the classifier architectures (models/classifier.py builds them)
+CLASSIFIER_ARCHS = ("resnet18", "small_cnn")
+
 _CHOICES = {
     ("task",): ("detection", "classification"),
     ("device",): ("auto", "cpu", "cuda"),
     ("loop", "unit"): ("images", "boxes", "seconds"),
     ("loop", "initial_strategy"): ("random", "typical", "kcenter"),
     ("dataset", "bad_images"): ("error", "skip"),
-    ("model", "arch"): ("retinanet", "fcos", "faster_rcnn", "resnet18", "small_cnn"),
     ("model", "backbone"): ("resnet50", "resnet18", "mobilenet_v2"),
     ("model", "fg_normalizer"): ("batch", "ema"),
     ("train", "on_collapse"): ("retry", "stop", "warn"),
     ("train", "on_nonfinite"): ("stop", "skip_batch"),
 }
+
+
+def choices_now() -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Every key with a fixed set of values; ``model.arch``: the detector families found now
+    (:mod:`activedet.models.families`: a family is one module there) and the classifiers."""
+    return {**_CHOICES, ("model", "arch"): (*detector_families(), *CLASSIFIER_ARCHS)}
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -299,7 +308,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 0:
         raise ConfigError(f"config key 'threads' = {cfg.threads!r} must be an integer >= 0 (1: the same "
                           f"answers on any host; 0: torch's default for the host)")
-    for path, choices in _CHOICES.items():
+    for path, choices in choices_now().items():
         obj: Any = cfg
         for p in path:
             obj = getattr(obj, p)
@@ -345,7 +354,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'loop.unit' = 'seconds' counts annotator time on boxes: use it for "
                           "detection (classification: images)")
     _check_image_roots(cfg.dataset)
-    detector = cfg.model.arch in ("retinanet", "fcos", "faster_rcnn")
+    detector = cfg.model.arch in detector_families()
     if (cfg.task == "detection") != detector:
         raise ConfigError(f"config key 'model.arch' = {cfg.model.arch!r} does not fit task {cfg.task!r}")
 
@@ -471,7 +480,7 @@ def json_schema(strategies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     ``strategies``: name -> object schema of its settings
     (:meth:`activedet.settings.Settings.json_schema` of each strategy's ``settings_type``).
     """
-    schema = dataclass_schema(ExperimentConfig, _CHOICES)
+    schema = dataclass_schema(ExperimentConfig, choices_now())
     schema["properties"]["strategy"] = strategy_schema(strategies, StrategyConfig().name)
     return {"$schema": JSON_SCHEMA_DIALECT, "title": "activedet experiment config", **schema}
 

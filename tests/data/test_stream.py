@@ -15,7 +15,7 @@ from activedet.data.pool import Pool
 from activedet.data.stream import PREFETCH, image_batches
 from activedet.errors import ConfigError, DatasetError
 from activedet.models.classifier import ClassificationAdapter
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.strategies.registry import build_strategy
 from tests.conftest import make_detection_dataset, tiny_config
 
@@ -57,7 +57,7 @@ class MarkingDataset(DetectionDataset):
 
 def _adapter(arch: str = "fcos") -> DetectionAdapter:
     cfg = tiny_config(**{"model.arch": arch})
-    ad = DetectionAdapter(cfg.model, 2, device="cpu")
+    ad = detection_adapter(cfg.model, 2, device="cpu")
     ad.reset(0)
     return ad
 

@@ -219,3 +219,18 @@ def test_a_ledger_from_before_a_new_config_key_resumes(tmp_path: Path, capsys) -
     assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume",
                  "--set", "loop.initial_strategy=typical"]) == 2
     assert "loop.initial_strategy" in capsys.readouterr().err
+
+
+def test_the_strategys_selection_info_is_in_the_ledger(tmp_path: Path) -> None:
+    """Every strategy's ``Selection.info`` is recorded with its round (PPAL: its candidates and
+    class qualities); a round drawn without a strategy records none."""
+    cfg = write_config(tmp_path, cycles=1)
+    data = yaml.safe_load(cfg.read_text())
+    data["strategy"] = {"name": "ppal", "min_score": 0.0, "pool_ratio": 2.0}
+    cfg.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    with Ledger(run_dir) as ledger:
+        info, first = ledger.selection_info(1), ledger.selection_info(0)
+    assert info["candidates"] == 6 and len(info["class_quality"]) == 2  # 2 x 3 images; 2 classes
+    assert first == {}

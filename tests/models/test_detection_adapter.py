@@ -8,7 +8,7 @@ import torch
 
 from activedet.errors import ConfigError
 from activedet.models.detection import anchor_sizes, packaged_weights_path
-from activedet.models.detection_adapter import DetectionAdapter, pool_levels
+from activedet.models.detection_adapter import DetectionAdapter, pool_levels, detection_adapter
 from tests.conftest import make_detection_dataset, make_mixed_size_dataset, tiny_config
 
 
@@ -16,7 +16,7 @@ from tests.conftest import make_detection_dataset, make_mixed_size_dataset, tiny
 def test_dense_inference_matches_torchvision(arch: str) -> None:
     cfg = tiny_config(**{"model.arch": arch})
     ds = make_detection_dataset(n=3)
-    ad = DetectionAdapter(cfg.model, ds.num_classes, device="cpu")
+    ad = detection_adapter(cfg.model, ds.num_classes, device="cpu")
     ad.reset(0)
     # random (tie-free) logits so the untrained model emits detections; the background
     # channel 0 is pushed down (our inference never reports it, torchvision's would)
@@ -49,7 +49,7 @@ def test_faster_rcnn_inference_and_probs() -> None:
     label is its score, exactly), not probabilities re-pooled at the regressed box."""
     cfg = tiny_config(**{"model.arch": "faster_rcnn"})
     ds = make_detection_dataset(n=2)
-    ad = DetectionAdapter(cfg.model, ds.num_classes)
+    ad = detection_adapter(cfg.model, ds.num_classes)
     ad.reset(0)
     with torch.no_grad():  # a box regressor that moves boxes, so re-pooling at them would differ
         torch.manual_seed(0)
@@ -70,7 +70,7 @@ def test_faster_rcnn_inference_and_probs() -> None:
 
 def test_reset_is_deterministic_and_leaves_global_rng() -> None:
     cfg = tiny_config()
-    a, b = DetectionAdapter(cfg.model, 2), DetectionAdapter(cfg.model, 2)
+    a, b = detection_adapter(cfg.model, 2), detection_adapter(cfg.model, 2)
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
@@ -84,7 +84,7 @@ def test_reset_is_deterministic_and_leaves_global_rng() -> None:
 
 def test_gradient_parameters_per_arch() -> None:
     for arch, n in [("retinanet", 2), ("fcos", 3), ("faster_rcnn", 4)]:
-        ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, 2)
+        ad = detection_adapter(tiny_config(**{"model.arch": arch}).model, 2)
         ad.reset(0)
         params = ad.gradient_parameters()
         assert len(params) == n and all(name.endswith("weight") for name, _ in params)
@@ -93,7 +93,7 @@ def test_gradient_parameters_per_arch() -> None:
 def test_features_shape_and_anchor_scaling() -> None:
     cfg = tiny_config()
     ds = make_detection_dataset(n=3)
-    ad = DetectionAdapter(cfg.model, 2)
+    ad = detection_adapter(cfg.model, 2)
     ad.reset(0)
     f = ad.features(ds, ds.ids, batch_size=2)
     assert f.shape[0] == 3 and f.ndim == 2
@@ -110,7 +110,7 @@ def test_features_of_a_mixed_size_pool_in_batches_equal_one_by_one(arch: str, po
     """A detector pads a batch to its largest image; features come from batches of one
     size, so a row is the image's own and rows come back in the order asked for."""
     ds = make_mixed_size_dataset()
-    ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, 2)
+    ad = detection_adapter(tiny_config(**{"model.arch": arch}).model, 2)
     ad.reset(0)
     ids = [6, 1, 3, 2, 5, 4]
     together = ad.features(ds, ids, batch_size=8, pooling=pooling)
@@ -135,7 +135,7 @@ def test_pool_levels_by_hand() -> None:
 
 def test_features_refuse_an_unknown_pooling() -> None:
     ds = make_detection_dataset(n=1)
-    ad = DetectionAdapter(tiny_config().model, 2)
+    ad = detection_adapter(tiny_config().model, 2)
     ad.reset(0)
     with pytest.raises(ConfigError, match="'max'"):
         ad.features(ds, ds.ids, pooling="max")
@@ -168,7 +168,7 @@ def test_offline_backbone_is_never_replaced_without_offline_fallback(monkeypatch
     assert "model.backbone: mobilenet_v2" in msg and "model.offline_fallback: true" in msg
     cfg = tiny_config(**{"model.backbone": "resnet18", "model.pretrained": True})
     with pytest.raises(ConfigError, match="resnet18"):
-        DetectionAdapter(cfg.model, 2)
+        detection_adapter(cfg.model, 2)
     assert det.resolve_backbone("resnet18", False) == "resnet18"
     # asked for explicitly: the packaged MobileNetV2, and the config records what is built
     with caplog.at_level("WARNING"):

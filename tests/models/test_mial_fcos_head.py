@@ -15,7 +15,8 @@ from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from activedet.errors import ConfigError
 from activedet.models import mial_losses as L
 from activedet.models.detection import build_detector
-from activedet.models.detection_adapter import _head_factory
+from activedet.models import families
+from activedet.models.detection_adapter import detection_adapter
 from activedet.models.mial_head import MIALFCOSHead
 from tests.conftest import tiny_config
 from tests.models.test_mial_head import TinyBackbone, batch, check_detections_ignore_f2_and_mil
@@ -155,11 +156,11 @@ def test_parameter_groups_put_the_centerness_in_the_box_branch() -> None:
 
 def test_detector_built_for_fcos_gets_the_box_prior() -> None:
     cfg = tiny_config(**{"model.arch": "fcos", "model.box_prior": 0.75})
-    model = build_detector(cfg.model, 2, _head_factory("mial", {"use_mil": True, "regression_loss": "smooth_l1"},
-                                                        "fcos"))
+    fcos = families.adapter_class("fcos")
+    model = build_detector(cfg.model, 2, fcos.mial_head_factory({"use_mil": True, "regression_loss": "smooth_l1"}))
     assert isinstance(model, FCOS) and isinstance(model.head, MIALFCOSHead)
     torch.testing.assert_close(model.head.regression_head.bbox_reg.bias, torch.full((4,), 0.75))
-    with pytest.raises(ConfigError, match="'retinanet' or 'fcos'"):
-        build_detector(tiny_config(**{"model.arch": "faster_rcnn"}).model, 2, _head_factory("mial", {}, "faster_rcnn"))
+    with pytest.raises(ConfigError, match="needs model.arch 'fcos' or 'retinanet', not 'faster_rcnn'"):
+        detection_adapter(tiny_config(**{"model.arch": "faster_rcnn"}).model, 2, "mial")
     with pytest.raises(TypeError, match="regression_loss"):
         MIALFCOSHead(CH, 1, 3, regression_loss="l1")  # type: ignore[call-arg]

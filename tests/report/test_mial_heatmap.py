@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from activedet.errors import ActivedetError
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.report.mial_heatmap import box_sum_map, image_heatmaps, save_heatmap, write_run_heatmaps
 from tests.conftest import make_detection_dataset, tiny_config
 
@@ -44,7 +44,7 @@ def test_box_sum_map_matches_a_pixel_loop() -> None:
 
 
 def _mial_adapter(num_classes: int) -> DetectionAdapter:
-    ad = DetectionAdapter(tiny_config().model, num_classes, "mial", "cpu", {})
+    ad = detection_adapter(tiny_config().model, num_classes, "mial", "cpu", {})
     ad.reset(0)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # spread f1 / f2 apart so the uncertainty map is not rounding noise

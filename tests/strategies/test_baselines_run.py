@@ -75,7 +75,8 @@ def test_cost_aware_run_in_boxes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,task,arch,why", [
     ("cdal", "classification", "small_cnn", "does not apply to task 'classification'"),
     ("localization_stability", "classification", "resnet18", "does not apply to task 'classification'"),
-    ("learning_loss", "detection", "faster_rcnn", "cannot score model 'faster_rcnn'"),
+    ("learning_loss", "detection", "faster_rcnn",
+     "needs the model output 'loss_prediction', which model 'faster_rcnn' does not provide"),
 ])
 def test_unscorable_pairing_is_a_strategy_error(name: str, task: str, arch: str, why: str) -> None:
     if task == "classification":
@@ -92,7 +93,7 @@ def test_cli_lists_baselines_with_reference_and_models(capsys) -> None:
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     for name in BASELINES:
         assert rows[name]["reference"], name
-    assert rows["learning_loss"]["archs"] == ["retinanet", "fcos", "resnet18", "small_cnn"]
+    assert rows["learning_loss"]["archs"] == ["fcos", "retinanet", "resnet18", "small_cnn"]
     assert rows["cdal"]["tasks"] == ["detection"] and rows["coreset"]["archs"] == "any"
     assert main(["strategies"]) == 0
     text = capsys.readouterr().out
@@ -100,4 +101,4 @@ def test_cli_lists_baselines_with_reference_and_models(capsys) -> None:
     # every detector provides what it wants (det_probs): any detector
     assert "Kao" in line and line.split()[1] == "detection" and "models: any" in line
     mial = next(ln for ln in text.splitlines() if ln.startswith("mial "))
-    assert "models: retinanet,fcos " in mial
+    assert "models: fcos,retinanet " in mial

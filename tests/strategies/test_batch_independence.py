@@ -11,7 +11,7 @@ import torch
 
 from activedet.data.base import DetectionDataset, ImageRecord
 from activedet.data.pool import Pool
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.models.factory import build_adapter
 from activedet.models.learning_loss import predict_losses
 from activedet.strategies.cdal import cdal_features
@@ -26,7 +26,7 @@ def _adapter(arch: str) -> DetectionAdapter:
     weight and bias random. (At torchvision's initialisation the box outputs sit at 0, so
     boxes are aligned with the anchor grid and FCOS's centre sampling of pseudo boxes ties;
     the float noise of a batched convolution then flips matches and gradients.)"""
-    ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, 2)
+    ad = detection_adapter(tiny_config(**{"model.arch": arch}).model, 2)
     ad.reset(0)
     head = getattr(ad.model, "head", None)
     if hasattr(head, "classification_head"):

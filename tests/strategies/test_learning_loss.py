@@ -13,7 +13,7 @@ from activedet.config import config_from_dict
 from activedet.data.builtin import load_builtin
 from activedet.errors import ConfigError
 from activedet.models.classifier import ClassificationAdapter
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.models.learning_loss import detection_losses_and_levels, loss_ranking_loss, predict_losses
 from activedet.strategies.registry import build_strategy
 from activedet.training.learning_loss import per_image_losses, stop_grad_epoch, train_learning_loss
@@ -39,7 +39,7 @@ def test_ranking_loss_matches_pairwise_definition() -> None:
 
 def _detector(arch: str = "retinanet") -> tuple[DetectionAdapter, object]:
     cfg = tiny_config(**{"model.arch": arch})
-    ad = DetectionAdapter(cfg.model, 2, "learning_loss", "cpu")
+    ad = detection_adapter(cfg.model, 2, "learning_loss", "cpu")
     ad.reset(0)
     return ad, make_detection_dataset(n=4)
 
@@ -50,7 +50,7 @@ def test_per_image_detection_losses_average_to_the_batch_loss() -> None:
     ad.model.train()
     with torch.no_grad():
         batch = sum(ad.model(images, targets).values())
-        per, levels = detection_losses_and_levels(ad.model, images, targets)
+        per, levels = detection_losses_and_levels(ad, images, targets)
     assert per.shape == (4,) and len(levels) == 5
     torch.testing.assert_close(per.mean(), batch)
     assert float(per.std()) > 0  # images differ (one has no object)
@@ -65,7 +65,7 @@ def test_per_image_loss_is_the_loss_of_the_image_alone(arch: str) -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
     with torch.no_grad():
-        per, _ = detection_losses_and_levels(ad.model, images, targets)
+        per, _ = detection_losses_and_levels(ad, images, targets)
         alone = torch.stack([sum(ad.model([im], [t]).values()) for im, t in zip(images, targets)])
     torch.testing.assert_close(per, alone, rtol=1e-4, atol=1e-5)
 
@@ -94,7 +94,7 @@ def test_checkpoint_round_trip_keeps_the_module() -> None:
     ad, ds = _detector()
     state = ad.state_dict()
     assert any(k.startswith("loss_module.") for k in state)
-    fresh = DetectionAdapter(tiny_config().model, 2, "learning_loss", "cpu")
+    fresh = detection_adapter(tiny_config().model, 2, "learning_loss", "cpu")
     fresh.load_state_dict(state)  # builds the variant, then loads
     np.testing.assert_allclose(predict_losses(fresh, ds, ds.ids), predict_losses(ad, ds, ds.ids), rtol=1e-5)
 

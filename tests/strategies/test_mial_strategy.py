@@ -17,7 +17,7 @@ from activedet.data.pool import Pool
 from activedet.errors import ConfigError, StrategyError
 from activedet.loop.ledger import Ledger
 from activedet.loop.runner import load_checkpoint, prepare, run
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.models.factory import build_adapter
 from activedet.strategies.registry import build_strategy, get_strategy_class
 from tests.conftest import make_detection_dataset, tiny_config
@@ -32,7 +32,8 @@ JOINT = {"label_epochs": 1, "rounds": 1, "repeat": 1, "detector": "joint"}
 
 def test_registered_with_its_model_trainer_and_defaults() -> None:
     cls = get_strategy_class("mial")
-    assert (cls.model_variant, cls.trainer, cls.archs, cls.tasks) == ("mial", "mial", ("retinanet", "fcos"), ("detection",))
+    assert (cls.model_variant, cls.trainer, cls.supported_archs(), cls.tasks) == ("mial", "mial", ("fcos", "retinanet"),
+                                                                                ("detection",))
     d = cls.settings_type.defaults()
     assert (d["lambda"], d["top_k"], d["aggregate"], d["weighting"], d["uncertainty"]) == (0.5, 10000, "topk", "none", "abs")
     assert (d["iul"], d["iur"], d["reweight"], d["order"]) == (True, True, "mil", "max_min")
@@ -73,7 +74,7 @@ def _adapter(num_classes: int = 2, seed: int = 0, arch: str = "retinanet") -> De
     """A fresh MIAL detector whose f1, f2 and f_mil are redrawn with a large spread: at
     torchvision's init (N(0, 0.01²) through four convs) f1 and f2 agree to ~1e-8, below
     float32 resolution of the probabilities, so scores would be rounding noise."""
-    ad = DetectionAdapter(tiny_config(**{"model.arch": arch}).model, num_classes, "mial", "cpu", {})
+    ad = detection_adapter(tiny_config(**{"model.arch": arch}).model, num_classes, "mial", "cpu", {})
     ad.reset(seed)
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from activedet.errors import ConfigError
-from activedet.models.detection_adapter import DetectionAdapter
+from activedet.models.detection_adapter import DetectionAdapter, detection_adapter
 from activedet.models.mial_settings import MIALTrainSettings
 from activedet.training.mial import (
     Stage,
@@ -25,7 +25,7 @@ from tests.conftest import make_detection_dataset, tiny_config
 
 def _adapter(seed: int = 0, arch: str = "retinanet", **head_kwargs) -> DetectionAdapter:
     cfg = tiny_config(**{"model.arch": arch})
-    ad = DetectionAdapter(cfg.model, 2, "mial", "cpu", head_kwargs)
+    ad = detection_adapter(cfg.model, 2, "mial", "cpu", head_kwargs)
     ad.reset(seed)
     return ad
 

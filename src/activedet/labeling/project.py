@@ -422,12 +422,12 @@ def _select(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, strat
     # the simulate code path: sharded scoring, rank 0's choice for all (a predictions file
     # ranks round 0 too: select_batch's round 0 is a draw without a model)
     ranked_round = max(r, 1) if opts.predictions is not None else r
-    chosen, scores, seconds_sel = select_batch(strategy, adapter, pool, ranked_round, opts.budget, unit, cfg.seed,
-                                               cfg.loop.initial_strategy, cfg.device)
+    chosen, scores, seconds_sel, info = select_batch(strategy, adapter, pool, ranked_round, opts.budget, unit,
+                                                     cfg.seed, cfg.loop.initial_strategy, cfg.device)
     if not chosen:
         raise LabelingError(f"--budget {opts.budget} {unit} fits no image (the top-ranked image alone costs more)")
     return distributed.on_main(lambda: _write_batch(
-        cfg, project_dir, opts, proj, base, plan, dataset, pool, adapter, (chosen, scores, seconds_sel), unit,
+        cfg, project_dir, opts, proj, base, plan, dataset, pool, adapter, (chosen, scores, seconds_sel, info), unit,
         trained, metrics))
 
 
@@ -460,12 +460,13 @@ def _previous_model(exp: Experiment, project_dir: Path, opts: SelectOptions, pro
 
 def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, proj: _Project | None, base: Any,
                  plan: dict[str, Any], dataset: Any, pool: Pool, adapter: Adapter,
-                 selection: tuple[list[int], dict[int, float] | None, dict[str, float]], unit: str, trained: bool,
+                 selection: tuple[list[int], dict[int, float] | None, dict[str, float], dict[str, Any]], unit: str,
+                 trained: bool,
                  metrics: dict[str, Any] | None) -> SelectResult:
     """Rank 0: describe the batch, write its files, and record the round, its batch and the
     pending state in one transaction (dropping the replaced batch's round)."""
     assert proj is not None
-    chosen, scores, seconds_sel = selection
+    chosen, scores, seconds_sel, info = selection
     r, task, bad = plan["r"], cfg.task, plan["quarantined"]
     ledger, conn = proj.ledger, proj.ledger.conn
     spec = BatchSpec(plan["uid"], r, cfg.strategy.name if r > 0 or opts.predictions else "random", task,
@@ -480,7 +481,7 @@ def _write_batch(cfg: ExperimentConfig, project_dir: Path, opts: SelectOptions, 
     with conn:  # one transaction: the round, its batch and the pending state
         if plan["drop_round"] is not None:
             store.delete_round(conn, plan["drop_round"])
-        ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds_sel, scores)
+        ledger.insert_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds_sel, scores, info)
         store.insert_batch(conn, rows)
         ledger.put_meta(labeling={"pending_round": r, "batch": len(chosen), "labeled": 0,
                                   "strategy": spec.strategy, "dir": str(out_dir)},

@@ -157,8 +157,10 @@ class RunStore:
 
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                   seconds: dict[str, float], scores: dict[int, float] | None,
-                  costs: Sequence[tuple[int, int, float, dict[str, int]]] = ()) -> None:
-        self.call(lambda lg: lg.add_round(round_, selected, labeled_images, labeled_boxes, seconds, scores, costs))
+                  costs: Sequence[tuple[int, int, float, dict[str, int]]] = (),
+                  info: dict[str, Any] | None = None) -> None:
+        self.call(lambda lg: lg.add_round(round_, selected, labeled_images, labeled_boxes, seconds, scores, costs,
+                                          info))
 
     def image_seconds(self) -> dict[int, float]:
         """Image id -> annotator seconds recorded for it (:meth:`Ledger.image_seconds`)."""

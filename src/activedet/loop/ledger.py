@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS costs (
     edits TEXT NOT NULL,             -- json {right, off, false, missed}
     PRIMARY KEY (round, image_id)
 ) WITHOUT ROWID;
+-- what the strategy said about its selection (``Selection.info``: ISAL's reference set and
+-- LiSSA verdict, PPAL's candidates and class qualities), written with the round's row;
+-- rounds without a row here had none (or a ledger written before this table)
+CREATE TABLE IF NOT EXISTS selection_info (
+    round INTEGER PRIMARY KEY,
+    info TEXT NOT NULL               -- json object
+);
 """
 
 #: per-image scores written per transaction by :meth:`Ledger.add_round`
@@ -154,8 +161,9 @@ class Ledger:
     @_writes
     def add_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
                   seconds: dict[str, float], scores: dict[int, float] | None,
-                  costs: Iterable[tuple[int, int, float, dict[str, int]]] = ()) -> None:
-        """Record round ``round_``. The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows
+                  costs: Iterable[tuple[int, int, float, dict[str, int]]] = (),
+                  info: dict[str, Any] | None = None) -> None:
+        """Record round ``round_`` (``info``: the strategy's ``Selection.info``). The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows
         per transaction (leftovers of an earlier interrupted attempt are dropped in the
         first), then the round's row in one more: until that last commit the round, and
         its scores, are not recorded."""
@@ -170,17 +178,18 @@ class Ledger:
                     scored += self._put_scores(round_, chunk)
         with self.conn:
             self.put_costs(round_, costs)
-            self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
+            self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored, info)
 
     def insert_round(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
-                     seconds: dict[str, float], scores: dict[int, float] | None) -> None:
+                     seconds: dict[str, float], scores: dict[int, float] | None,
+                     info: dict[str, Any] | None = None) -> None:
         """:meth:`add_round` without committing (for a caller's own ``with ledger.conn:``):
         the scores are written in the caller's transaction."""
         scored = None
         if scores is not None:
             self.conn.execute("DELETE FROM scores WHERE round = ?", (round_,))
             scored = self._put_scores(round_, scores.items())
-        self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored)
+        self._insert_row(round_, selected, labeled_images, labeled_boxes, seconds, scored, info)
 
     def _put_scores(self, round_: int, items: Iterable[tuple[int, float]]) -> int:
         rows = [(round_, int(k), float(v)) for k, v in items]
@@ -188,7 +197,10 @@ class Ledger:
         return len(rows)
 
     def _insert_row(self, round_: int, selected: list[int], labeled_images: int, labeled_boxes: int,
-                    seconds: dict[str, float], scored: int | None) -> None:
+                    seconds: dict[str, float], scored: int | None, info: dict[str, Any] | None = None) -> None:
+        if info:
+            self.conn.execute("INSERT OR REPLACE INTO selection_info (round, info) VALUES (?, ?)",
+                              (round_, _dumps(info)))
         self.conn.execute(
             "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scored, "
             "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -209,6 +221,11 @@ class Ledger:
     def _round_seconds(self) -> dict[int, float]:
         """Round -> the annotator seconds of its images (rounds with cost rows only)."""
         return dict(self.conn.execute("SELECT round, SUM(seconds) FROM costs GROUP BY round"))
+
+    def selection_info(self, round_: int) -> dict[str, Any]:
+        """What the strategy said about round ``round_``'s selection (``{}``: nothing recorded)."""
+        row = self.conn.execute("SELECT info FROM selection_info WHERE round = ?", (round_,)).fetchone()
+        return {} if row is None else json.loads(row[0])
 
     def scores(self, round_: int) -> dict[int, float] | None:
         """Round ``round_``'s per-image scores (None: none recorded, or no such round)."""

@@ -378,16 +378,17 @@ class PredictedCosts(dict):
 
 def select_batch(strategy: Strategy, adapter: Adapter, pool: Pool, r: int, budget: int, unit: str,
                  seed: int, initial: str = "random", device: str = "cpu",
-                 costs: AnnotatorQuote | None = None) -> tuple[list[int], dict[int, float] | None, dict[str, float]]:
+                 costs: AnnotatorQuote | None = None) -> tuple[list[int], dict[int, float] | None, dict[str, float],
+                                                               dict[str, Any]]:
     """Round ``r``'s selection of ``budget`` ``unit``s from ``pool.unlabeled``: round 0 is
     drawn by ``initial`` (``loop.initial_strategy``: a seeded random draw, or a label-free
     ranking of ImageNet features, :mod:`activedet.strategies.cold_start`, on ``device``),
     later rounds are ranked by ``strategy`` with the model in ``adapter``. Shared by
     ``simulate`` and ``select``. Returns (chosen ids, per-image scores or None, seconds per
-    stage); ``pool`` is not modified. ``costs``: the annotator's, for ``unit`` seconds."""
+    stage, the strategy's ``Selection.info``); ``pool`` is not modified. ``costs``: the annotator's, for ``unit`` seconds."""
     rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
-    scores = None
+    scores, info = None, {}
     if r == 0 and initial == "random":
         ranked = [pool.unlabeled[i] for i in rng.permutation(len(pool.unlabeled))]
     elif r == 0:
@@ -401,10 +402,10 @@ def select_batch(strategy: Strategy, adapter: Adapter, pool: Pool, r: int, budge
         n = budget if unit == "images" else len(pool.unlabeled)
         take = budget if unit == "images" else expected_images(pool, budget, unit)
         chosen_by = strategy.select(adapter, pool, n, rng, batch=take)
-        ranked, scores = chosen_by.ids, chosen_by.scores
+        ranked, scores, info = chosen_by.ids, chosen_by.scores, chosen_by.info
     t1 = time.perf_counter()
     chosen = distributed.on_main(lambda: fit_budget(ranked, pool, unit, budget, costs))  # rank 0's choice for all
-    return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}
+    return chosen, scores, {"score": t1 - t0, "select": time.perf_counter() - t1}, info
 
 
 def _select_round(exp: Experiment, adapter: Adapter, store: RunStore, r: int, target: int) -> dict[str, Any]:
@@ -413,12 +414,13 @@ def _select_round(exp: Experiment, adapter: Adapter, store: RunStore, r: int, ta
     budget = target - _labeled_amount(pool, unit)
     # what annotators would do: round 0 from scratch, later rounds on the previous model's boxes
     quote = AnnotatorQuote(exp.train, cfg.annotator, adapter if r > 0 else None) if cfg.task == "detection" else None
-    chosen, scores, seconds = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed,
-                                           cfg.loop.initial_strategy, cfg.device, quote if unit == "seconds" else None)
+    chosen, scores, seconds, info = select_batch(exp.strategy, adapter, pool, r, budget, unit, cfg.seed,
+                                                 cfg.loop.initial_strategy, cfg.device,
+                                                 quote if unit == "seconds" else None)
     costs = [] if quote is None else distributed.on_main(lambda: quote.rows(chosen, pool.costs))
     pool.add(chosen, r)
     pool.seconds.update({i: sec for i, _, sec, _ in costs})
-    store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores, costs)
+    store.add_round(r, chosen, len(pool.labeled), pool.labeled_boxes, seconds, scores, costs, info)
     log.info("round %d: selected %d images (%d boxes)", r, len(chosen), pool.cost(chosen))
     return {"round": r, "selected": chosen, "checkpoint": None, "metrics": None}
 

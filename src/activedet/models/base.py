@@ -62,9 +62,12 @@ def capabilities(task: str, arch: str, variant: str) -> frozenset[str]:
     built (the loop refuses a strategy wanting more before training). Each adapter family
     answers for its own archs."""
     if task == "detection":
-        from activedet.models.detection_adapter import DetectionAdapter
+        from activedet.errors import ConfigError
+        from activedet.models import families
 
-        return DetectionAdapter.capabilities(arch, variant)
+        if arch not in families.names():
+            raise ConfigError(f"model.arch '{arch}' is not a detector (detectors: {', '.join(families.names())})")
+        return families.adapter_class(arch).capabilities(variant)
     from activedet.models.classifier import ClassificationAdapter
 
     return ClassificationAdapter.capabilities(arch, variant)
@@ -73,9 +76,9 @@ def capabilities(task: str, arch: str, variant: str) -> frozenset[str]:
 def known_archs(task: str) -> tuple[str, ...]:
     """The architectures activedet builds for ``task`` (each adapter family lists its own)."""
     if task == "detection":
-        from activedet.models.detection_adapter import DetectionAdapter
+        from activedet.models import families
 
-        return DetectionAdapter.ARCHS
+        return families.names()
     from activedet.models.classifier import ARCHS
 
     return tuple(ARCHS)
@@ -172,9 +175,16 @@ class DetectorAdapter(Adapter, Protocol):
     def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
         """(N,) per-image training losses, batch-norm and dropout frozen."""
 
-    def dense_image_loss(self, head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor], target: dict,
-                         per_level: list[int], i: int) -> torch.Tensor:
-        """Image ``i``'s training loss from a dense head's batched outputs."""
+    def dense_pass(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
+        """A dense detector's forward pass over a batch (a
+        :class:`~activedet.models.detection_adapter.DensePass`), graph-connected."""
+
+    def pass_detections(self, p: Any, original_sizes: Sequence[tuple[int, int]],
+                        keep_anchors: bool) -> list[Inference]:
+        """The detections of a :meth:`dense_pass` (as :meth:`infer_images` gives them)."""
+
+    def pass_image_loss(self, p: Any, target: dict, i: int) -> torch.Tensor:
+        """Image ``i``'s training loss from a :meth:`dense_pass`, ``target`` in the input frame."""
 
     @staticmethod
     def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int],

@@ -1,4 +1,5 @@
-"""Builders for torchvision detectors: RetinaNet, FCOS, Faster R-CNN.
+"""Parts of torchvision detectors: FPN backbones, anchor sizes, loss normalisers (each
+family in :mod:`activedet.models.families` builds its detector from them).
 
 Backbones ``resnet50`` / ``resnet18`` / ``mobilenet_v2`` with an FPN. ``pretrained`` loads
 torchvision's ImageNet weights: from the torch hub cache, else (MobileNetV2) from the
@@ -22,10 +23,9 @@ from typing import Callable
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -175,7 +175,7 @@ def anchor_sizes(cfg: ModelConfig, levels: int) -> tuple[float, ...]:
     return tuple(float(base) * 2**i for i in range(levels))
 
 
-def _transform_kwargs(cfg: ModelConfig) -> dict:
+def transform_kwargs(cfg: ModelConfig) -> dict:
     return {"min_size": cfg.image_size, "max_size": int(round(cfg.image_size * 1333 / 800))}
 
 
@@ -231,49 +231,23 @@ class EMAFCOSHead(EMANormalizer, FCOSHead):
 
 def build_detector(cfg: ModelConfig, num_classes: int,
                    head_factory: Callable[[int, int, int], nn.Module] | None = None) -> nn.Module:
-    """A torchvision detector for ``num_classes`` object classes (labels 1..C).
+    """A torchvision detector of family ``cfg.arch`` for ``num_classes`` object classes
+    (labels 1..C), built by its family (:mod:`activedet.models.families`).
 
     The model is built with ``num_classes + 1`` outputs (torchvision's convention: label 0
     is background; dense heads keep an unused channel 0). ``head_factory(in_channels,
     num_anchors, num_outputs)`` replaces RetinaNet's or FCOS's head (MIAL); FCOS's
     ``model.box_prior`` is applied to the new head's box branch too.
     """
+    from activedet.models import families
+
     if num_classes < 1:
         raise ConfigError(f"a detector needs at least one class, got {num_classes}")
     if cfg.image_size is None:
         raise ConfigError("model.image_size is unset (simulate sets it from the training images)")
-    k = num_classes + 1
-    common = dict(**_transform_kwargs(cfg), detections_per_img=cfg.detections_per_img)
-    if cfg.arch == "retinanet":
-        backbone = build_backbone(cfg.backbone, cfg.pretrained, "p6p7")
-        sizes = anchor_sizes(cfg, 5)
-        gen = AnchorGenerator(tuple((s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)) for s in sizes),
-                              ((0.5, 1.0, 2.0),) * 5)
-        head = head_factory(backbone.out_channels, gen.num_anchors_per_location()[0], k) if head_factory else None
-        if head is None and cfg.fg_normalizer == "ema":
-            head = EMARetinaNetHead(backbone.out_channels, gen.num_anchors_per_location()[0], k)
-        return RetinaNet(backbone, k, anchor_generator=gen, head=head,
-                         score_thresh=cfg.score_thresh, **common)
-    if cfg.arch == "fcos":
-        backbone = build_backbone(cfg.backbone, cfg.pretrained, "p6p7")
-        # FCOS uses one point per location; sizes equal the strides (8..128)
-        gen = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
-        head = head_factory(backbone.out_channels, 1, k) if head_factory else None
-        if head is None and cfg.fg_normalizer == "ema":
-            head = EMAFCOSHead(backbone.out_channels, 1, k)
-        model = FCOS(backbone, k, anchor_generator=gen, head=head, score_thresh=cfg.score_thresh, **common)
-        if cfg.box_prior is not None:
-            init_box_prior(model, cfg.box_prior)
-        return model
-    if head_factory is not None:
-        raise ConfigError(f"this strategy needs model.arch 'retinanet' or 'fcos', not '{cfg.arch}'")
-    if cfg.arch == "faster_rcnn":
-        backbone = build_backbone(cfg.backbone, cfg.pretrained, "pool")
-        sizes = anchor_sizes(cfg, 4)
-        gen = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 4)
-        return FasterRCNN(backbone, k, rpn_anchor_generator=gen, box_score_thresh=cfg.score_thresh,
-                          box_detections_per_img=cfg.detections_per_img, **_transform_kwargs(cfg))
-    raise ConfigError(f"model.arch '{cfg.arch}' is not a detector")
+    if cfg.arch not in families.names():
+        raise ConfigError(f"model.arch '{cfg.arch}' is not a detector (detectors: {', '.join(families.names())})")
+    return families.adapter_class(cfg.arch).build_model(cfg, num_classes, head_factory)
 
 
 def init_box_prior(model: FCOS, prior: float) -> None:

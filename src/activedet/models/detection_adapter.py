@@ -1,8 +1,13 @@
-"""Adapter around torchvision detectors (RetinaNet, FCOS, Faster R-CNN).
+"""The detector adapter: what every torchvision detector family shares.
 
-Besides training losses and detections it exposes what strategies need: per-anchor class
-logits of dense heads, class probabilities of each kept detection, pooled features, and
-the parameters influence methods differentiate (ISAL's choice per architecture).
+:class:`DetectionAdapter` holds the model's lifecycle, data loading, batching, inference
+loop and COCO evaluation; :class:`DenseDetectionAdapter` the one-stage forward pass
+(transform -> backbone -> head -> anchors) that RetinaNet and FCOS share. Each family is one
+module in :mod:`activedet.models.families` (its ``Adapter`` builds the model and answers
+what only that family knows: its scores, its loss call, its final layers); nothing outside
+``models/`` asks which family a model is. Strategies read detections, the class
+probabilities of each kept detection, per-anchor outputs of dense heads, per-box and
+per-image features, per-image losses and the parameters influence methods differentiate.
 """
 
 from __future__ import annotations
@@ -10,14 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from typing import Any, Callable, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import tv_tensors
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.transform import _resize_image_and_masks, resize_boxes
 from torchvision.ops import boxes as box_ops
@@ -28,7 +32,7 @@ from activedet.config import ModelConfig
 from activedet.data.stream import image_batches, size_batches
 from activedet.errors import ConfigError, StrategyError
 from activedet.models.base import Inference
-from activedet.models.detection import build_detector, resolve_backbone
+from activedet.models.detection import resolve_backbone
 from activedet.models.mial_losses import anchors_inside
 
 
@@ -41,19 +45,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
     return torch.device(name)
-
-
-def _head_factory(variant: str, kwargs: dict[str, Any], arch: str) -> Callable[[int, int, int], nn.Module] | None:
-    if variant in ("plain", "learning_loss"):  # learning_loss: plain head + model.loss_module
-        return None
-    if variant == "mial":
-        from activedet.models.mial_head import MIALFCOSHead, MIALHead
-
-        if arch == "fcos":  # FCOS keeps its own box loss: RetinaNet's regression_loss does not apply
-            fcos_kwargs = {k: v for k, v in kwargs.items() if k != "regression_loss"}
-            return lambda ch, anchors, k: MIALFCOSHead(ch, anchors, k, **fcos_kwargs)
-        return lambda ch, anchors, k: MIALHead(ch, anchors, k, **kwargs)
-    raise ConfigError(f"unknown detector variant '{variant}'")
 
 
 Pooling = Literal["mean", "foreground"]
@@ -77,19 +68,39 @@ SCORER = "scorer."
 
 
 class DetectionAdapter:
-    """Wraps a torchvision detector built from a :class:`ModelConfig`.
+    """Wraps a torchvision detector built from a :class:`ModelConfig`; one subclass per
+    family (:mod:`activedet.models.families`), built by :func:`detection_adapter`.
 
     Labels are 1..C; the model has C + 1 class outputs (channel 0 unused by dense heads).
     Per-anchor outputs in :class:`Inference.extra` drop that channel: (A, C).
+
+    A family sets :attr:`arch`, :attr:`model_class`, :attr:`variants` and
+    :attr:`gradient_names`, and implements :meth:`build_model`, :meth:`infer_images`,
+    :meth:`image_losses` and :meth:`feature_maps`.
     """
 
     task = "detection"
+    #: ``model.arch`` of the family (its module name in :mod:`activedet.models.families`)
+    arch: ClassVar[str] = ""
+    #: the torchvision class it builds (a user's own model of it, subclasses included, is this family)
+    model_class: ClassVar[type[nn.Module]] = nn.Module
+    #: model variants the family builds: "plain"; "mial" (MIAL's head); "learning_loss"
+    variants: ClassVar[tuple[str, ...]] = ("plain",)
+    #: ISAL's parameters: the weights (not biases) of the final prediction layers
+    gradient_names: ClassVar[tuple[str, ...]] = ()
+    #: a one-stage detector (one head over every anchor): per-anchor outputs, one batched loss pass
+    dense: ClassVar[bool] = False
 
     def __init__(self, model_cfg: ModelConfig, num_classes: int, variant: str = "plain",
                  device: str | torch.device = "cpu", head_kwargs: dict[str, Any] | None = None) -> None:
+        if variant not in self.variants:
+            from activedet.models import families
+
+            able = [a for a in families.names() if variant in families.adapter_class(a).variants]
+            raise ConfigError(f"model variant '{variant}' (chosen by the strategy) needs model.arch "
+                              f"{' or '.join(repr(a) for a in able) or 'of another family'}, not '{model_cfg.arch}'")
         backbone = resolve_backbone(model_cfg.backbone, model_cfg.pretrained, model_cfg.offline_fallback)  # before any ledger
         self.cfg = dataclasses.replace(model_cfg, backbone=backbone)
-        self.arch = model_cfg.arch
         self.num_classes = num_classes
         self.variant = variant
         self.head_kwargs = dict(head_kwargs or {})
@@ -102,6 +113,36 @@ class DetectionAdapter:
         self.workers = 0
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input_size, by image size
 
+    # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def build_model(cls, cfg: ModelConfig, num_classes: int,
+                    head_factory: Callable[[int, int, int], nn.Module] | None = None) -> nn.Module:
+        """The torchvision detector for ``num_classes`` classes (``num_classes + 1`` outputs);
+        ``head_factory(in_channels, num_anchors, num_outputs)`` replaces a dense head (MIAL)."""
+        raise NotImplementedError
+
+    @classmethod
+    def mial_head_factory(cls, kwargs: dict[str, Any]) -> Callable[[int, int, int], nn.Module]:
+        """MIAL's head for this family (families whose :attr:`variants` include "mial")."""
+        raise ConfigError(f"model.arch '{cls.arch}' has no MIAL head")
+
+    def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+        """Detections for images (3, H, W) on the device, in eval mode (see :meth:`infer`)."""
+        raise NotImplementedError
+
+    def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """``(N,)`` per-image training losses (the sum of the loss terms), batch-norm and
+        dropout frozen: each image's loss that of a batch holding only that image."""
+        self._loss_mode()
+        return torch.stack([sum(self.model([im], [t]).values()) for im, t in zip(images, targets)])
+
+    def feature_maps(self, image_list: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor],
+                                                                                 Callable[[], list[torch.Tensor]], bool]:
+        """For :meth:`features`: the maps to pool (B, D, H_l, W_l) per level, a function giving
+        the per-level foreground logits (B, K, H_l, W_l), and whether levels are averaged
+        (True) or concatenated (False)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
         """A fresh detector: ImageNet backbone (if configured), heads initialised from ``seed``.
@@ -110,8 +151,8 @@ class DetectionAdapter:
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            factory = _head_factory(self.variant, self.head_kwargs, self.arch)
-            self.model = build_detector(self.cfg, self.num_classes, factory).to(self.device)
+            factory = self.mial_head_factory(self.head_kwargs) if self.variant == "mial" else None
+            self.model = self.build_model(self.cfg, self.num_classes, factory).to(self.device)
             self.scorer = None
             if self.variant == "learning_loss":
                 from activedet.models.learning_loss import attach_loss_module
@@ -147,24 +188,21 @@ class DetectionAdapter:
         return self if self.scorer is None else self.with_model(self.scorer)
 
     # ------------------------------------------------------------------ capabilities
-    #: the detector architectures this adapter builds (models/detection.py)
-    ARCHS: tuple[str, ...] = ("retinanet", "fcos", "faster_rcnn")
-
-    @staticmethod
-    def capabilities(arch: str, variant: str) -> frozenset[str]:
-        """What a detector of ``arch`` / ``variant`` provides (:data:`activedet.models.base.CAPABILITIES`)."""
+    @classmethod
+    def capabilities(cls, variant: str) -> frozenset[str]:
+        """What this family's detector of ``variant`` provides (:data:`activedet.models.base.CAPABILITIES`)."""
         out = {"det_probs", "box_features", "image_features", "image_losses", "scorer"}
-        if arch in ("retinanet", "fcos"):
+        if cls.dense:
             out.add("anchor_probs")
-        if variant == "mial":
+        if variant == "mial" and "mial" in cls.variants:
             out.add("mial_head")
-        if variant == "learning_loss":
+        if variant == "learning_loss" and "learning_loss" in cls.variants:
             out.add("loss_prediction")
         return frozenset(out)
 
     @property
     def provides(self) -> frozenset[str]:
-        return self.capabilities(self.arch, self.variant)
+        return self.capabilities(self.variant)
 
     def mial_head(self) -> Any:
         """The MIAL head (``model.head`` of variant ``mial``), else None."""
@@ -180,10 +218,12 @@ class DetectionAdapter:
 
     @staticmethod
     def arch_of(model: nn.Module) -> str | None:
-        """``retinanet`` / ``fcos`` / ``faster_rcnn`` for a torchvision detector (subclasses
-        included: MaskRCNN is a FasterRCNN), else None."""
-        for cls, arch in ((RetinaNet, "retinanet"), (FCOS, "fcos"), (FasterRCNN, "faster_rcnn")):
-            if isinstance(model, cls):
+        """The family of a torchvision detector (``retinanet``, ``fcos``, ``faster_rcnn``;
+        subclasses included: MaskRCNN is a FasterRCNN), else None."""
+        from activedet.models import families
+
+        for arch in families.names():
+            if isinstance(model, families.adapter_class(arch).model_class):
                 return arch
         return None
 
@@ -226,37 +266,6 @@ class DetectionAdapter:
         for m in self.model.modules():
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
                 m.eval()
-
-    @property
-    def dense(self) -> bool:
-        """A one-stage detector (RetinaNet, FCOS): one head over every anchor."""
-        return isinstance(self.model, (FCOS, RetinaNet))
-
-    def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
-        """``(N,)`` per-image training losses (the sum of the loss terms), batch-norm and
-        dropout frozen; one batched forward for dense heads, each image's loss that of a batch
-        holding only that image (same-size images; losses are normalised per image). Faster
-        R-CNN: one forward per image."""
-        self._loss_mode()
-        model = self.model
-        if not self.dense:
-            return torch.stack([sum(model([im], [t]).values()) for im, t in zip(images, targets)])
-        image_list, tgts = model.transform(images, targets)
-        features = list(model.backbone(image_list.tensors).values())
-        head_out = model.head(features)
-        anchors = model.anchor_generator(image_list, features)
-        per_level = [f.shape[-2] * f.shape[-1] for f in features]
-        return torch.stack([self.dense_image_loss(head_out, anchors, tgts[i], per_level, i)
-                            for i in range(len(images))])
-
-    def dense_image_loss(self, head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor], target: dict,
-                         per_level: list[int], i: int) -> torch.Tensor:
-        """Training loss (sum of its terms) of image ``i`` of a batch's head outputs (N, A, ·)
-        of a dense detector, ``target`` in the transformed image's coordinates."""
-        one = {k: v[i:i + 1] for k, v in head_out.items()}
-        if isinstance(self.model, FCOS):
-            return sum(self.model.compute_loss([target], one, [anchors[i]], per_level).values())
-        return sum(self.model.compute_loss([target], one, [anchors[i]]).values())
 
     @staticmethod
     def boxes_to_input(boxes: torch.Tensor, original_size: tuple[int, int],
@@ -309,88 +318,12 @@ class DetectionAdapter:
         with torch.no_grad():
             for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, group=self.input_size):
                 images = [img.to(self.device) for img in loaded]
-                if isinstance(self.model, FasterRCNN):
-                    outs = self._infer_two_stage(images)
-                else:
-                    outs = self.infer_images(images, keep_anchors)
+                outs = self.infer_images(images, keep_anchors)
                 for image_id, out in zip(chunk, outs):
                     out.image_id = int(image_id)
                     yield out
                 bar.update(len(chunk))
         bar.close()
-
-    def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
-        """Detections of a dense detector for images (3, H, W) on the device, in eval mode,
-        gradients as the caller's context has them (see :meth:`infer`)."""
-        model = self.model
-        original_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, _ = model.transform(images)
-        features = list(model.backbone(image_list.tensors).values())
-        head_out = model.head(features)
-        anchors = model.anchor_generator(image_list, features)
-        hw = [f.shape[-2] * f.shape[-1] for f in features]
-        per_loc = head_out["cls_logits"].shape[1] // sum(hw)
-        per_level = [n * per_loc for n in hw]
-        results = []
-        for b in range(len(images)):
-            logits = head_out["cls_logits"][b]  # (A, K)
-            if isinstance(model, FCOS):
-                scores_all = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(head_out["bbox_ctrness"][b]))
-            else:
-                scores_all = torch.sigmoid(logits)
-            scores_all = scores_all.clone()
-            scores_all[:, 0] = 0.0  # channel 0 is background (never a target): never a detection
-            coder = model.box_coder
-            decode = coder.decode_single if hasattr(coder, "decode_single") else coder.decode
-            boxes_all = decode(head_out["bbox_regression"][b], anchors[b])
-            keep_idx, labels = _dense_candidates(scores_all, per_level, model.score_thresh,
-                                                 model.topk_candidates)
-            boxes = box_ops.clip_boxes_to_image(boxes_all[keep_idx], image_list.image_sizes[b])
-            # boxes clipped to nothing at the border are no detection (torchvision's RetinaNet and
-            # FCOS keep them; its Faster R-CNN drops them so, before NMS): no empty pre-annotation,
-            # pseudo box or reference box downstream
-            sized = box_ops.remove_small_boxes(boxes, 1e-2)
-            keep_idx, labels, boxes = keep_idx[sized], labels[sized], boxes[sized]
-            scores = scores_all[keep_idx, labels]
-            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
-            anchor_idx, boxes, scores, labels = keep_idx[keep], boxes[keep], scores[keep], labels[keep]
-            scale_from = image_list.image_sizes[b]
-            boxes = resize_boxes(boxes, scale_from, original_sizes[b])
-            probs = torch.sigmoid(logits[anchor_idx, 1:])
-            extra: dict[str, Any] = {"anchor_index": anchor_idx.cpu(), "num_anchors_per_level": per_level,
-                                     "box_features": anchor_features([f[b] for f in features], anchor_idx,
-                                                                     per_level).float().cpu()}
-            if keep_anchors:
-                for key, val in head_out.items():
-                    if key != "bbox_regression" and val.shape[-1] == logits.shape[-1]:
-                        extra[key] = val[b, :, 1:].float().cpu()
-                extra["anchors"] = resize_boxes(anchors[b], scale_from, original_sizes[b]).cpu()
-                extra["valid"] = anchors_inside(anchors[b], scale_from).cpu()  # not in batch padding
-            results.append(Inference(0, boxes.cpu(), scores.cpu(), labels.cpu(), probs.cpu(), extra))
-        return results
-
-    def _infer_two_stage(self, images: list[torch.Tensor]) -> list[Inference]:
-        """Faster R-CNN: torchvision's eval forward, step by step through its RoI heads'
-        own modules and their ``postprocess_detections``; each kept detection's class
-        probabilities are the softmax row of the RoI (proposal) that produced its score."""
-        model = self.model
-        heads = model.roi_heads
-        original_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensors)
-        proposals, _ = model.rpn(image_list, features)
-        roi_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
-        logits, regression = heads.box_predictor(roi_features)
-        boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, image_list.image_sizes)
-        probs = F.softmax(logits, dim=-1)  # (R, C + 1) over the batch's RoIs, background first
-        rows = kept_rois(heads.box_coder.decode(regression, proposals), probs, proposals, image_list.image_sizes,
-                         boxes, scores, labels)
-        out = []
-        for b, s, lab, r, size_in, size_out in zip(boxes, scores, labels, rows, image_list.image_sizes,
-                                                    original_sizes):
-            out.append(Inference(0, resize_boxes(b, size_in, size_out).cpu(), s.cpu(), lab.cpu(),
-                                 probs[r, 1:].cpu(), {"box_features": roi_features[r].float().cpu()}))
-        return out
 
     # ------------------------------------------------------------------ metrics
     def predict_coco(self, dataset: Any, ids: Sequence[int], batch_size: int = 8,
@@ -434,26 +367,15 @@ class DetectionAdapter:
         ids = list(ids)
         self.model.eval()
         model = self.model
-        head = getattr(model, "head", None)
         rows, order = [], []
         with torch.no_grad():
             for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, group=self.input_size):
                 order += chunk
                 image_list, _ = model.transform([img.to(self.device) for img in loaded])
-                feats = list(model.backbone(image_list.tensors).values())
-                dense = head is not None and hasattr(head, "classification_head")  # torchvision's
-                if dense:
-                    cls = head.classification_head
-                    towers = [cls.conv(f) for f in feats]
-                    maps = [torch.cat([c, head.regression_head.conv(f)], 1) for c, f in zip(towers, feats)]
-                    logits = lambda: [cls.cls_logits(c) for c in towers]  # noqa: E731
-                elif head is not None and hasattr(head, "f1"):  # MIAL: instance classifier f1
-                    maps, logits = feats, lambda: [head.f1.cls_logits(head.f1.conv(f)) for f in feats]
-                else:  # Faster R-CNN: the RPN's objectness
-                    maps, logits = feats, lambda: model.rpn.head(feats)[0]
+                maps, logits, average = self.feature_maps(image_list, list(model.backbone(image_list.tensors).values()))
                 probs = [x.sigmoid().amax(1, keepdim=True) for x in logits()] if pooling == "foreground" else None
                 pooled = pool_levels(maps, probs)
-                rows.append((torch.stack(pooled).mean(0) if dense else torch.cat(pooled, 1)).cpu())
+                rows.append((torch.stack(pooled).mean(0) if average else torch.cat(pooled, 1)).cpu())
         if not rows:
             return np.zeros((0, 0), np.float32)
         where = {image_id: k for k, image_id in enumerate(order)}
@@ -461,24 +383,146 @@ class DetectionAdapter:
         return feats[[where[i] for i in ids]]
 
     def gradient_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """ISAL's parameters: weights (not biases) of the final prediction layers.
-
-        RetinaNet: final cls/reg convs; FCOS: final cls, reg and centerness convs;
-        Faster R-CNN: RPN cls/reg convs and the RoI head's final cls/reg linear layers.
-        """
-        if isinstance(self.model, FCOS):
-            names = ["head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight",
-                     "head.regression_head.bbox_ctrness.weight"]
-        elif isinstance(self.model, RetinaNet):
-            names = ["head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight"]
-        else:
-            names = ["rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight",
-                     "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"]
+        """ISAL's parameters: :attr:`gradient_names` (the final prediction layers' weights)."""
         params = dict(self.model.named_parameters())
-        missing = [n for n in names if n not in params]
+        missing = [n for n in self.gradient_names if n not in params]
         if missing:
             raise ConfigError(f"model has no parameter '{missing[0]}' (variant {self.variant})")
-        return [(n, params[n]) for n in names]
+        return [(n, params[n]) for n in self.gradient_names]
+
+
+@dataclass
+class DensePass:
+    """One forward pass of a dense detector over a batch (transform -> backbone -> head ->
+    anchors): what its detections (:meth:`DenseDetectionAdapter.pass_detections`) and its
+    per-image losses (:meth:`DenseDetectionAdapter.pass_image_loss`) are computed from."""
+
+    image_list: Any  #: torchvision ``ImageList``: ``tensors`` (B, 3, H, W), ``image_sizes`` [(h, w)]
+    targets: list[dict] | None  #: the targets in the transformed images' coordinates (None: none given)
+    features: list[torch.Tensor]  #: FPN levels (B, D, H_l, W_l)
+    head_out: dict[str, torch.Tensor]  #: the head's outputs (B, A, ·)
+    anchors: list[torch.Tensor]  #: per image (A, 4), in the transformed image
+    per_level: list[int]  #: anchors per level (H_l x W_l x anchors per location)
+
+    def detached(self) -> "DensePass":
+        """The same pass with the head's outputs cut from the graph (post-processing reads these)."""
+        return dataclasses.replace(self, head_out={k: v.detach() for k, v in self.head_out.items()})
+
+
+class DenseDetectionAdapter(DetectionAdapter):
+    """A one-stage detector (torchvision's RetinaNet / FCOS layout): one head over every
+    anchor of every FPN level. A family adds :meth:`anchor_scores`, :meth:`decode_boxes` and
+    :meth:`loss_terms`; detections, per-anchor outputs and losses come from one
+    :class:`DensePass`."""
+
+    dense = True
+    variants = ("plain", "mial", "learning_loss")
+
+    def anchor_scores(self, head_out: dict[str, torch.Tensor], b: int) -> torch.Tensor:
+        """(A, C + 1) per-anchor class scores of image ``b`` (what torchvision thresholds)."""
+        raise NotImplementedError
+
+    def decode_boxes(self, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """(A, 4) boxes from one image's box regression (A, 4) and anchors (A, 4)."""
+        raise NotImplementedError
+
+    def loss_terms(self, targets: list[dict], head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor],
+                   per_level: list[int]) -> dict[str, torch.Tensor]:
+        """The model's own ``compute_loss`` on these head outputs."""
+        raise NotImplementedError
+
+    def dense_pass(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> DensePass:
+        """The forward pass over images (3, H, W) on the device, in the model's current mode and
+        the caller's gradient context."""
+        model = self.model
+        image_list, tgts = model.transform(images, targets)
+        features = list(model.backbone(image_list.tensors).values())
+        head_out = model.head(features)
+        anchors = model.anchor_generator(image_list, features)
+        hw = [f.shape[-2] * f.shape[-1] for f in features]
+        per_loc = head_out["cls_logits"].shape[1] // sum(hw)
+        return DensePass(image_list, tgts, features, head_out, anchors, [n * per_loc for n in hw])
+
+    def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
+        """``(N,)`` per-image training losses from one batched forward, batch-norm and dropout
+        frozen; each image's loss that of a batch holding only that image (same-size images;
+        losses are normalised per image)."""
+        self._loss_mode()
+        p = self.dense_pass(images, targets)
+        assert p.targets is not None
+        return torch.stack([self.pass_image_loss(p, p.targets[i], i) for i in range(len(images))])
+
+    def pass_image_loss(self, p: DensePass, target: dict, i: int) -> torch.Tensor:
+        """Training loss (sum of its terms) of image ``i`` of pass ``p``, ``target`` in the
+        transformed image's coordinates."""
+        one = {k: v[i:i + 1] for k, v in p.head_out.items()}
+        return sum(self.loss_terms([target], one, [p.anchors[i]], p.per_level).values())
+
+    def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
+        """Detections for images (3, H, W) on the device, in eval mode, gradients as the
+        caller's context has them (see :meth:`infer`)."""
+        return self.pass_detections(self.dense_pass(images), [tuple(img.shape[-2:]) for img in images], keep_anchors)
+
+    def pass_detections(self, p: DensePass, original_sizes: Sequence[tuple[int, int]],
+                        keep_anchors: bool) -> list[Inference]:
+        """torchvision's post-processing of pass ``p``, keeping each detection's anchor, its
+        class probabilities and its feature row (see :meth:`infer`)."""
+        model, head_out, anchors = self.model, p.head_out, p.anchors
+        results = []
+        for b in range(len(original_sizes)):
+            logits = head_out["cls_logits"][b]  # (A, K)
+            scores_all = self.anchor_scores(head_out, b).clone()
+            scores_all[:, 0] = 0.0  # channel 0 is background (never a target): never a detection
+            boxes_all = self.decode_boxes(head_out["bbox_regression"][b], anchors[b])
+            keep_idx, labels = _dense_candidates(scores_all, p.per_level, model.score_thresh,
+                                                 model.topk_candidates)
+            boxes = box_ops.clip_boxes_to_image(boxes_all[keep_idx], p.image_list.image_sizes[b])
+            # boxes clipped to nothing at the border are no detection (torchvision's RetinaNet and
+            # FCOS keep them; its Faster R-CNN drops them so, before NMS): no empty pre-annotation,
+            # pseudo box or reference box downstream
+            sized = box_ops.remove_small_boxes(boxes, 1e-2)
+            keep_idx, labels, boxes = keep_idx[sized], labels[sized], boxes[sized]
+            scores = scores_all[keep_idx, labels]
+            keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)[: model.detections_per_img]
+            anchor_idx, boxes, scores, labels = keep_idx[keep], boxes[keep], scores[keep], labels[keep]
+            scale_from = p.image_list.image_sizes[b]
+            boxes = resize_boxes(boxes, scale_from, original_sizes[b])
+            probs = torch.sigmoid(logits[anchor_idx, 1:])
+            extra: dict[str, Any] = {"anchor_index": anchor_idx.cpu(), "num_anchors_per_level": p.per_level,
+                                     "box_features": anchor_features([f[b] for f in p.features], anchor_idx,
+                                                                     p.per_level).float().cpu()}
+            if keep_anchors:
+                for key, val in head_out.items():
+                    if key != "bbox_regression" and val.shape[-1] == logits.shape[-1]:
+                        extra[key] = val[b, :, 1:].float().cpu()
+                extra["anchors"] = resize_boxes(anchors[b], scale_from, original_sizes[b]).cpu()
+                extra["valid"] = anchors_inside(anchors[b], scale_from).cpu()  # not in batch padding
+            results.append(Inference(0, boxes.cpu(), scores.cpu(), labels.cpu(), probs.cpu(), extra))
+        return results
+
+    def feature_maps(self, image_list: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor],
+                                                                                 Callable[[], list[torch.Tensor]], bool]:
+        """Plain heads: the classification and regression towers' outputs (averaged over
+        levels), foreground from the class logits; MIAL heads: the FPN levels (concatenated),
+        foreground from f1's logits."""
+        head = self.model.head
+        if self.variant == "mial":
+            return levels, lambda: [head.f1.cls_logits(head.f1.conv(f)) for f in levels], False
+        cls = head.classification_head
+        towers = [cls.conv(f) for f in levels]
+        maps = [torch.cat([c, head.regression_head.conv(f)], 1) for c, f in zip(towers, levels)]
+        return maps, lambda: [cls.cls_logits(c) for c in towers], True
+
+
+def detection_adapter(model_cfg: ModelConfig, num_classes: int, variant: str = "plain",
+                      device: str | torch.device = "cpu",
+                      head_kwargs: dict[str, Any] | None = None) -> DetectionAdapter:
+    """The adapter of ``model_cfg.arch``'s family (:mod:`activedet.models.families`)."""
+    from activedet.models import families
+
+    if model_cfg.arch not in families.names():
+        raise ConfigError(f"model.arch '{model_cfg.arch}' is not a detector (detectors: {', '.join(families.names())})")
+    return families.adapter_class(model_cfg.arch)(model_cfg, num_classes, variant, device, head_kwargs)
 
 
 def _dense_candidates(scores: torch.Tensor, per_level: list[int], thresh: float,
@@ -531,38 +575,6 @@ def detections_per_image_boxes(inf: Inference, min_score: float) -> int:
     return int((inf.scores >= min_score).sum())
 
 
-def kept_rois(decoded: torch.Tensor, probs: torch.Tensor, proposals: list[torch.Tensor],
-              image_sizes: list[tuple[int, int]], boxes: list[torch.Tensor], scores: list[torch.Tensor],
-              labels: list[torch.Tensor]) -> list[torch.Tensor]:
-    """For each image, the row (into the batch's concatenated RoIs) of the RoI behind each
-    detection that torchvision's ``RoIHeads.postprocess_detections`` kept.
-
-    ``decoded``: (R, C + 1, 4) boxes decoded from every RoI for every class (background 0);
-    ``probs``: (R, C + 1) softmax; ``proposals``: per image (R_i, 4), sum R_i = R;
-    ``boxes`` / ``scores`` / ``labels``: the kept detections per image, (K_i, 4) / (K_i,) /
-    (K_i,). postprocess_detections keeps entries of the clipped ``decoded`` and of ``probs``
-    unchanged, so a detection's RoI is one whose clipped box and probability for its label
-    equal the detection's exactly (identical RoIs share their probabilities). Returns per
-    image (K_i,) int64 rows; raises :class:`StrategyError` when a detection matches no RoI
-    (a torchvision whose post-processing changes what it keeps)."""
-    from torchvision.ops import boxes as box_ops
-
-    rows, start = [], 0
-    for props, size, b, s, lab in zip(proposals, image_sizes, boxes, scores, labels):
-        n = len(props)
-        cand = box_ops.clip_boxes_to_image(decoded[start:start + n], size)  # (R_i, C + 1, 4)
-        p = probs[start:start + n]
-        found = []
-        for box, score, label in zip(b, s, lab.tolist()):
-            hit = ((p[:, label] == score) & (cand[:, label] == box).all(-1)).nonzero()
-            if len(hit) == 0:
-                raise StrategyError("a Faster R-CNN detection matches none of its RoIs: this torchvision's "
-                                    "postprocess_detections no longer keeps decoded boxes and scores as they are")
-            found.append(start + int(hit[0, 0]))
-        rows.append(torch.tensor(found, dtype=torch.int64))
-        start += n
-    return rows
-
-
-__all__ = ["DetectionAdapter", "resolve_device", "detections_per_image_boxes", "anchor_features"]
+__all__ = ["DetectionAdapter", "DenseDetectionAdapter", "DensePass", "detection_adapter", "resolve_device",
+           "detections_per_image_boxes", "anchor_features"]
 

@@ -26,9 +26,9 @@ def build_adapter(cfg: ExperimentConfig, num_classes: int, strategy: Any | None 
     variant = getattr(strategy, "model_variant", "plain")
     kwargs = strategy.model_kwargs() if strategy is not None else {}
     if cfg.task == "detection":
-        from activedet.models.detection_adapter import DetectionAdapter
+        from activedet.models.detection_adapter import detection_adapter
 
-        adapter: Adapter = DetectionAdapter(cfg.model, num_classes, variant, cfg.device, kwargs)
+        adapter: Adapter = detection_adapter(cfg.model, num_classes, variant, cfg.device, kwargs)
         cfg.model.backbone = adapter.cfg.backbone  # model.offline_fallback: the config records what runs
     else:
         from activedet.models.classifier import ClassificationAdapter

@@ -21,14 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, RetinaNet
 
 from activedet.data.stream import image_batches
 from activedet.errors import ConfigError
 from activedet.settings import Settings, setting
 
 if TYPE_CHECKING:
-    from activedet.models.base import Adapter
+    from activedet.models.base import Adapter, DetectorAdapter
 
 __all__ = ["LearningLossSettings", "LossPredictionModule", "attach_loss_module", "loss_ranking_loss", "detection_losses_and_levels",
            "classifier_levels", "predict_losses"]
@@ -109,9 +108,7 @@ def attach_loss_module(model: nn.Module, task: str, hidden: int = 128, probe_siz
         with torch.no_grad():
             dev = next(model.parameters()).device
             x = torch.zeros((1, 3, probe_size, probe_size), device=dev)
-            if task == "detection":
-                if not isinstance(model, (RetinaNet, FCOS)):
-                    raise ConfigError(f"learning loss supports RetinaNet and FCOS, not {type(model).__name__}")
+            if task == "detection":  # a dense family (its adapter builds variant learning_loss)
                 levels = list(model.backbone(x).values())
             else:
                 model.loss_taps = _classifier_taps(model)  # type: ignore[assignment]
@@ -144,30 +141,19 @@ def classifier_levels(model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[Te
     return logits, list(levels)
 
 
-def detection_losses_and_levels(model: nn.Module, images: list[Tensor],
+def detection_losses_and_levels(adapter: DetectorAdapter, images: list[Tensor],
                                 targets: list[dict]) -> tuple[Tensor, list[Tensor]]:
-    """Train-mode per-image detection losses (B,) and the FPN levels [(B, C, H, W)].
+    """Per-image detection losses (B,) and the FPN levels [(B, C, H, W)] of one dense
+    forward (:meth:`~activedet.models.detection_adapter.DenseDetectionAdapter.dense_pass`),
+    in the model's current mode.
 
     Image b's loss is the detector's loss on that image alone (sum of its terms):
     RetinaNet averages these over the batch, so their mean equals its batch loss;
     FCOS normalises by the foreground count of each image instead of the batch's.
     """
-    if not isinstance(model, (RetinaNet, FCOS)):
-        raise ConfigError(f"learning loss supports RetinaNet and FCOS, not {type(model).__name__}")
-    image_list, targets = model.transform(images, targets)
-    levels = list(model.backbone(image_list.tensors).values())
-    head_out = model.head(levels)
-    anchors = model.anchor_generator(image_list, levels)
-    per_level = [x.size(2) * x.size(3) for x in levels]
-    losses = []
-    for b in range(len(images)):
-        sliced = {k: v[b:b + 1] for k, v in head_out.items()}
-        if isinstance(model, FCOS):
-            terms = model.compute_loss([targets[b]], sliced, [anchors[b]], per_level)
-        else:
-            terms = model.compute_loss([targets[b]], sliced, [anchors[b]])
-        losses.append(sum(terms.values()))
-    return torch.stack(losses), levels
+    p = adapter.dense_pass(images, targets)
+    losses = [adapter.pass_image_loss(p, p.targets[b], b) for b in range(len(images))]
+    return torch.stack(losses), p.features
 
 
 @torch.no_grad()

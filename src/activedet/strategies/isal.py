@@ -303,8 +303,8 @@ class _Model:
         """One forward pass of FCOS / RetinaNet over ``ids``: the rows that get pseudo boxes,
         and ``consume(loss, final layers, n)`` of their summed training loss.
 
-        The detections come from the adapter's own post-processing (``infer_images``) of
-        that pass, the pseudo boxes from them as in :meth:`pseudo_targets`, and each kept
+        The detections come from the adapter's own post-processing (``pass_detections``) of
+        that pass (``dense_pass``), the pseudo boxes from them as in :meth:`pseudo_targets`, and each kept
         image's training loss from the same head outputs (batch-norm frozen, as in
         ``DetectionAdapter.image_losses``, which for these models computes what eval mode does), back to
         the final convs only (:func:`layer_per_sample_grads` with ``cut_below``, every
@@ -312,46 +312,32 @@ class _Model:
         the two-pass path (inference, then a loss pass over the kept images) for images of
         one input size, which is what scoring batches hold (:meth:`_Model.batches`).
         """
-        model, device = self.model, self.adapter.device
+        model, device, detector = self.model, self.adapter.device, self._detector
         layers = self.layers()
         assert layers is not None
         images = [img.to(device) for img in (decoded if decoded is not None else map(dataset.load_image, ids))]
-        seen: dict[str, Any] = {}
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
         kept: list[int] = []
 
-        def head_hook(_m: nn.Module, _inp: Any, out: dict[str, Tensor]) -> dict[str, Tensor]:
-            seen["head"] = out  # graph-connected, for the losses
-            return {k: v.detach() for k, v in out.items()}  # what the post-processing reads
-
-        def anchor_hook(_m: nn.Module, inp: Any, out: list[Tensor]) -> None:
-            seen["image_list"], seen["features"], seen["anchors"] = inp[0], inp[1], out
-
         def loss() -> Tensor:
-            dets = self._detector.infer_images(images, keep_anchors=False)
-            image_list, anchors = seen["image_list"], seen["anchors"]
-            per_level = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
+            p = detector.dense_pass(images)  # graph-connected head outputs, for the losses
+            dets = detector.pass_detections(p.detached(), original_sizes, keep_anchors=False)
             terms = []
-            for row, (img, det) in enumerate(zip(images, dets)):
+            for row, (size, det) in enumerate(zip(original_sizes, dets)):
                 tgt = pseudo_boxes(det.boxes, det.scores, det.labels, float(settings.pseudo_score_threshold),
                                    int(settings.max_pseudo_boxes))
                 if tgt is None:
                     continue
                 kept.append(row)
-                target = {"boxes": self._detector.boxes_to_input(tgt["boxes"].to(device), tuple(img.shape[-2:]),
-                                                               image_list.image_sizes[row]),
+                target = {"boxes": detector.boxes_to_input(tgt["boxes"].to(device), size,
+                                                           p.image_list.image_sizes[row]),
                           "labels": tgt["labels"].to(device)}
-                terms.append(self._detector.dense_image_loss(seen["head"], anchors, target, per_level, row))
+                terms.append(detector.pass_image_loss(p, target, row))
             return torch.stack(terms).sum() if terms else torch.zeros((), device=device)
 
-        handles = [model.head.register_forward_hook(head_hook),
-                   model.anchor_generator.register_forward_hook(anchor_hook)]
         model.eval()
-        try:
-            with _frozen(model), torch.enable_grad():
-                result = consume(loss, layers, len(ids))
-        finally:
-            for h in handles:
-                h.remove()
+        with _frozen(model), torch.enable_grad():
+            result = consume(loss, layers, len(ids))
         return kept, result
 
     def sample_grads(self, inputs: Any, targets: Any, n: int, batched: bool) -> list[Tensor]:

@@ -47,7 +47,7 @@ class LearningLossStrategySettings(LearningLossSettings):
 class LearningLossStrategy(Strategy):
     name = "learning_loss"
     reference = "Yoo & Kweon 2019 (learning loss: predicted loss on FPN levels / classifier blocks)"
-    archs = ("retinanet", "fcos", "resnet18", "small_cnn")
+    archs = None  # every model that provides what it wants (dense detectors, classifiers)
     wants = frozenset({"loss_prediction"})
     model_variant = "learning_loss"
     trainer = "learning_loss"

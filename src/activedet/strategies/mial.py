@@ -128,7 +128,7 @@ class MIALStrategy(Strategy):
     name = "mial"
     reference = "Yuan et al. 2021, Multiple Instance Active Learning for Object Detection (MIAL)"
     tasks = ("detection",)
-    archs = ("retinanet", "fcos")
+    archs = None  # every model that provides what it wants (the dense detector families)
     wants = frozenset({"mial_head", "anchor_probs"})
     model_variant = "mial"
     trainer = "mial"

@@ -43,7 +43,7 @@ def per_image_losses(adapter: Adapter, inputs: Any, targets: Any, detach_levels:
     model = adapter.model
     model.train()
     if adapter.task == "detection":
-        losses, levels = detection_losses_and_levels(model, inputs, targets)
+        losses, levels = detection_losses_and_levels(adapter, inputs, targets)
     else:
         logits, levels = classifier_levels(model, inputs)
         losses = F.cross_entropy(logits, targets, reduction="none")

@@ -67,7 +67,7 @@ from activedet.training.trainer import (Precision, TrainResult, batches, decoded
                                          warmup_factor, warmup_length)
 
 if TYPE_CHECKING:
-    from activedet.models.base import Adapter
+    from activedet.models.base import Adapter, DetectorAdapter
 
 __all__ = [
     "Stage",
@@ -202,19 +202,16 @@ class StageOps:
     unlabeled: Callable[[Any, Any, StageKind, Any], tuple[dict[str, torch.Tensor], dict[str, float]]]
 
 
-def _unlabeled_losses(adapter: Adapter, images: list[torch.Tensor], kind: StageKind,
+def _unlabeled_losses(detector: DetectorAdapter, images: list[torch.Tensor], kind: StageKind,
                       s: MIALTrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Transform → backbone → MIAL head (train mode, no targets) → unlabeled losses of
     ``kind`` (``discrepancy``, and ``mil`` in the min stage with the MIL head), anchors in
     batch padding left out."""
-    model = adapter.model
-    image_list, _ = model.transform(images)
-    features = list(model.backbone(image_list.tensors).values())
-    head_out = model.head(features)  # (N, HWA, K) each; records num_anchors_per_level
-    anchors = model.anchor_generator(image_list, features)
-    valid = torch.stack([anchors_inside(a, size) for a, size in zip(anchors, image_list.image_sizes)])
-    return model.head.unlabeled_loss(head_out, kind, lam=s.lam, reweight=s.reweight, squared=s.train_squared,
-                                     pseudo_threshold=s.pseudo_threshold, valid=valid), {}
+    p = detector.dense_pass(images)  # head outputs (N, HWA, K) each; the head records num_anchors_per_level
+    valid = torch.stack([anchors_inside(a, size) for a, size in zip(p.anchors, p.image_list.image_sizes)])
+    return detector.mial_head().unlabeled_loss(p.head_out, kind, lam=s.lam, reweight=s.reweight,
+                                               squared=s.train_squared, pseudo_threshold=s.pseudo_threshold,
+                                               valid=valid), {}
 
 
 #: RetinaNet or FCOS + MIAL head: the model's own loss dict on labeled batches
