@@ -175,6 +175,10 @@ class DetectorAdapter(Adapter, Protocol):
     def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
         """(N,) per-image training losses, batch-norm and dropout frozen."""
 
+    def levels(self, images: list[torch.Tensor],
+               targets: list[dict] | None = None) -> tuple[Any, list[dict] | None, list[torch.Tensor]]:
+        """The model's transform and backbone: (``ImageList``, targets in its frame, FPN levels)."""
+
     def dense_pass(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         """A dense detector's forward pass over a batch (a
         :class:`~activedet.models.detection_adapter.DensePass`), graph-connected."""

@@ -273,6 +273,14 @@ class DetectionAdapter:
         """(K, 4) xyxy boxes in an image's pixels -> in the model's input frame (its transform's resize)."""
         return resize_boxes(boxes, original_size, input_size)
 
+    def levels(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[Any, list[dict] | None,
+                                                                                          list[torch.Tensor]]:
+        """The model's transform, then its backbone: the ``ImageList``, the targets in its
+        frame (None: none given) and the FPN levels (B, D, H_l, W_l), in the model's current
+        mode and the caller's gradient context."""
+        image_list, tgts = self.model.transform(images, targets)
+        return image_list, tgts, list(self.model.backbone(image_list.tensors).values())
+
     # ------------------------------------------------------------------ batching
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) an image of ``height`` x ``width`` is resized to by the model's transform in
@@ -371,8 +379,8 @@ class DetectionAdapter:
         with torch.no_grad():
             for chunk, loaded in image_batches(dataset, ids, batch_size, self.workers, group=self.input_size):
                 order += chunk
-                image_list, _ = model.transform([img.to(self.device) for img in loaded])
-                maps, logits, average = self.feature_maps(image_list, list(model.backbone(image_list.tensors).values()))
+                image_list, _, levels = self.levels([img.to(self.device) for img in loaded])
+                maps, logits, average = self.feature_maps(image_list, levels)
                 probs = [x.sigmoid().amax(1, keepdim=True) for x in logits()] if pooling == "foreground" else None
                 pooled = pool_levels(maps, probs)
                 rows.append((torch.stack(pooled).mean(0) if average else torch.cat(pooled, 1)).cpu())
@@ -435,8 +443,7 @@ class DenseDetectionAdapter(DetectionAdapter):
         """The forward pass over images (3, H, W) on the device, in the model's current mode and
         the caller's gradient context."""
         model = self.model
-        image_list, tgts = model.transform(images, targets)
-        features = list(model.backbone(image_list.tensors).values())
+        image_list, tgts, features = self.levels(images, targets)
         head_out = model.head(features)
         anchors = model.anchor_generator(image_list, features)
         hw = [f.shape[-2] * f.shape[-1] for f in features]

@@ -171,8 +171,7 @@ def predict_losses(adapter: Adapter, dataset: Any, ids: Sequence[int], batch_siz
     def levels() -> Iterator[tuple[list[int], list[Tensor]]]:
         if adapter.task == "detection":
             for chunk, loaded in image_batches(dataset, ids, batch_size, adapter.workers, group=adapter.input_size):
-                image_list, _ = model.transform([img.to(adapter.device) for img in loaded])
-                yield chunk, list(model.backbone(image_list.tensors).values())
+                yield chunk, adapter.levels([img.to(adapter.device) for img in loaded])[2]
         else:
             for s in range(0, len(ids), batch_size):
                 chunk = ids[s:s + batch_size]
