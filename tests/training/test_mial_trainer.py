@@ -241,6 +241,32 @@ def test_every_later_stage_warms_up(monkeypatch, warmup: int) -> None:
             assert lrs[0] == pytest.approx(0.01 * 0.001) and lrs[0] < lrs[1] < lrs[2] < 0.01
 
 
+@pytest.mark.parametrize(("train_clip", "params", "expected"), [
+    (None, {}, 10.0),                                  # the max/min stages' own bound
+    (None, {"discrepancy_grad_clip": None}, None),     # turned off
+    (3.0, {}, 3.0),                                    # train.grad_clip, when set, applies instead
+])
+def test_max_and_min_stages_clip_the_gradient(monkeypatch, train_clip, params, expected) -> None:
+    """The summed discrepancy's gradient grows with the anchor count: the max and min stages
+    clip at ``discrepancy_grad_clip`` unless ``train.grad_clip`` is set; label stages keep
+    ``train.grad_clip``."""
+    import activedet.training.mial as M
+
+    clips: dict[str, set] = {}
+    real = M.guarded_step
+
+    def spy(opt, losses, it, step_lr, cfg, where, *rest):
+        clips.setdefault(where.split()[1], set()).add(cfg.grad_clip)
+        return real(opt, losses, it, step_lr, cfg, where, *rest)
+
+    monkeypatch.setattr(M, "guarded_step", spy)
+    ds = make_detection_dataset(n=8, seed=4)
+    cfg = tiny_config(**{"train.batch_size": 2, "train.lr": 0.01, "train.grad_clip": train_clip}).train
+    train_mial(_adapter(seed=1), ds, [1, 2, 3, 4], [5, 6, 7, 8], cfg,
+               {"detector": "joint", "label_epochs": 1, "rounds": 1, "repeat": 1, **params}, seed=0, progress=False)
+    assert clips == {"label": {train_clip}, "max": {expected}, "min": {expected}}
+
+
 # ---------------------------------------------------------------------------- detector: separate
 
 

@@ -41,6 +41,9 @@ class _Schedule(Settings):
                    "max-stage steps at a high lr, but it is training below full lr that the plain "
                    "trainer does not get (training/budget.py), and on CPU-sized stages of 5-40 "
                    "iterations it outlasted whole stages (NOTES.md, MIAL on FCOS)")
+    discrepancy_grad_clip: float | None = setting(
+        None, "max-norm gradient clip of the max and min stages when train.grad_clip is null "
+              "(train.grad_clip, when set, applies instead); null: none", gt=0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ class MIALTrainSettings(_Schedule):
         "head", "what the max stage trains: the whole head (everything but backbone and FPN) or "
                 "only the classifiers f1 and f2",
         provenance="paper Eq. 8: head (all but the feature extractor); the authors' code: classifiers")
+    discrepancy_grad_clip: float | None = setting(
+        10.0, "max-norm gradient clip of the max and min stages when train.grad_clip is null "
+              "(train.grad_clip, when set, applies instead); null: none", gt=0,
+        provenance="activedet's: the discrepancy is summed over every anchor of every image, so its "
+                   "gradient grows with the anchor count and, as f1 and f2 move apart, with the "
+                   "sigmoid's slope; with one class (no mean over classes to divide it) a 96-px "
+                   "RetinaNet at lr 0.01 without a clip reached a gradient norm of 4176 and a "
+                   "non-finite loss (NOTES.md, MIAL, single class). 10: the clip of the CPU MIAL "
+                   "configs and of ISAL's FCOS protocol")
 
     def __post_init__(self) -> None:
         iul_rounds = self.iul and self.rounds >= 1 and self.max_epochs + self.min_epochs >= 1

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -239,6 +240,8 @@ def run_stage(adapter: Adapter, dataset: Any, stage: Stage, labeled: Sequence[in
     if stage.kind in ("min", "max") and not unlabeled:
         raise ActivedetError(f"{ops.name} {stage.kind} stage needs unlabeled images, got none")
     amp = Precision(cfg.amp, model_device(adapter))  # train.amp: autocast + gradient scaling on CUDA
+    if stage.kind in ("min", "max") and cfg.grad_clip is None and s.discrepancy_grad_clip is not None:
+        cfg = dataclasses.replace(cfg, grad_clip=s.discrepancy_grad_clip)  # the summed discrepancy's bound
     # distributed: gradients averaged over ranks per stage, its parameters taken after the stage froze them
     with ops.mode(adapter, stage.kind, s), distributed.synced(adapter.model) as call:
         opt = make_optimizer(adapter.model.parameters(), cfg, lr=lr)
