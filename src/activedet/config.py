@@ -20,8 +20,8 @@ import yaml
 
 from activedet.errors import ConfigError
 from activedet.evaluation.annotation_time import AnnotatorTimes
-from activedet.models.families import names as detector_families
 from activedet.files import read_text
+from activedet.models.families import names as detector_families
 from activedet.settings import JSON_SCHEMA_DIALECT, dataclass_schema, strategy_schema
 
 Number = Union[int, float]

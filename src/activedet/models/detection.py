@@ -245,8 +245,6 @@ def build_detector(cfg: ModelConfig, num_classes: int,
         raise ConfigError(f"a detector needs at least one class, got {num_classes}")
     if cfg.image_size is None:
         raise ConfigError("model.image_size is unset (simulate sets it from the training images)")
-    if cfg.arch not in families.names():
-        raise ConfigError(f"model.arch '{cfg.arch}' is not a detector (detectors: {', '.join(families.names())})")
     return families.adapter_class(cfg.arch).build_model(cfg, num_classes, head_factory)
 
 

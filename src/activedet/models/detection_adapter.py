@@ -527,8 +527,6 @@ def detection_adapter(model_cfg: ModelConfig, num_classes: int, variant: str = "
     """The adapter of ``model_cfg.arch``'s family (:mod:`activedet.models.families`)."""
     from activedet.models import families
 
-    if model_cfg.arch not in families.names():
-        raise ConfigError(f"model.arch '{model_cfg.arch}' is not a detector (detectors: {', '.join(families.names())})")
     return families.adapter_class(model_cfg.arch)(model_cfg, num_classes, variant, device, head_kwargs)
 
 

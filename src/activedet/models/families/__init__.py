@@ -15,6 +15,8 @@ import importlib
 import pkgutil
 from typing import Any
 
+from activedet.errors import ConfigError
+
 
 def names() -> tuple[str, ...]:
     """The detector families, sorted: the modules of this package (``model.arch`` values)."""
@@ -22,8 +24,8 @@ def names() -> tuple[str, ...]:
 
 
 def adapter_class(arch: str) -> Any:
-    """The adapter class of family ``arch``; ``KeyError`` for a name that is not a family
-    (the config check names the choices before this is reached)."""
+    """The adapter class of family ``arch``; a :class:`ConfigError` naming the families for a
+    name that is not one."""
     if arch not in names():
-        raise KeyError(arch)
+        raise ConfigError(f"model.arch '{arch}' is not a detector (detectors: {', '.join(names())})")
     return importlib.import_module(f"{__name__}.{arch}").Adapter
