@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from activedet.data.base import DetectionDataset, ImageRecord, read_image_rgb
 from activedet.errors import ConfigError, DatasetError
@@ -152,7 +154,8 @@ def _paste_objects(rng: np.random.Generator, img: np.ndarray, n_obj: int, photos
             w, h = max(4, min(s - 2, round(pw * k))), max(4, min(s - 2, round(ph * k)))
             x0, y0 = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
             box = [float(x0), float(y0), float(x0 + w), float(y0 + h)]
-            if all(_iou(box, b) <= o["max_iou"] for b in boxes):
+            if not boxes or float(box_iou(torch.tensor([box], dtype=torch.float64),
+                                          torch.tensor(boxes, dtype=torch.float64)).max()) <= o["max_iou"]:
                 break
         else:
             continue
@@ -176,14 +179,6 @@ def _object_crop(photo: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return photo
     return photo[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 __all__ = ["OBJECT_CLASSES", "OBJECTS_DEFAULTS", "VOC2007_TRAINVAL_OBJECTS", "load_objects",
