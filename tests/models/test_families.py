@@ -84,7 +84,8 @@ def test_each_family_is_one_module_whose_adapter_names_it() -> None:
 
 def test_a_fourth_family_is_one_file(onepoint: str) -> None:
     assert onepoint in families.names() and onepoint in known_archs("detection")
-    cfg = tiny_config(**{"model.arch": onepoint, "model.score_thresh": 0.0})  # the config's model.arch choices read the folder
+    # the config's model.arch choices read the folder
+    cfg = tiny_config(**{"model.arch": onepoint, "model.score_thresh": 0.0})
     assert capabilities("detection", onepoint, "plain") >= {"det_probs", "anchor_probs", "box_features"}
     with pytest.raises(StrategyError, match="'mial_head'.*'onepoint'"):  # its module offers no MIAL head
         build_strategy("mial").check_model("detection", onepoint)

@@ -163,10 +163,11 @@ class Ledger:
                   seconds: dict[str, float], scores: dict[int, float] | None,
                   costs: Iterable[tuple[int, int, float, dict[str, int]]] = (),
                   info: dict[str, Any] | None = None) -> None:
-        """Record round ``round_`` (``info``: the strategy's ``Selection.info``). The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows
-        per transaction (leftovers of an earlier interrupted attempt are dropped in the
-        first), then the round's row in one more: until that last commit the round, and
-        its scores, are not recorded."""
+        """Record round ``round_`` (``info``: the strategy's ``Selection.info``, written with
+        the row). The per-image ``scores`` go first, :data:`SCORE_CHUNK` rows per transaction
+        (leftovers of an earlier interrupted attempt are dropped in the first), then the
+        round's row in one more: until that last commit the round, and its scores, are not
+        recorded."""
         scored = None
         if scores is not None:
             items = iter(scores.items())

@@ -385,7 +385,8 @@ def select_batch(strategy: Strategy, adapter: Adapter, pool: Pool, r: int, budge
     ranking of ImageNet features, :mod:`activedet.strategies.cold_start`, on ``device``),
     later rounds are ranked by ``strategy`` with the model in ``adapter``. Shared by
     ``simulate`` and ``select``. Returns (chosen ids, per-image scores or None, seconds per
-    stage, the strategy's ``Selection.info``); ``pool`` is not modified. ``costs``: the annotator's, for ``unit`` seconds."""
+    stage, the strategy's ``Selection.info``); ``pool`` is not modified. ``costs``: the
+    annotator's, for ``unit`` seconds."""
     rng = np.random.default_rng(derive_seed(seed, r, "select"))
     t0 = time.perf_counter()
     scores, info = None, {}

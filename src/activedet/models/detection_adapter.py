@@ -136,8 +136,8 @@ class DetectionAdapter:
         self._loss_mode()
         return torch.stack([sum(self.model([im], [t]).values()) for im, t in zip(images, targets)])
 
-    def feature_maps(self, image_list: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor],
-                                                                                 Callable[[], list[torch.Tensor]], bool]:
+    def feature_maps(self, image_list: Any,
+                     levels: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]], bool]:
         """For :meth:`features`: the maps to pool (B, D, H_l, W_l) per level, a function giving
         the per-level foreground logits (B, K, H_l, W_l), and whether levels are averaged
         (True) or concatenated (False)."""
@@ -507,8 +507,8 @@ class DenseDetectionAdapter(DetectionAdapter):
             results.append(Inference(0, boxes.cpu(), scores.cpu(), labels.cpu(), probs.cpu(), extra))
         return results
 
-    def feature_maps(self, image_list: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor],
-                                                                                 Callable[[], list[torch.Tensor]], bool]:
+    def feature_maps(self, image_list: Any,
+                     levels: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]], bool]:
         """Plain heads: the classification and regression towers' outputs (averaged over
         levels), foreground from the class logits; MIAL heads: the FPN levels (concatenated),
         foreground from f1's logits."""

@@ -61,8 +61,8 @@ class FasterRCNNAdapter(DetectionAdapter):
                                  probs[r, 1:].cpu(), {"box_features": roi_features[r].float().cpu()}))
         return out
 
-    def feature_maps(self, image_list: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor],
-                                                                                 Callable[[], list[torch.Tensor]], bool]:
+    def feature_maps(self, image_list: Any,
+                     levels: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]], bool]:
         """The FPN levels (concatenated), foreground from the RPN's objectness."""
         return levels, lambda: self.model.rpn.head(levels)[0], False
 
