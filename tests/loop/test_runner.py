@@ -221,6 +221,23 @@ def test_a_ledger_from_before_a_new_config_key_resumes(tmp_path: Path, capsys) -
     assert "loop.initial_strategy" in capsys.readouterr().err
 
 
+def test_a_ledger_from_before_a_new_strategy_key_resumes(tmp_path: Path, capsys) -> None:
+    """A run recorded before a strategy key existed (its resolved settings lack it) resumes
+    with the key at its default; set to another value it is refused by name."""
+    cfg = write_config(tmp_path, cycles=1)
+    run_dir = tmp_path / "run"
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    with Ledger(run_dir) as ledger:
+        old = ledger.meta()["config"]
+        del old["strategy"]["cost_min_score"]  # as a release before the key wrote it
+        ledger.set_meta(config=old, complete=False)
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["simulate", str(cfg), "--out", str(run_dir), "--quiet", "--resume",
+                 "--set", "strategy.cost_min_score=0.3"]) == 2
+    assert "strategy.cost_min_score: 0.5 -> 0.3" in capsys.readouterr().err
+
+
 def test_the_strategys_selection_info_is_in_the_ledger(tmp_path: Path) -> None:
     """Every strategy's ``Selection.info`` is recorded with its round (PPAL: its candidates and
     class qualities); a round drawn without a strategy records none."""

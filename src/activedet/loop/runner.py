@@ -224,6 +224,14 @@ class AnnotatorQuote(dict):
         return [(i, boxes[i], self[i], dataclasses.asdict(self.edits[i])) for i in ids]
 
 
+def added_strategy_defaults(name: str, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded strategy keys, with every key its strategy has gained since (a later
+    release's setting, e.g. MIAL's ``discrepancy_grad_clip``) at its default: resuming takes
+    the default, and only a value set to something else is a difference."""
+    defaults = json.loads(json.dumps(build_strategy(name, {}).params))
+    return {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
+
+
 def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: bool) -> Ledger:
     """Create the ledger, or reopen it to resume: the resolved configs (every default filled
     in) must agree, or :class:`ResumeError` names the keys that differ."""
@@ -236,6 +244,8 @@ def open_ledger(run_dir: Path, cfg: ExperimentConfig, exp: Experiment, resume: b
         old = with_defaults(meta.get("config") or {})  # keys added since it was written: their defaults
         if not meta.get("config_resolved"):  # older ledgers stored strategy keys as written
             resolved["strategy"] = {k: v for k, v in resolved["strategy"].items() if k in old.get("strategy", {})}
+        elif old.get("strategy", {}).get("name") == cfg.strategy.name:
+            old["strategy"] = added_strategy_defaults(cfg.strategy.name, old["strategy"])
         diff = differences(old, resolved)
         if diff:
             ledger.close()
