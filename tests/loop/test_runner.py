@@ -251,3 +251,13 @@ def test_the_strategys_selection_info_is_in_the_ledger(tmp_path: Path) -> None:
         info, first = ledger.selection_info(1), ledger.selection_info(0)
     assert info["candidates"] == 6 and len(info["class_quality"]) == 2  # 2 x 3 images; 2 classes
     assert first == {}
+
+
+def test_selection_info_with_arrays_is_recorded_as_plain_json(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    with Ledger(tmp_path, create=True) as ledger:
+        ledger.add_round(1, [3], 1, 1, {}, None, info={"lam": np.float32(0.5), "w": torch.tensor([1.0, 2.0]),
+                                                       "n": np.int64(3), "s": "x"})
+        assert ledger.selection_info(1) == {"lam": 0.5, "w": [1.0, 2.0], "n": 3, "s": "x"}

@@ -79,6 +79,12 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def _plain(obj: Any) -> Any:
+    """JSON for what a strategy's ``info`` may hold besides plain values: arrays and tensors
+    (and their scalars) as lists or numbers, anything else as its text."""
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
 def _writes(method: F) -> F:
     """A full disk or a read-only run directory (``sqlite3.OperationalError``, ``OSError``)
     becomes a one-line :class:`RunDirError`; the transaction has rolled back, so the ledger
@@ -201,7 +207,7 @@ class Ledger:
                     seconds: dict[str, float], scored: int | None, info: dict[str, Any] | None = None) -> None:
         if info:
             self.conn.execute("INSERT OR REPLACE INTO selection_info (round, info) VALUES (?, ?)",
-                              (round_, _dumps(info)))
+                              (round_, json.dumps(info, sort_keys=True, default=_plain)))
         self.conn.execute(
             "INSERT INTO rounds (round, selected, labeled_images, labeled_boxes, seconds, scored, "
             "selected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
