@@ -184,6 +184,9 @@ class DetectorAdapter(Adapter, Protocol):
                         keep_anchors: bool) -> list[Inference]:
         """The detections of a :meth:`dense_pass` (as :meth:`infer_images` gives them)."""
 
+    def pass_losses(self, p: Any) -> torch.Tensor:
+        """(N,) per-image training losses of a :meth:`dense_pass` made with targets."""
+
     def pass_image_loss(self, p: Any, target: dict, i: int) -> torch.Tensor:
         """Image ``i``'s training loss from a :meth:`dense_pass`, ``target`` in the input frame."""
 

@@ -12,6 +12,7 @@ per-image features, per-image losses and the parameters influence methods differ
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 
@@ -67,7 +68,7 @@ def pool_levels(maps: Sequence[torch.Tensor], foreground: Sequence[torch.Tensor]
 SCORER = "scorer."
 
 
-class DetectionAdapter:
+class DetectionAdapter(abc.ABC):
     """Wraps a torchvision detector built from a :class:`ModelConfig`; one subclass per
     family (:mod:`activedet.models.families`), built by :func:`detection_adapter`.
 
@@ -115,20 +116,20 @@ class DetectionAdapter:
 
     # ------------------------------------------------------------------ family hooks
     @classmethod
+    @abc.abstractmethod
     def build_model(cls, cfg: ModelConfig, num_classes: int,
                     head_factory: Callable[[int, int, int], nn.Module] | None = None) -> nn.Module:
         """The torchvision detector for ``num_classes`` classes (``num_classes + 1`` outputs);
         ``head_factory(in_channels, num_anchors, num_outputs)`` replaces a dense head (MIAL)."""
-        raise NotImplementedError
 
     @classmethod
     def mial_head_factory(cls, kwargs: dict[str, Any]) -> Callable[[int, int, int], nn.Module]:
         """MIAL's head for this family (families whose :attr:`variants` include "mial")."""
         raise ConfigError(f"model.arch '{cls.arch}' has no MIAL head")
 
+    @abc.abstractmethod
     def infer_images(self, images: list[torch.Tensor], keep_anchors: bool) -> list[Inference]:
         """Detections for images (3, H, W) on the device, in eval mode (see :meth:`infer`)."""
-        raise NotImplementedError
 
     def image_losses(self, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
         """``(N,)`` per-image training losses (the sum of the loss terms), batch-norm and
@@ -136,12 +137,12 @@ class DetectionAdapter:
         self._loss_mode()
         return torch.stack([sum(self.model([im], [t]).values()) for im, t in zip(images, targets)])
 
+    @abc.abstractmethod
     def feature_maps(self, image_list: Any,
                      levels: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]], bool]:
         """For :meth:`features`: the maps to pool (B, D, H_l, W_l) per level, a function giving
         the per-level foreground logits (B, K, H_l, W_l), and whether levels are averaged
         (True) or concatenated (False)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, seed: int) -> None:
@@ -426,18 +427,18 @@ class DenseDetectionAdapter(DetectionAdapter):
     dense = True
     variants = ("plain", "mial", "learning_loss")
 
+    @abc.abstractmethod
     def anchor_scores(self, head_out: dict[str, torch.Tensor], b: int) -> torch.Tensor:
         """(A, C + 1) per-anchor class scores of image ``b`` (what torchvision thresholds)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode_boxes(self, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """(A, 4) boxes from one image's box regression (A, 4) and anchors (A, 4)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss_terms(self, targets: list[dict], head_out: dict[str, torch.Tensor], anchors: list[torch.Tensor],
                    per_level: list[int]) -> dict[str, torch.Tensor]:
         """The model's own ``compute_loss`` on these head outputs."""
-        raise NotImplementedError
 
     def dense_pass(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> DensePass:
         """The forward pass over images (3, H, W) on the device, in the model's current mode and
@@ -455,9 +456,13 @@ class DenseDetectionAdapter(DetectionAdapter):
         frozen; each image's loss that of a batch holding only that image (same-size images;
         losses are normalised per image)."""
         self._loss_mode()
-        p = self.dense_pass(images, targets)
+        return self.pass_losses(self.dense_pass(images, targets))
+
+    def pass_losses(self, p: DensePass) -> torch.Tensor:
+        """(N,) per-image training losses of a pass made with targets (:meth:`pass_image_loss`
+        of each image against its own)."""
         assert p.targets is not None
-        return torch.stack([self.pass_image_loss(p, p.targets[i], i) for i in range(len(images))])
+        return torch.stack([self.pass_image_loss(p, t, i) for i, t in enumerate(p.targets)])
 
     def pass_image_loss(self, p: DensePass, target: dict, i: int) -> torch.Tensor:
         """Training loss (sum of its terms) of image ``i`` of pass ``p``, ``target`` in the

@@ -152,8 +152,7 @@ def detection_losses_and_levels(adapter: DetectorAdapter, images: list[Tensor],
     FCOS normalises by the foreground count of each image instead of the batch's.
     """
     p = adapter.dense_pass(images, targets)
-    losses = [adapter.pass_image_loss(p, p.targets[b], b) for b in range(len(images))]
-    return torch.stack(losses), p.features
+    return adapter.pass_losses(p), p.features
 
 
 @torch.no_grad()
